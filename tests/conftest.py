@@ -1,0 +1,47 @@
+"""Shared test helpers: the real sample images shipped by foolbox (DESIGN.md §3)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def sample_dir() -> Path:
+    """Folder of foolbox's real CIFAR-10/100, Fashion-MNIST and ImageNet sample images.
+
+    foolbox is installed with ``--no-deps`` only for its data, so it is located, never imported.
+    """
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("foolbox (sample images) is not installed: pip install --no-deps foolbox==3.3.4")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def sample_images(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 N×H×W[×C], labels int64 N)`` of one sample set, e.g. ``"cifar10"``.
+
+    Files are named ``<set>_<index>_<label>.<ext>``.
+    """
+    from PIL import Image
+
+    files = sorted(p for p in sample_dir().iterdir() if p.name.split("_")[0] == name)
+    if not files:
+        raise FileNotFoundError(f"no sample images named {name}_* in {sample_dir()}")
+    images = [np.asarray(Image.open(p)) for p in files]
+    labels = [int(p.stem.split("_")[-1]) for p in files]
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def sample_batch(name: str, size: int | None = None) -> torch.Tensor:
+    """Sample images as a float NCHW batch in [0, 1], optionally resized to ``size``×``size``."""
+    images, _ = sample_images(name)
+    x = torch.from_numpy(images).float() / 255.0
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if size is not None and x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x.contiguous()
