@@ -1,0 +1,105 @@
+"""One entry point for every model: ``create_model(name, num_classes, in_chans, steps=POLICY)``.
+
+Names:
+
+* ``cifar_resnet20`` ... ``cifar_resnet1202``, ``cifar_preact_resnet164``, ...: ours (:mod:`.cifar_resnet`);
+* ``tv:resnet50``, ``tv:resnext50_32x4d``, ...: torchvision's ResNet family, unmodified;
+* ``timm:resnet50`` or a bare timm name (``resnet50``, ``seresnet50``, ...): timm's, unmodified.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Union
+
+from torch import nn
+
+from ..stepping import PolicySpec, attach_steps, parse_policy
+from .cifar_resnet import CIFAR_MODELS
+
+_SOURCES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_source(prefix: str):
+    """Register a model source: ``prefix:name`` is built by ``fn(name, num_classes, in_chans, zero_init, **kw)``."""
+
+    def decorator(fn):
+        _SOURCES[prefix] = fn
+        return fn
+
+    return decorator
+
+
+@register_source("tv")
+def _torchvision(name: str, num_classes: int, in_chans: int, zero_init: bool, **kwargs) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise KeyError(name)
+    kwargs.setdefault("zero_init_residual", zero_init)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    if in_chans != 3:  # torchvision has no in_chans: swap the stem for one of the same shape
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+@register_source("timm")
+def _timm(name: str, num_classes: int, in_chans: int, zero_init: bool, **kwargs) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise KeyError(name)
+    # timm zero-initialises the last BN of each branch by default; with steps attached that
+    # would make dL/dΔt = 0 at the start, so it is off unless the model is vanilla.
+    kwargs.setdefault("zero_init_last", zero_init)
+    return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Our model names (timm's and torchvision's are listed by those libraries)."""
+    return sorted(CIFAR_MODELS)
+
+
+def _all_names() -> list[str]:
+    names = list(CIFAR_MODELS)
+    try:
+        import torchvision
+
+        names += [f"tv:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+        import timm
+
+        names += timm.list_models()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+    return names
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    steps: Union[str, PolicySpec, dict, None] = "none",
+    **kwargs,
+) -> nn.Module:
+    """Build model ``name`` with step policy ``steps`` attached (``"none"``: the vanilla model).
+
+    Extra keyword arguments go to the model constructor. Raises ValueError for unknown names
+    (listing the closest valid ones) and policies; TypeError for models whose residual blocks
+    tscnet cannot step.
+    """
+    spec = parse_policy(steps)
+    prefix, sep, rest = name.partition(":")
+    if name in CIFAR_MODELS:
+        model = CIFAR_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    else:
+        source, model_name = (prefix, rest) if sep else ("timm", name)
+        try:
+            if source not in _SOURCES:
+                raise KeyError(name)
+            model = _SOURCES[source](model_name, num_classes, in_chans, zero_init=spec.name == "none", **kwargs)
+        except KeyError:
+            close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.5)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise ValueError(f"unknown model {name!r}{hint} (ours: {', '.join(list_models())})") from None
+    return attach_steps(model, spec)

@@ -1,0 +1,133 @@
+import copy
+
+import pytest
+import torch
+
+import tscnet
+from tscnet.stepping import parse_policy
+
+from conftest import sample_batch
+from stepping_utils import randomize_steps
+
+
+@pytest.mark.parametrize(
+    "text, name, options",
+    [("none", "none", {}), ("fixed:0.1", "fixed", {"value": 0.1}), ("scalar:0", "scalar", {"init": 0.0}),
+     ("channel", "channel", {}), ("tsc:hidden=16,dt_max=3", "tsc", {"hidden": 16, "dt_max": 3.0}),
+     ({"name": "mlp", "hidden": 8}, "mlp", {"hidden": 8})],
+)
+def test_parse_policy(text, name, options):
+    spec = parse_policy(text)
+    assert (spec.name, spec.options) == (name, options)
+    assert parse_policy(str(spec)) == spec
+
+
+@pytest.mark.parametrize("bad", ["fixed:abc", "tsc:7", "channel:1,2", "tsc:summary=l3"])
+def test_malformed_policies_are_clear_errors(bad):
+    with pytest.raises(ValueError):
+        tscnet.create_model("cifar_resnet20", steps=bad)
+
+
+@pytest.mark.parametrize(
+    "name, policy",
+    [(n, p) for n in ("cifar_resnet20", "cifar_preact_resnet20") for p in ("tsc", "mlp", "channel:1", "fixed:1")]
+    + [("resnet18", "tsc"), ("tv:resnet18", "channel:1"), ("seresnet50", "tsc")],
+)
+def test_unit_step_policies_start_as_the_vanilla_model(policy, name):
+    torch.manual_seed(0)
+    vanilla = tscnet.create_model(name, num_classes=10)
+    stepped = tscnet.attach_steps(copy.deepcopy(vanilla), policy)
+    x = sample_batch("cifar10")[:8]
+    for mode in ("train", "eval"):
+        vanilla.train(mode == "train"), stepped.train(mode == "train")
+        torch.testing.assert_close(stepped(x), vanilla(x), rtol=1e-5, atol=1e-5)
+    # Running statistics move identically through the stepped BN.
+    for (k, a), (_, b) in zip(vanilla.state_dict().items(), stepped.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_state_dict_keeps_vanilla_names_plus_policy():
+    vanilla = tscnet.create_model("cifar_resnet20")
+    stepped = tscnet.create_model("cifar_resnet20", steps="tsc")
+    extra = set(stepped.state_dict()) - set(vanilla.state_dict())
+    assert set(vanilla.state_dict()) <= set(stepped.state_dict())
+    assert extra and all(k.startswith("step_policy.") for k in extra)
+    assert not any(k.endswith(("gamma", "beta")) for k in stepped.state_dict())
+
+
+def test_controller_runs_once_per_forward():
+    model = tscnet.create_model("cifar_resnet56", steps="tsc")
+    policy = tscnet.get_policy(model)
+    x = sample_batch("cifar10")[:4]
+    before = policy.num_computes
+    model(x)
+    assert policy.num_computes == before + 1
+    model(x).sum().backward()
+    assert policy.num_computes == before + 2
+
+
+def test_tsc_step_depends_on_previous_steps_and_mlp_does_not():
+    for policy_name, expect_path in (("tsc", True), ("mlp", False)):
+        model = tscnet.create_model("cifar_resnet20", steps=policy_name)
+        randomize_steps(model)
+        steps = tscnet.get_policy(model).compute()
+        for d in (1, 4, 8):
+            (grad,) = torch.autograd.grad(steps[d].sum(), steps[d - 1], retain_graph=True, allow_unused=True)
+            has_path = grad is not None and grad.abs().sum() > 0
+            assert has_path == expect_path, (policy_name, d)
+
+
+def test_controller_gradients_reach_controller_and_conv_weights():
+    model = tscnet.create_model("cifar_resnet20", steps="tsc", num_classes=10)
+    randomize_steps(model)
+    x = sample_batch("cifar10")
+    loss = torch.nn.functional.cross_entropy(model(x), torch.arange(20) % 10)
+    loss.backward()
+    policy = tscnet.get_policy(model)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+    # Through the summary ‖W_d[c]‖: the weight gradient differs from a detached-summary run.
+    conv = policy.branches[3].conv
+    g_joint = conv.weight.grad.clone()
+    model.zero_grad()
+    steps = policy.compute()
+    steps[3].sum().backward()
+    assert conv.weight.grad.abs().sum() > 0 and not torch.equal(conv.weight.grad, torch.zeros_like(g_joint))
+
+
+@pytest.mark.parametrize("policy", ["tsc", "mlp", "tsc:dt_max=3,dt_min=0.1"])
+def test_controller_steps_stay_in_bounds(policy):
+    model = tscnet.create_model("cifar_resnet20", steps=policy)
+    dt_min, dt_max = tscnet.get_policy(model).dt_min, tscnet.get_policy(model).dt_max
+    with torch.no_grad():
+        for p in tscnet.get_policy(model).out.parameters():
+            p.normal_(0, 50.0)  # saturate the sigmoid both ways
+    steps = torch.cat(tscnet.get_policy(model).compute())
+    assert steps.min() >= dt_min > 0 and steps.max() <= dt_max
+    assert steps.min() < 1.01 * dt_min and steps.max() > 0.99 * dt_max
+
+
+def test_step_sizes_and_evolution_time():
+    model = tscnet.create_model("cifar_resnet20", steps="fixed:0.25")
+    steps = tscnet.step_sizes(model)
+    assert [s.numel() for s in steps] == [16] * 3 + [32] * 3 + [64] * 3
+    assert tscnet.evolution_time(model) == pytest.approx(9 * 0.25)
+    assert tscnet.evolution_time(tscnet.create_model("cifar_resnet20")) == 9.0
+
+
+def test_scalar_policy_has_one_parameter_per_block():
+    model = tscnet.create_model("cifar_resnet56", steps="scalar:0")
+    assert tscnet.get_policy(model).dt.numel() == 27
+    assert tscnet.evolution_time(model) == 0.0
+
+
+def test_unsupported_block_type_is_named():
+    class WeirdBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    with pytest.raises(TypeError, match="WeirdBlock"):
+        tscnet.attach_steps(torch.nn.Sequential(WeirdBlock()), "tsc")
