@@ -1,0 +1,264 @@
+"""Dataset registry: one :class:`DatasetSpec` per name, and the two entry points
+:func:`build_dataset` and :func:`create_loaders`."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .arrays import ArrayDataset
+from .cifar import load_cifar
+from .errors import DataError, DataFormatError, DataNotFoundError, UnknownDatasetError
+from .folder import IMAGENET_MEAN, IMAGENET_STD, build_image_folder, create_folder_loader
+from .idx import load_idx_split
+from .loader import TensorLoader, subset_indices
+
+__all__ = [
+    "DatasetInfo", "DatasetSpec", "register_dataset", "list_datasets", "get_dataset_spec",
+    "build_dataset", "create_loaders",
+]
+
+PathLike = Union[str, Path]
+# (root or None, split, download, image_size) -> ArrayDataset or a torchvision dataset.
+Builder = Callable[[Optional[Path], str, bool, int], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a training run need to know about a dataset (also readable as ``info["key"]``)."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_train: int = 0
+    num_test: int = 0
+
+    def __getitem__(self, key: str) -> object:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: its statistics, default augmentation and how to build it."""
+
+    info: DatasetInfo
+    build: Builder
+    pad: int = 0  # zero padding of the random crop (tensor loader)
+    flip: bool = False  # random horizontal flip (off for digits: a flipped 2 is no 2)
+    in_memory: bool = True  # ArrayDataset -> TensorLoader; otherwise a worker DataLoader
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
+            "cifar-100": "cifar100", "image-folder": "imagefolder"}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add ``spec`` under ``spec.info.name`` (replacing any previous entry)."""
+    _REGISTRY[spec.info.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The spec of ``name`` (case, ``_``/``-`` and common aliases tolerated)."""
+    key = name.lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UnknownDatasetError(f"unknown dataset {name!r}{hint}; valid names: {', '.join(list_datasets())}")
+    return _REGISTRY[key]
+
+
+# ---- builders ------------------------------------------------------------------------------
+
+
+def _require_dir(root: Optional[Path], name: str, how: str) -> Path:
+    if root is None:
+        raise DataNotFoundError(f"no data directory for {name}: {how}")
+    if not root.is_dir():
+        raise DataNotFoundError(f"{name} data directory {root} does not exist: {how}")
+    return root
+
+
+def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) -> Builder:
+    """MNIST-style IDX files in ``root`` or in torchvision's ``root/<tv_name>/raw`` layout."""
+
+    def load(root: Optional[Path], split: str) -> ArrayDataset:
+        root = _require_dir(root, name, how)
+        n = 60000 if split == "train" else 10000  # checked on the decompressed arrays
+        return ArrayDataset(*load_idx_split([root, root / tv_name / "raw"], split, (28, 28), n, name, how))
+
+    def build(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+        try:
+            return load(root or (Path(default_dir) if default_dir else None), split)
+        except DataNotFoundError:
+            if not download:
+                raise
+        if root is None:
+            raise DataError(f"download=True needs a data_dir to download {name} into")
+        import torchvision.datasets as tvd  # downloads into root/<tv_name>/raw
+
+        getattr(tvd, tv_name)(str(root), train=split == "train", download=True)
+        return load(root, split)
+
+    return build
+
+
+def _cifar_builder(name: str) -> Builder:
+    how = "pass --data-dir with the python or binary archive from https://www.cs.toronto.edu/~kriz/cifar.html, or use download=True"
+
+    def build(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+        try:
+            return ArrayDataset(*load_cifar(_require_dir(root, name, how), name, split))
+        except DataNotFoundError:
+            if not (download and root):
+                raise
+        root.mkdir(parents=True, exist_ok=True)
+        _download_cifar(name, root)
+        return ArrayDataset(*load_cifar(root, name, split))
+
+    return build
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    """Fetch the official python archive with torchvision's (checksummed) downloader."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import download_url
+
+    tv = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+    # Only download: torchvision's own loading unpickles without restrictions.
+    download_url(tv.url, str(root), tv.filename, tv.tgz_md5)
+
+
+def _folder_builder(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+    how = "pass --data-dir with an ImageNet-style root/train/<class>/ and root/val/<class>/ layout"
+    return build_image_folder(_require_dir(root, "imagefolder", how), split, image_size)
+
+
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+register_dataset(DatasetSpec(
+    DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,)),
+    _idx_builder("fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist",
+                 "apt-get install dataset-fashion-mnist or pass --data-dir"),
+    pad=2, flip=True,
+))
+register_dataset(DatasetSpec(
+    DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,)),
+    _idx_builder("mnist", "MNIST", None, "pass --data-dir with the MNIST IDX files (or use download=True)"),
+    pad=2, flip=False,
+))
+register_dataset(DatasetSpec(DatasetInfo("cifar10", 10, 3, 32, *_CIFAR10_STATS), _cifar_builder("cifar10"), pad=4, flip=True))
+register_dataset(DatasetSpec(DatasetInfo("cifar100", 100, 3, 32, *_CIFAR100_STATS), _cifar_builder("cifar100"), pad=4, flip=True))
+register_dataset(DatasetSpec(
+    DatasetInfo("imagefolder", 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD), _folder_builder, in_memory=False,
+))
+
+# ---- entry points --------------------------------------------------------------------------
+
+
+def build_dataset(
+    name: str,
+    data_dir: Optional[PathLike] = None,
+    split: str = "train",
+    download: bool = False,
+    image_size: Optional[int] = None,
+) -> Dataset:
+    """One split (``"train"`` or ``"test"``) of dataset ``name``.
+
+    In-memory sets return an :class:`ArrayDataset` (uint8 images); ``imagefolder`` returns a
+    ``torchvision.datasets.ImageFolder`` with the split's ImageNet transform.
+    """
+    spec = get_dataset_spec(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if spec.in_memory and image_size not in (None, spec.info.image_size):
+        raise DataError(f"{spec.info.name} images are {spec.info.image_size}x{spec.info.image_size}; image_size only applies to imagefolder")
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    dataset = spec.build(root, split, download, image_size or spec.info.image_size)
+    if isinstance(dataset, ArrayDataset):
+        _check_labels(dataset, spec.info, root)
+    return dataset
+
+
+def _check_labels(dataset: ArrayDataset, info: DatasetInfo, root: Optional[Path]) -> None:
+    shape = (info.in_chans, info.image_size, info.image_size)
+    if tuple(dataset.images.shape[1:]) != shape:
+        raise DataFormatError(f"{info.name} in {root}: expected images {shape}, got {tuple(dataset.images.shape[1:])}")
+    if len(dataset) and not 0 <= int(dataset.labels.min()) <= int(dataset.labels.max()) < info.num_classes:
+        raise DataFormatError(f"{info.name} in {root}: labels outside [0, {info.num_classes})")
+
+
+def create_loaders(
+    name: str,
+    data_dir: Optional[PathLike] = None,
+    batch_size: int = 128,
+    device: Union[str, torch.device] = "cpu",
+    seed: int = 0,
+    train_subset: Optional[int] = None,
+    augment: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 4,
+    *,
+    eval_batch_size: Optional[int] = None,
+    drop_last: bool = False,
+    download: bool = False,
+    image_size: Optional[int] = None,
+) -> tuple[object, object, DatasetInfo]:
+    """``(train_loader, test_loader, info)`` for dataset ``name``.
+
+    In-memory sets get :class:`TensorLoader` s on ``device`` (``workers`` unused); ``imagefolder``
+    gets worker ``DataLoader`` s. Training batches are shuffled per ``(seed, epoch)`` and, with
+    ``augment``, randomly cropped/flipped; ``train_subset`` keeps the first N of a fixed seeded
+    permutation. The test loader never augments or shuffles and keeps every sample. With
+    ``world_size > 1`` both loaders are sharded for ``rank``.
+    """
+    spec = get_dataset_spec(name)
+    train = build_dataset(spec.info.name, data_dir, "train", download, image_size)
+    test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
+    if train_subset is not None:
+        if not 0 < train_subset <= len(train):
+            raise DataError(f"train_subset must be in [1, {len(train)}], got {train_subset}")
+        index = subset_indices(len(train), train_subset)
+        train = train.subset(index) if isinstance(train, ArrayDataset) else Subset(train, index.tolist())
+    info = replace(spec.info, num_train=len(train), num_test=len(test))
+    eval_batch_size = eval_batch_size or batch_size
+    shard = dict(rank=rank, world_size=world_size)
+    if spec.in_memory:
+        common = dict(mean=info.mean, std=info.std, seed=seed, device=device, **shard)
+        pad, flip = (spec.pad, spec.flip) if augment else (0, False)
+        train_loader = TensorLoader(train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common)
+        test_loader = TensorLoader(test.images, test.labels, eval_batch_size, shuffle=False, equal_shards=False, **common)
+        return train_loader, test_loader, info
+    info = _folder_info(info, train, test, image_size or info.image_size)
+    if not augment:
+        (train.dataset if isinstance(train, Subset) else train).transform = test.transform
+    common = dict(workers=workers, seed=seed, device=device, **shard)
+    train_loader = create_folder_loader(train, batch_size, True, drop_last=drop_last, **common)
+    test_loader = create_folder_loader(test, eval_batch_size, False, **common)
+    return train_loader, test_loader, info
+
+
+def _folder_info(info: DatasetInfo, train: Dataset, test: Dataset, image_size: int) -> DatasetInfo:
+    classes = (train.dataset if isinstance(train, Subset) else train).classes
+    if test.classes != classes:
+        raise DataFormatError(f"imagefolder: train has {len(classes)} classes but val has {len(test.classes)} (or different names); they must match")
+    return replace(info, num_classes=len(classes), image_size=image_size)

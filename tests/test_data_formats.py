@@ -1,0 +1,230 @@
+"""Readers of the real file formats: IDX, CIFAR python/binary archives, image folders."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import sample_dir, sample_images
+from tscnet.data import (
+    DataFormatError, DataNotFoundError, UnsafeDataError, build_dataset, create_loaders, load_cifar, read_idx,
+)
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+
+# ---- IDX -------------------------------------------------------------------------------------
+
+
+@needs_fmnist
+def test_fashion_mnist_idx_real_arrays():
+    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz")
+    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz")
+    assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (60000,) and labels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [6000] * 10  # the published class balance
+    first = images[0].astype(np.float64)
+    assert labels[0] == 9 and first.min() == 0 and 50 < first.mean() < 150 and first.max() == 255  # ankle boot
+    # foolbox's Fashion-MNIST samples are the first 20 test images: pixel-exact match.
+    samples, sample_labels = sample_images("fashionMNIST")
+    np.testing.assert_array_equal(read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")[:20], samples)
+    np.testing.assert_array_equal(read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz")[:20], sample_labels)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_roundtrip_plain_and_gzip(tmp_path, gz):
+    images, _ = sample_images("mnist")
+    path = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    path.write_bytes(gzip.compress(_idx_bytes(images)) if gz else _idx_bytes(images))
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_idx_bad_magic_and_truncation(tmp_path):
+    images, _ = sample_images("mnist")
+    (tmp_path / "png").write_bytes((sample_dir() / "mnist_00_7.png").read_bytes())
+    with pytest.raises(DataFormatError, match="not an IDX file"):
+        read_idx(tmp_path / "png")
+    (tmp_path / "short").write_bytes(_idx_bytes(images)[:-5])
+    with pytest.raises(DataFormatError, match="truncated or corrupt"):
+        read_idx(tmp_path / "short")
+
+
+# ---- CIFAR fixtures in the official formats ---------------------------------------------------
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (BINSTRING), as the official CIFAR pickles (cPickle, py2) do."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj: bytes) -> None:
+        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+
+def _py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # Python 2's numpy names the reconstructor numpy.core (GLOBAL is text, so a plain replace is valid).
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def _records(images: np.ndarray) -> np.ndarray:
+    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # HWC PNGs -> CHW rows of 3072
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _split(name: str):
+    images, labels = sample_images(name)
+    return (images[:15], labels[:15]), (images[15:], labels[15:])
+
+
+def _python_members(name: str, dump=_py2_pickle) -> dict[str, bytes]:
+    (tr_x, tr_y), (te_x, te_y) = _split(name)
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    batch = lambda x, y: dump({b"batch_label": b"x", key: [int(v) for v in y], b"data": _records(x)})
+    if name == "cifar10":
+        folder = "cifar-10-batches-py"
+        files = {f"data_batch_{i + 1}": batch(tr_x[3 * i:3 * i + 3], tr_y[3 * i:3 * i + 3]) for i in range(5)}
+        files["test_batch"] = batch(te_x, te_y)
+    else:
+        folder = "cifar-100-python"
+        files = {"train": batch(tr_x, tr_y), "test": batch(te_x, te_y)}
+    return {f"{folder}/{f}": data for f, data in files.items()}
+
+
+def _binary_members(name: str) -> dict[str, bytes]:
+    (tr_x, tr_y), (te_x, te_y) = _split(name)
+    if name == "cifar10":
+        rec = lambda x, y: np.concatenate([y[:, None].astype(np.uint8), _records(x)], 1).tobytes()
+        files = {f"data_batch_{i + 1}.bin": rec(tr_x[3 * i:3 * i + 3], tr_y[3 * i:3 * i + 3]) for i in range(5)}
+        return {f"cifar-10-batches-bin/{f}": d for f, d in {**files, "test_batch.bin": rec(te_x, te_y)}.items()}
+    # CIFAR-100: a coarse label byte before the fine one; the fine one must be used.
+    rec = lambda x, y: np.concatenate([(y[:, None] // 5).astype(np.uint8), y[:, None].astype(np.uint8), _records(x)], 1).tobytes()
+    return {"cifar-100-binary/train.bin": rec(tr_x, tr_y), "cifar-100-binary/test.bin": rec(te_x, te_y)}
+
+
+_ARCHIVES = {
+    ("cifar10", "python"): "cifar-10-python.tar.gz", ("cifar10", "binary"): "cifar-10-binary.tar.gz",
+    ("cifar100", "python"): "cifar-100-python.tar.gz", ("cifar100", "binary"): "cifar-100-binary.tar.gz",
+}
+
+
+def _assert_matches_samples(root: Path, name: str) -> None:
+    for split, (x, y) in zip(("train", "test"), _split(name)):
+        images, labels = load_cifar(root, name, split)
+        assert images.dtype == np.uint8 and images.shape == (len(x), 3, 32, 32)
+        np.testing.assert_array_equal(images, x.transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(labels, y)
+
+
+@pytest.mark.parametrize("name,fmt", list(_ARCHIVES))
+def test_cifar_archive_pixel_exact(tmp_path, name, fmt):
+    members = _python_members(name) if fmt == "python" else _binary_members(name)
+    _tar(tmp_path / _ARCHIVES[name, fmt], members)
+    _assert_matches_samples(tmp_path, name)
+
+
+@pytest.mark.parametrize("name,fmt", list(_ARCHIVES))
+def test_cifar_extracted_folder(tmp_path, name, fmt):
+    # Python-3 pickles (str keys, protocol 4) are read too, e.g. from a re-saved copy.
+    members = _python_members(name, lambda o: pickle.dumps({k.decode(): v for k, v in o.items()}, protocol=4)) \
+        if fmt == "python" else _binary_members(name)
+    for member, data in members.items():
+        (tmp_path / member).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / member).write_bytes(data)
+    _assert_matches_samples(tmp_path, name)
+    _assert_matches_samples(tmp_path / next(iter(members)).split("/")[0], name)  # root = the folder itself
+
+
+def test_cifar_registry_and_loader(tmp_path):
+    _tar(tmp_path / "cifar-100-binary.tar.gz", _binary_members("cifar100"))
+    train, test, info = create_loaders("cifar100", tmp_path, batch_size=4)
+    assert (info.num_classes, info.in_chans, info.image_size, info.num_train, info.num_test) == (100, 3, 32, 15, 5)
+    x, y = next(iter(train))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert sum(len(y) for _, y in test) == 5
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_hostile_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"data": _Evil(marker), "labels": [0]}, protocol=4)
+    members = _python_members("cifar10")
+    members["cifar-10-batches-py/data_batch_1"] = evil
+    _tar(tmp_path / "cifar-10-python.tar.gz", members)
+    with pytest.raises(UnsafeDataError, match=r"refusing to unpickle global '(posix|os)\.system'"):
+        load_cifar(tmp_path, "cifar10", "train")
+    assert not marker.exists()
+    pickle.loads(evil)  # the same bytes do run code when unpickled normally: the test can fail
+    assert marker.exists()
+
+
+def test_unsafe_tar_members_are_refused(tmp_path):
+    members = _python_members("cifar10")
+    _tar(tmp_path / "cifar-10-python.tar.gz", {"../escape": b"x", **members})
+    with pytest.raises(UnsafeDataError, match="unsafe member path"):
+        load_cifar(tmp_path, "cifar10", "train")
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        link = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(UnsafeDataError, match="not a regular file"):
+        load_cifar(tmp_path, "cifar10", "test")
+
+
+def test_cifar_missing_files_message(tmp_path):
+    with pytest.raises(DataNotFoundError) as e:
+        load_cifar(tmp_path, "cifar10", "train")
+    msg = str(e.value)
+    assert "\n" not in msg and "cifar-10-python.tar.gz" in msg and "cifar-10-binary.tar.gz" in msg and str(tmp_path) in msg
+
+
+# ---- ImageFolder -----------------------------------------------------------------------------
+
+
+def test_imagefolder_real_jpgs(tmp_path):
+    files = sorted(sample_dir().glob("imagenet_*.jpg"))
+    for split in ("train", "val"):
+        for f in files:
+            (tmp_path / split / f.stem.split("_")[-1]).mkdir(parents=True, exist_ok=True)
+            (tmp_path / split / f.stem.split("_")[-1] / f.name).symlink_to(f)
+    train, test, info = create_loaders("imagefolder", tmp_path, batch_size=8, workers=1)
+    classes = sorted({f.stem.split("_")[-1] for f in files})
+    assert info.num_classes == len(classes) and info.image_size == 224 and info.num_test == 20
+    x, y = next(iter(train))
+    assert x.shape == (8, 3, 224, 224) and x.dtype == torch.float32 and y.max() < len(classes)
+    x, y = next(iter(test))  # in order: compare labels with the file names
+    assert x.shape == (8, 3, 224, 224)
+    dataset = build_dataset("imagefolder", tmp_path, "test")
+    assert [dataset.classes[t] for t in y] == [Path(p).stem.split("_")[-1] for p, _ in dataset.samples[:8]]
+    assert abs(float(x.mean())) < 1.5 and 0.3 < float(x.std()) < 2.0  # ImageNet-normalised
