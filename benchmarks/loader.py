@@ -95,7 +95,7 @@ def main() -> None:
         print(f"{r['data']:<26}{r['pad']:>4}{r['loader_ms']:>11.2f}{r['step_ms']:>10.1f}{r['ratio_pct']:>12.2f}%"
               f"{'' if r['target_met'] else '  (target < 5 % missed)'}")
     env = {"torch": torch.__version__, "threads": args.threads, "device": str(device), "cpu_count": os.cpu_count(),
-           "machine": platform.machine(), "iters": args.iters, "warmup": args.warmup, "statistic": "median",
+           "machine": platform.machine(), "loadavg_1min": os.getloadavg()[0], "iters": args.iters, "warmup": args.warmup, "statistic": "median",
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "loader", "env": env, "results": rows}, indent=2) + "\n")
