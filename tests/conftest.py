@@ -22,26 +22,28 @@ def sample_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def sample_images(name: str) -> tuple[np.ndarray, np.ndarray]:
+def sample_images(name: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 N×H×W[×C], labels int64 N)`` of one sample set, e.g. ``"cifar10"``.
 
-    Files are named ``<set>_<index>_<label>.<ext>``.
+    Files are named ``<set>_<index>_<label>.<ext>``. ImageNet samples differ in size: pass
+    ``size`` to resize them (bilinear) to ``size``×``size``.
     """
     from PIL import Image
 
     files = sorted(p for p in sample_dir().iterdir() if p.name.split("_")[0] == name)
     if not files:
         raise FileNotFoundError(f"no sample images named {name}_* in {sample_dir()}")
-    images = [np.asarray(Image.open(p)) for p in files]
+    opened = [Image.open(p).convert("RGB") if name == "imagenet" else Image.open(p) for p in files]
+    if size is not None:
+        opened = [im.resize((size, size), Image.BILINEAR) for im in opened]
+    images = [np.asarray(im) for im in opened]
     labels = [int(p.stem.split("_")[-1]) for p in files]
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
 def sample_batch(name: str, size: int | None = None) -> torch.Tensor:
     """Sample images as a float NCHW batch in [0, 1], optionally resized to ``size``×``size``."""
-    images, _ = sample_images(name)
+    images, _ = sample_images(name, size)
     x = torch.from_numpy(images).float() / 255.0
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    if size is not None and x.shape[-1] != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
     return x.contiguous()

@@ -169,7 +169,7 @@ class CifarResNet(nn.Module):
         blocks_per_stage: int,
         num_classes: int = 10,
         in_chans: int = 3,
-        widths: tuple[int, ...] = (16, 32, 64),
+        widths: tuple[int, int, int] = (16, 32, 64),
         shortcut: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -187,7 +187,6 @@ class CifarResNet(nn.Module):
                 blocks.append(block(in_chs, width, stride if j == 0 else 1, shortcut))
                 in_chs = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_stages = len(widths)
         self.bn_final = nn.BatchNorm2d(in_chs) if self.preact else None
         self.num_features = in_chs
         self.fc = nn.Linear(in_chs, num_classes)
@@ -205,8 +204,7 @@ class CifarResNet(nn.Module):
         x = self.conv1(x)
         if self.bn1 is not None:
             x = F.relu(self.bn1(x))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
         if self.bn_final is not None:
             x = F.relu(self.bn_final(x))
         return x

@@ -1,0 +1,99 @@
+"""fold_steps: exact, total, and the result is the vanilla architecture."""
+import copy
+from functools import lru_cache
+
+import pytest
+import torch
+
+import tscnet
+from tscnet.models import cifar_resnet
+
+from conftest import sample_batch
+from stepping_utils import randomize_bn, randomize_steps, rel_err
+
+POLICIES = ["fixed:0.5", "scalar:0.3", "channel", "mlp", "tsc"]
+CIFAR = ["cifar_resnet20", "cifar_preact_resnet164", "cifar_resnet164"]
+IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "seresnet50",
+            "tv:resnet50", "tv:resnext50_32x4d"]
+
+
+@lru_cache(maxsize=None)
+def _vanilla(name):
+    torch.manual_seed(0)
+    return tscnet.create_model(name, num_classes=10, steps="none")
+
+
+def _stepped(name, policy):
+    # Attach to a copy of one vanilla model per name: building timm models dominates the cost.
+    model = tscnet.attach_steps(copy.deepcopy(_vanilla(name)), policy)
+    randomize_bn(model)
+    if not policy.startswith("fixed"):
+        randomize_steps(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+def test_fold_is_exact_on_real_images(name, policy):
+    model = _stepped(name, policy)
+    steps = torch.cat(tscnet.step_sizes(model))
+    assert steps.std() > 0 or policy.startswith(("fixed", "scalar")), "steps must be non-trivial"
+    assert not torch.allclose(steps, torch.ones_like(steps))
+    x = sample_batch("cifar10")[:4] if name.startswith("cifar") else sample_batch("imagenet", size=32)[:4]
+    folded = tscnet.fold_steps(model)
+    with torch.no_grad():
+        assert rel_err(folded(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50", "tv:resnet50"])
+def test_folded_model_is_the_vanilla_architecture(name):
+    model = _stepped(name, "tsc")
+    folded = tscnet.fold_steps(model)
+    vanilla = tscnet.create_model(name, num_classes=10, steps="none")
+    assert list(folded.state_dict()) == list(vanilla.state_dict())
+    assert sum(p.numel() for p in folded.parameters()) == sum(p.numel() for p in vanilla.parameters())
+    assert tscnet.get_policy(folded) is None
+    vanilla.load_state_dict(folded.state_dict(), strict=True)
+    assert all(type(m).__module__.split(".")[0] != "tscnet" or "cifar_resnet" in type(m).__module__
+               for m in folded.modules())
+
+
+def test_folded_weights_load_into_unmodified_library_classes():
+    import timm
+    import torchvision
+
+    folded = tscnet.fold_steps(_stepped("seresnet50", "channel"))
+    timm.create_model("seresnet50", num_classes=10).load_state_dict(folded.state_dict(), strict=True)
+    folded = tscnet.fold_steps(_stepped("tv:resnet50", "tsc"))
+    torchvision.models.resnet50(num_classes=10).load_state_dict(folded.state_dict(), strict=True)
+
+
+def test_fold_leaves_the_training_model_untouched():
+    model = _stepped("cifar_resnet20", "tsc")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tscnet.fold_steps(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert tscnet.get_policy(model) is not None
+
+
+def test_fold_refuses_gates_that_mix_channels():
+    model = _stepped("ecaresnet26t", "channel")
+    with pytest.raises(ValueError, match="EcaModule"):
+        tscnet.fold_steps(model)
+
+
+def test_folded_model_scripts_exports_and_compiles():
+    # ResNet-8 keeps the inductor compile short; the blocks are the same as ResNet-20's.
+    model = tscnet.attach_steps(cifar_resnet(8), "tsc")
+    randomize_steps(model)
+    folded = tscnet.fold_steps(model.eval())
+    x = sample_batch("cifar10")[:4]
+    with torch.no_grad():
+        ref = folded(x)
+        with pytest.warns(FutureWarning):  # TorchScript is deprecated in torch >= 2.10 but still works
+            scripted = torch.jit.script(folded)
+        torch.testing.assert_close(scripted(x), ref)
+        exported = torch.export.export(folded, (x,))
+        torch.testing.assert_close(exported.module()(x), ref)
+        torch.testing.assert_close(torch.compile(folded)(x), ref, rtol=1e-4, atol=1e-4)
