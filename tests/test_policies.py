@@ -77,8 +77,10 @@ def test_tsc_step_depends_on_previous_steps_and_mlp_does_not():
             assert has_path == expect_path, (policy_name, d)
 
 
-def test_controller_gradients_reach_controller_and_conv_weights():
-    model = tscnet.create_model("cifar_resnet20", steps="tsc", num_classes=10)
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet8"])  # resnet8: one block per stage
+def test_controller_gradients_reach_controller_and_conv_weights(name):
+    # Every controller parameter gets a gradient: an unused one would stall DDP.
+    model = tscnet.create_model(name, steps="tsc", num_classes=10)
     randomize_steps(model)
     x = sample_batch("cifar10")
     loss = torch.nn.functional.cross_entropy(model(x), torch.arange(20) % 10)

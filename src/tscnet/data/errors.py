@@ -6,10 +6,12 @@ it and exits with status 2. Subclasses keep the built-in exception a caller woul
 """
 from __future__ import annotations
 
+from ..errors import UserError
+
 __all__ = ["DataError", "DataNotFoundError", "DataFormatError", "UnsafeDataError", "UnknownDatasetError"]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the user's data or data options, explained in one line."""
 
 

@@ -222,23 +222,22 @@ def create_loaders(
     drop_last: bool = False,
     download: bool = False,
     image_size: Optional[int] = None,
+    test_subset: Optional[int] = None,
 ) -> tuple[object, object, DatasetInfo]:
     """``(train_loader, test_loader, info)`` for dataset ``name``.
 
     In-memory sets get :class:`TensorLoader` s on ``device`` (``workers`` unused); ``imagefolder``
     gets worker ``DataLoader`` s. Training batches are shuffled per ``(seed, epoch)`` and, with
     ``augment``, randomly cropped/flipped; ``train_subset`` keeps the first N of a fixed seeded
-    permutation. The test loader never augments or shuffles and keeps every sample. With
+    permutation; ``test_subset`` likewise for the test split (quick runs only: reported errors are
+    then on that subset). The test loader never augments or shuffles and keeps every sample. With
     ``world_size > 1`` both loaders are sharded for ``rank``.
     """
     spec = get_dataset_spec(name)
     train = build_dataset(spec.info.name, data_dir, "train", download, image_size)
     test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
-    if train_subset is not None:
-        if not 0 < train_subset <= len(train):
-            raise DataError(f"train_subset must be in [1, {len(train)}], got {train_subset}")
-        index = subset_indices(len(train), train_subset)
-        train = train.subset(index) if isinstance(train, ArrayDataset) else Subset(train, index.tolist())
+    train = _subset(train, train_subset, "train_subset")
+    test = _subset(test, test_subset, "test_subset")
     info = replace(spec.info, num_train=len(train), num_test=len(test))
     eval_batch_size = eval_batch_size or batch_size
     shard = dict(rank=rank, world_size=world_size)
@@ -250,15 +249,28 @@ def create_loaders(
         return train_loader, test_loader, info
     info = _folder_info(info, train, test, image_size or info.image_size)
     if not augment:
-        (train.dataset if isinstance(train, Subset) else train).transform = test.transform
+        _base(train).transform = _base(test).transform
     common = dict(workers=workers, seed=seed, device=device, **shard)
     train_loader = create_folder_loader(train, batch_size, True, drop_last=drop_last, **common)
     test_loader = create_folder_loader(test, eval_batch_size, False, **common)
     return train_loader, test_loader, info
 
 
+def _base(dataset: Dataset) -> Dataset:
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def _subset(dataset: Dataset, size: Optional[int], option: str) -> Dataset:
+    if size is None:
+        return dataset
+    if not 0 < size <= len(dataset):
+        raise DataError(f"{option} must be in [1, {len(dataset)}], got {size}")
+    index = subset_indices(len(dataset), size)
+    return dataset.subset(index) if isinstance(dataset, ArrayDataset) else Subset(dataset, index.tolist())
+
+
 def _folder_info(info: DatasetInfo, train: Dataset, test: Dataset, image_size: int) -> DatasetInfo:
-    classes = (train.dataset if isinstance(train, Subset) else train).classes
-    if test.classes != classes:
-        raise DataFormatError(f"imagefolder: train has {len(classes)} classes but val has {len(test.classes)} (or different names); they must match")
+    classes, test_classes = _base(train).classes, _base(test).classes
+    if test_classes != classes:
+        raise DataFormatError(f"imagefolder: train has {len(classes)} classes but val has {len(test_classes)} (or different names); they must match")
     return replace(info, num_classes=len(classes), image_size=image_size)

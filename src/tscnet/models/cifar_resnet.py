@@ -243,6 +243,7 @@ def _named(depth: int, block: str = "basic", preact: bool = False) -> Callable[.
     return constructor
 
 
+cifar_resnet8 = _named(8)  # tiny: quick tests and smoke runs
 cifar_resnet20 = _named(20)
 cifar_resnet32 = _named(32)
 cifar_resnet44 = _named(44)

@@ -113,7 +113,9 @@ class LSTMController(WeightController):
 
     def __init__(self, branches: list[Branch], **options) -> None:
         super().__init__(branches, **options)
-        self.feedback = nn.ModuleDict({str(c): nn.Linear(c, self.hidden, bias=False) for c in self.widths})
+        # Only widths that feed a next block: an unused parameter would stall DDP's gradient sync.
+        fed_back = sorted(set(self.sizes[:-1]))
+        self.feedback = nn.ModuleDict({str(c): nn.Linear(c, self.hidden, bias=False) for c in fed_back})
         self.cell = nn.LSTMCell(self.hidden, self.hidden)
 
     def _compute(self) -> list[torch.Tensor]:

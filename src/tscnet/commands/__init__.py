@@ -1,0 +1,1 @@
+"""One module per ``tscnet`` command (see :mod:`tscnet.cli`)."""

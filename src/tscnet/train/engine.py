@@ -1,0 +1,211 @@
+"""The training engine: ``fit(config, out_dir)`` trains one model/policy pair and writes a run folder.
+
+One CPU, one GPU or many (``torchrun --nproc_per_node=N -m tscnet.cli train ...``: DDP over gloo
+on CPU, nccl on GPU; ``data.batch_size`` is the global batch; rank 0 writes). Each epoch ends with
+an atomic checkpoint, so ``resume=True`` continues a killed run exactly (on CPU, bit for bit).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..data import create_loaders
+from ..errors import UserError
+from ..stepping import evolution_time, step_sizes
+from . import run as runfiles
+from .config import dump_config
+from .distributed import Context, cleanup, setup
+from .metrics import MetricSums, evaluate
+from .optim import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """``auto`` is bf16 autocast on CUDA and full fp32 elsewhere."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if setting not in _AMP:
+        raise UserError(f"train.amp must be one of auto, {', '.join(_AMP)}; got {setting!r}")
+    return _AMP[setting]
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _prepare_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
+    if resume:
+        runfiles.require_run(out_dir)
+        return
+    if (out_dir / runfiles.CONFIG_FILE).exists():
+        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runfiles.atomic_write_bytes(out_dir / runfiles.CONFIG_FILE, dump_config(config).encode())
+
+
+def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    runfiles.atomic_write_bytes(out_dir / runfiles.METRICS_FILE, text.encode())
+
+
+def _train_epoch(model, loader, optimizer, scheduler, ctx: Context, amp_dtype, channels_last: bool,
+                 label_smoothing: float, desc: str, progress: bool) -> dict:
+    model.train()
+    sums = MetricSums(ctx.device)
+    bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True, leave=False)
+    start, seen = time.perf_counter(), 0
+    for i, (images, target) in enumerate(loader):
+        images = images.to(ctx.device, non_blocking=True)
+        target = target.to(ctx.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sums.update(logits.float(), target, loss)
+        seen += target.numel() * ctx.world_size
+        # Syncing costs on a GPU: check for divergence and refresh the bar every 20 batches.
+        if i % 20 == 19 or i + 1 == len(loader):
+            if not sums.loss_is_finite():
+                bar.close()
+                raise TrainingDiverged(f"loss became {float(loss):.4g} in {desc}, batch {i + 1}")
+            m = sums.compute()
+            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['top1']:.1f}%",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    sums.reduce()
+    m = sums.compute()
+    return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed}
+
+
+def _checkpoint(model: nn.Module, optimizer, scheduler, epoch: int, history: list[dict], config: dict) -> dict:
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
+        "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict]) -> None:
+    folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
+                                  {"model": config["model"]["name"], "steps": config["model"]["steps"]})
+    card = {
+        "model": config["model"]["name"], "steps": str(config["model"]["steps"]),
+        "data": config["data"]["name"], "num_classes": config["model"]["num_classes"],
+        "in_chans": config["model"]["in_chans"], "epochs": len(history),
+        "final": {k: history[-1][k] for k in ("test_top1", "test_top5", "test_error", "test_loss",
+                                              "train_loss", "evolution_time")},
+        "params_train": sum(p.numel() for p in model.parameters()),
+        "params_folded": sum(p.numel() for p in folded.parameters()),
+        "folded_weights": runfiles.FOLDED_FILE, "commit": _git_commit(),
+    }
+    runfiles.atomic_write_bytes(out_dir / runfiles.CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
+
+
+def fit(config: dict, out_dir, resume: bool = False) -> list[dict]:
+    """Train ``config`` into run folder ``out_dir``; returns the per-epoch metrics."""
+    out_dir = Path(out_dir)
+    if resume:
+        config = runfiles.read_config(runfiles.require_run(out_dir))
+    ctx = setup(config["train"]["device"])
+    try:
+        return _fit(config, out_dir, resume, ctx)
+    finally:
+        cleanup(ctx)
+
+
+def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
+    tc, dc = config["train"], config["data"]
+    torch.manual_seed(tc["seed"])
+    if dc["batch_size"] % ctx.world_size:
+        raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
+    train_loader, test_loader, info = create_loaders(
+        dc["name"], dc["data_dir"], batch_size=dc["batch_size"] // ctx.world_size, device=ctx.device,
+        seed=tc["seed"], train_subset=dc["train_subset"], augment=dc["augment"], rank=ctx.rank,
+        world_size=ctx.world_size, workers=dc["workers"], eval_batch_size=dc["eval_batch_size"],
+        image_size=dc["image_size"], test_subset=dc["test_subset"])
+    config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
+    config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
+    if ctx.is_main:
+        _prepare_out_dir(out_dir, config, resume)
+    model = runfiles.build_model_from_config(config).to(ctx.device)
+    amp_dtype = _amp_dtype(tc["amp"], ctx.device)
+    channels_last = ctx.device.type == "cuda" if tc["channels_last"] == "auto" else bool(tc["channels_last"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    epochs = int(tc["epochs"])
+    optimizer = build_optimizer(model, config["optim"])
+    scheduler = build_scheduler(optimizer, config["sched"], epochs, len(train_loader))
+    history: list[dict] = []
+    start_epoch = 0
+    ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
+    if resume and ckpt_path.exists():
+        ckpt = runfiles.load_checkpoint(ckpt_path, map_location=ctx.device)
+        runfiles.check_checkpoint_matches(ckpt, config, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
+            _write_metrics(out_dir, history)
+    train_model = ctx.wrap(model)
+    if tc["compile"]:
+        train_model = torch.compile(train_model)
+    for epoch in range(start_epoch, epochs):
+        train_loader.set_epoch(epoch)
+        row = {"epoch": epoch + 1}
+        try:
+            row.update(_train_epoch(train_model, train_loader, optimizer, scheduler, ctx, amp_dtype, channels_last,
+                                    config["optim"]["label_smoothing"], f"epoch {epoch + 1}/{epochs}", tc["progress"]))
+            row.update(evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last))
+            if not math.isfinite(row["test_loss"]):
+                raise TrainingDiverged(f"test loss became {row['test_loss']} after epoch {epoch + 1}")
+        except TrainingDiverged as error:
+            kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
+        steps = step_sizes(model)
+        row.update(lr=scheduler.get_last_lr()[0], evolution_time=evolution_time(model),
+                   dt_mean=[float(s.mean()) for s in steps])
+        history.append(row)
+        if ctx.is_main:
+            runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, epoch + 1, history, config), ckpt_path)
+            _write_metrics(out_dir, history)
+            tqdm.write(_epoch_line(row, epochs))
+    if ctx.is_main and history:
+        _finish(out_dir, model, config, history)
+    return history
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:5.2f}%  "
+            f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:5.2f}%  T {row['evolution_time']:.2f}  "
+            f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['epoch_time']:.1f}s")

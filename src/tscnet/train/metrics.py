@@ -1,0 +1,57 @@
+"""Classification metrics, computed in one place: summed on device, reduced across ranks."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+class MetricSums:
+    """Running sums of loss, top-1 and top-5 hits and sample count, kept on device (no sync per batch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        n = target.numel()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(target.unsqueeze(1))
+        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(),
+                                  hits.any(dim=1).sum().double(), torch.tensor(float(n), device=self.sums.device, dtype=torch.float64)])
+
+    def loss_is_finite(self) -> bool:
+        return bool(torch.isfinite(self.sums[0]))
+
+    def reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+
+    def compute(self, prefix: str = "") -> dict[str, float]:
+        """``loss`` (mean), ``top1``/``top5`` in %; ``acc`` is top-1 for the training split."""
+        loss, top1, top5, n = self.sums.tolist()
+        n = max(n, 1.0)
+        return {f"{prefix}loss": loss / n, f"{prefix}top1": 100.0 * top1 / n, f"{prefix}top5": 100.0 * top5 / n}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (%) and error (%) of ``model`` over ``loader`` (all ranks)."""
+    model.eval()
+    sums = MetricSums(device)
+    for images, target in loader:
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
+    sums.reduce()
+    out = sums.compute("test_")
+    out["test_error"] = 100.0 - out["test_top1"]
+    return out

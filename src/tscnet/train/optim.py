@@ -1,0 +1,72 @@
+"""Optimizer and learning-rate schedules of the recipes (stepped once per iteration).
+
+``lr(t) = lr_0 · warmup(t) · decay(t)`` with ``t`` the fractional epoch:
+
+* ``multistep``: ``decay = γ^{#milestones ≤ t}`` (milestones < 1 are fractions of the run);
+* ``step``: ``decay = γ^{⌊t / step_size⌋}``;
+* ``cosine``: ``decay = ½ (1 + cos(π t / E))``;
+* ``constant``: ``decay = 1``;
+* ``warmup = s + (1 − s) · t / W`` for ``t < W`` warm-up epochs (``s = warmup_start``), else 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+Decay = Callable[[float, int, dict], float]
+SCHEDULES: dict[str, Decay] = {}
+
+
+def register_schedule(name: str) -> Callable[[Decay], Decay]:
+    def decorator(fn: Decay) -> Decay:
+        SCHEDULES[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_schedule("multistep")
+def _multistep(t: float, epochs: int, cfg: dict) -> float:
+    milestones = [m * epochs if m < 1 else m for m in cfg["milestones"]]
+    return cfg["gamma"] ** sum(t >= m for m in milestones)
+
+
+@register_schedule("step")
+def _step(t: float, epochs: int, cfg: dict) -> float:
+    return cfg["gamma"] ** math.floor(t / cfg["step_size"])
+
+
+@register_schedule("cosine")
+def _cosine(t: float, epochs: int, cfg: dict) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(t, epochs) / epochs))
+
+
+@register_schedule("constant")
+def _constant(t: float, epochs: int, cfg: dict) -> float:
+    return 1.0
+
+
+def lr_factor(t: float, epochs: int, cfg: dict) -> float:
+    """The multiplier of the base learning rate at fractional epoch ``t``."""
+    warmup = cfg["warmup_epochs"]
+    w = cfg["warmup_start"] + (1.0 - cfg["warmup_start"]) * t / warmup if t < warmup else 1.0
+    return w * SCHEDULES[cfg["name"]](t, epochs, cfg)
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """SGD with momentum over every parameter, the step policy's included (its regulariser R is wd)."""
+    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                           nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if sched["name"] not in SCHEDULES:
+        raise UserError(f"unknown schedule {sched['name']!r}; valid: {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it / steps_per_epoch, epochs, sched))

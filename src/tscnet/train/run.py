@@ -1,0 +1,154 @@
+"""The run folder: everything one training run leaves behind, and how to read it back.
+
+::
+
+    RUN/config.yaml        the resolved recipe (model.num_classes / in_chans filled in)
+    RUN/metrics.jsonl      one JSON line per finished epoch (see :data:`METRIC_KEYS`)
+    RUN/checkpoint.pt      the last epoch's state (atomic write; ``torch.load(weights_only=True)``)
+    RUN/model.safetensors  the folded, vanilla-architecture weights (at the end)
+    RUN/model_card.json    model, policy, data, final metrics, commit (at the end)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch import nn
+
+from ..errors import UserError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+FOLDED_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+
+METRIC_KEYS = (
+    "epoch",            # 1-based
+    "lr",               # learning rate at the end of the epoch
+    "train_loss", "train_acc",
+    "test_loss", "test_top1", "test_top5", "test_error",  # accuracies and error in %
+    "evolution_time",   # T = Σ_d mean_c Δt_d
+    "dt_mean",          # [mean_c Δt_d for each block d]
+    "epoch_time", "images_per_s",
+)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_folded(model: nn.Module, path: Path, metadata: Optional[dict] = None) -> nn.Module:
+    """Fold ``model``'s steps and save the vanilla weights as safetensors; returns the folded model."""
+    from safetensors.torch import save_file
+
+    from ..stepping import fold_steps
+
+    folded = fold_steps(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in folded.state_dict().items()}
+    save_file(state, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return folded
+
+
+def require_run(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} is not a tscnet run folder (no {CONFIG_FILE}); train one with `tscnet train --out DIR`")
+    return run_dir
+
+
+def read_config(run_dir: Path) -> dict:
+    return yaml.safe_load((require_run(run_dir) / CONFIG_FILE).read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The epochs recorded in ``metrics.jsonl`` (empty if none finished yet)."""
+    path = require_run(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """A checkpoint dict, loaded with ``weights_only=True``: tensors and plain containers only."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling refused or corrupt file
+        raise UserError(f"cannot load checkpoint {path} safely: {str(error).splitlines()[0]}") from None
+
+
+def build_model_from_config(config: dict) -> nn.Module:
+    from ..models import create_model
+
+    m = config["model"]
+    return create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps=m["steps"])
+
+
+def check_checkpoint_matches(checkpoint: dict, config: dict, source: Path) -> None:
+    """Refuse a checkpoint of another model or policy, naming both."""
+    want = (config["model"]["name"], str(config["model"]["steps"]))
+    have = (checkpoint.get("model_name"), checkpoint.get("steps"))
+    if have != want:
+        raise UserError(f"checkpoint {source} holds model {have[0]} with steps {have[1]!r}, "
+                        f"but the run is model {want[0]} with steps {want[1]!r}")
+
+
+@dataclass
+class Run:
+    """A finished or interrupted run read back from its folder."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    model: Optional[nn.Module]  # with its step policy, weights of the last checkpoint, eval mode
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def final(self) -> dict:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def load_run(run_dir: Path, with_model: bool = True, device: str = "cpu") -> Run:
+    """Read a run folder; with ``with_model`` rebuild the model and load its last checkpoint."""
+    run_dir = require_run(Path(run_dir))
+    config = read_config(run_dir)
+    model = None
+    if with_model:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
+        check_checkpoint_matches(checkpoint, config, run_dir / CHECKPOINT_FILE)
+        model = build_model_from_config(config).to(device)
+        model.load_state_dict(checkpoint["model"])
+        model.eval()
+    return Run(run_dir, config, read_metrics(run_dir), model)

@@ -1,0 +1,190 @@
+"""The training engine and CLI on real Fashion-MNIST: a short run, eval/fold, resume, faults."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tscnet
+from tscnet.cli import main
+from tscnet.train import load_config, load_run, read_metrics
+from tscnet.train.optim import lr_factor
+
+QUICK = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "short"
+    code = main(["train", *QUICK, "--steps", "tsc", "--train-subset", "2000", "--test-subset", "1000",
+                 "--epochs", "2", "--set", "sched.name=cosine", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_short_run_learns_and_writes_the_run_folder(short_run):
+    names = {p.name for p in short_run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "model_card.json"} <= names
+    metrics = read_metrics(short_run)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(tscnet.train.run.METRIC_KEYS) <= set(metrics[-1])
+    assert metrics[-1]["test_top1"] > 50.0  # chance is 10 %
+    assert len(metrics[-1]["dt_mean"]) == 3
+    card = json.loads((short_run / "model_card.json").read_text())
+    assert card["final"]["test_top1"] == metrics[-1]["test_top1"]
+    assert card["params_folded"] == sum(p.numel() for p in tscnet.create_model("cifar_resnet8", in_chans=1).parameters())
+    config = yaml.safe_load((short_run / "config.yaml").read_text())
+    assert config["model"] == {"name": "cifar_resnet8", "steps": "tsc", "num_classes": 10, "in_chans": 1}
+
+
+def test_eval_and_fold_agree_with_training_metrics(short_run, tmp_path, capsys):
+    assert main(["eval", str(short_run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    final = read_metrics(short_run)[-1]
+    assert result["images"] == 1000
+    assert result["test_top1"] == pytest.approx(final["test_top1"], abs=0.11)  # at most one image apart
+    assert result["fold_rel_diff"] < 1e-5 and result["fold_prediction_agreement"] > 99.8
+    out = tmp_path / "vanilla.safetensors"
+    assert main(["fold", str(short_run), "--out", str(out)]) == 0
+    from safetensors.torch import load_file
+
+    vanilla = tscnet.create_model("cifar_resnet8", num_classes=10, in_chans=1)
+    vanilla.load_state_dict(load_file(out), strict=True)
+    run = load_run(short_run)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla.eval()(x), run.model(x), rtol=1e-4, atol=1e-5)
+    # fold never overwrites
+    assert main(["fold", str(short_run), "--out", str(out)]) == 2
+
+
+def _train_cmd(out, epochs=3):
+    return [sys.executable, "-m", "tscnet.cli", "train", *QUICK, "--steps", "tsc", "--train-subset", "768",
+            "--test-subset", "256", "--epochs", str(epochs), "--set", "data.batch_size=64", "--out", str(out)]
+
+
+def _final_state(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(straight), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(killed)) < 3, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "tscnet.cli", "train", "--resume", "--out", str(killed),
+                              "--no-progress"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _final_state(straight), _final_state(killed)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
+    assert strip(read_metrics(straight)) == strip(read_metrics(killed))
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "diverge"
+    # lr x 1e12 after epoch 1: epoch 2 blows up.
+    code = main(["train", *QUICK, "--steps", "channel", "--train-subset", "256", "--test-subset", "128",
+                 "--epochs", "2", "--set", "sched.milestones=[1]", "--set", "sched.gamma=1e12", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "loss became" in err and "epoch 1" in err and len(err.strip().splitlines()) == 1
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert len(read_metrics(out)) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--data", "fashion-mnits"], "fashion-mnist"),
+     (["--model", "cifar_resnet21"], "cifar_resnet20"),
+     (["--steps", "tsc:hidden=abc"], "hidden"),
+     (["--data", "cifar10", "--data-dir", "/nonexistent"], "/nonexistent"),
+     (["--set", "optim.lrr=0.1"], "optim.lr"),
+     (["--set", "optim"], "section.key=value"),
+     (["--config", "no_such_recipe"], "cifar10_resnet20")],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    code = main(["train", "--epochs", "1", "--train-subset", "64", "--no-progress", *argv, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_existing_run_is_never_overwritten(short_run, capsys):
+    before = {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()}
+    code = main(["train", *QUICK, "--epochs", "1", "--train-subset", "64", "--out", str(short_run)])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()}
+
+
+def test_checkpoint_of_another_model_is_refused(short_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    config = yaml.safe_load((short_run / "config.yaml").read_text())
+    config["model"]["steps"] = "channel"
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    (other / "checkpoint.pt").write_bytes((short_run / "checkpoint.pt").read_bytes())
+    assert main(["eval", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "'tsc'" in err and "'channel'" in err
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {}, "model": Evil()}, path)
+    assert main(["eval", str(path)]) == 2
+    assert not (tmp_path / "pwned").exists()
+    assert "safely" in capsys.readouterr().err
+
+
+def test_every_recipe_loads_and_names_a_real_model():
+    recipes = sorted(Path(tscnet.train.config.CONFIG_DIR).glob("*.yaml"))
+    assert len(recipes) >= 14
+    for path in recipes:
+        config = load_config(path)
+        tscnet.create_model(config["model"]["name"], num_classes=10, steps="none") if "resnet1" not in path.stem else None
+
+
+def test_lr_schedules():
+    he = {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "warmup_epochs": 1, "warmup_start": 0.1}
+    assert lr_factor(0.0, 164, he) == pytest.approx(0.1)
+    assert lr_factor(1.0, 164, he) == pytest.approx(1.0)
+    assert lr_factor(82.0, 164, he) == pytest.approx(0.1)
+    assert lr_factor(123.0, 164, he) == pytest.approx(0.01)
+    step = {"name": "step", "step_size": 30, "gamma": 0.1, "warmup_epochs": 0, "warmup_start": 0.1}
+    assert lr_factor(61.0, 90, step) == pytest.approx(0.01)
+    cos = {"name": "cosine", "warmup_epochs": 0, "warmup_start": 0.1}
+    assert lr_factor(5.0, 10, cos) == pytest.approx(0.5)
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "tscnet.cli", "train", *QUICK, "--steps", "tsc", "--train-subset", "512", "--test-subset", "256",
+           "--epochs", "1", "--device", "cpu", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = read_metrics(out)
+    assert len(metrics) == 1 and metrics[0]["test_top1"] > 10.0
+    assert (out / "model.safetensors").exists()
