@@ -88,11 +88,11 @@ def test_controller_gradients_reach_controller_and_conv_weights(name):
     policy = tscnet.get_policy(model)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
     # Through the summary ‖W_d[c]‖: the weight gradient differs from a detached-summary run.
-    conv = policy.branches[3].conv
+    conv = policy.branches[1].conv
     g_joint = conv.weight.grad.clone()
     model.zero_grad()
     steps = policy.compute()
-    steps[3].sum().backward()
+    steps[1].sum().backward()
     assert conv.weight.grad.abs().sum() > 0 and not torch.equal(conv.weight.grad, torch.zeros_like(g_joint))
 
 
