@@ -31,7 +31,7 @@ def fresh_folder(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import build_report
+    from ..analysis.report import build_report, format_summary
     from ..stepping import parse_policy
     from ..train import fit, load_config
     from ..train.config import set_value
@@ -55,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
         runs.append(run_dir)
     report = build_report(runs, out)
     print()
-    print(report.table)
+    print(format_summary(report.summary))
     print(f"\nreport with training curves and learned steps: {report.path}")
     return 0
