@@ -77,6 +77,20 @@ def train_step(case: Case, x: torch.Tensor, y: torch.Tensor, args, device) -> No
     case.opt.step()
 
 
+def controller_seconds(case: Case, repeats: int = 20) -> float:
+    """Median time of the policy alone: all steps computed, then a backward through them."""
+    policy = tscnet.get_policy(case.model)
+    if policy is None or not any(p.requires_grad for p in policy.parameters()):
+        return 0.0
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.cat(policy.compute()).sum().backward()
+        times.append(time.perf_counter() - start)
+    case.opt.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
 def saved_activation_bytes(case: Case, x: torch.Tensor, y: torch.Tensor, args, device) -> int:
     """Bytes of the tensors autograd saves for backward in one training forward."""
     total = 0
@@ -127,7 +141,8 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
         memory[case.policy] = (saved_activation_bytes(case, x, y, args, device), peak)
     for r in range(args.rounds):
-        for case in cases:
+        # Rotate the order every round: whoever runs first after a round pays for cold caches.
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
             for _ in range(args.steps):
                 case.train_s.append(timed(lambda: train_step(case, x, y, args, device), sync))
             with torch.no_grad(), _autocast(args, device):
@@ -142,6 +157,7 @@ def main() -> None:
         rows.append({
             "policy": case.policy,
             "train_step_ms": 1e3 * train, "train_ratio": train / base["train_s"],
+            "controller_fwd_bwd_ms": 1e3 * controller_seconds(case),
             "train_ratio_iqr": _iqr_ratio(case.train_s, base["train_s"]),
             "saved_activation_mb": saved / 2**20, "saved_activation_ratio": saved / memory[cases[0].policy][0],
             "cuda_peak_mb": None if peak is None else peak / 2**20,
@@ -169,11 +185,13 @@ def _iqr_ratio(samples: list[float], base: float) -> list[float]:
 def print_table(rows: list[dict], args, device) -> None:
     print(f"\n{args.model}, batch {args.batch_size}, {device}{', bf16' if args.bf16 else ''}"
           f"{', channels_last' if args.channels_last else ''}; medians of {args.rounds}x{args.steps} steps\n")
-    head = "| policy | train step ms | × none | saved act. MB | × none | params train | params folded | folded infer ms | × none |"
+    head = ("| policy | train step ms | × none | policy fwd+bwd ms | saved act. MB | × none | params train | "
+            "params folded | folded infer ms | × none |")
     print(head)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['policy']} | {r['train_step_ms']:.1f} | {r['train_ratio']:.3f} | {r['saved_activation_mb']:.1f} | "
+        print(f"| {r['policy']} | {r['train_step_ms']:.1f} | {r['train_ratio']:.3f} | {r['controller_fwd_bwd_ms']:.2f} | "
+              f"{r['saved_activation_mb']:.1f} | "
               f"{r['saved_activation_ratio']:.3f} | {r['params_train']:,} | {r['params_folded']:,} | "
               f"{r['folded_infer_ms']:.1f} | {r['folded_infer_ratio']:.3f} |")
 
