@@ -37,11 +37,14 @@ def _exact(t: np.ndarray) -> np.ndarray:
 
 
 def poster_runs(
-    hs: Sequence[float] = EULER_STEPS, tol: float = RKF_TOL, t_end: float = T_END
+    hs: Sequence[float] = EULER_STEPS, tol: float = RKF_TOL, t_end: float = T_END, **rkf_options
 ) -> List[ODEResult]:
-    """Euler at each ``h`` in ``hs``, then RKF45 at ``tol``, all on ``Y' = −4Y, Y(0) = 1``."""
+    """Euler at each ``h`` in ``hs``, then RKF45 at ``tol``, all on ``Y' = −4Y, Y(0) = 1``.
+
+    ``rkf_options`` go to :func:`rkf45` (e.g. ``safety``, ``order`` of the step controller).
+    """
     runs = [euler(_decay, (0.0, t_end), 1.0, h) for h in hs]
-    return runs + [rkf45(_decay, (0.0, t_end), 1.0, tol=tol)]
+    return runs + [rkf45(_decay, (0.0, t_end), 1.0, tol=tol, **rkf_options)]
 
 
 def poster_table(runs: Sequence[ODEResult], hs: Sequence[float], tol: float) -> List[Dict]:
@@ -76,6 +79,7 @@ def poster_figure(
     tol: float = RKF_TOL,
     t_end: float = T_END,
     dpi: int = 150,
+    **rkf_options,
 ) -> List[Dict]:
     """Draw the figure to ``path`` (PNG) and return the :func:`poster_table` rows.
 
@@ -86,7 +90,7 @@ def poster_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    runs = poster_runs(hs, tol, t_end)
+    runs = poster_runs(hs, tol, t_end, **rkf_options)
     rows = poster_table(runs, hs, tol)
     fig = Figure(figsize=(13, 6), layout="constrained")
     FigureCanvasAgg(fig)
