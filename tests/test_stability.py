@@ -23,7 +23,7 @@ from stepping_utils import randomize_bn, randomize_steps
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # Power and Jacobian iterations are thousands of tiny ops: with the 2 cores shared by other
     # processes, 2 OpenMP threads spin-wait for each other and run up to 50x slower than 1.

@@ -1,0 +1,146 @@
+"""A Markdown report of a set of runs of one dataset: curves, learned steps, summary table.
+
+Runs are grouped by ``(model, step policy)``; runs in a group differ by ``train.seed``. Errors are
+**final-epoch** test errors, mean ± sample std over seeds (never the best epoch). Figures read the
+runs' own ``metrics.jsonl``; the Δt heat maps read the last checkpoint of each group's first seed.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..stepping import step_sizes
+from ..train.run import Run
+from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
+from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
+from .stability import STABILITY_FILE, format_stability_table
+
+__all__ = ["Report", "build_report", "summarize", "format_summary"]
+
+
+def _metric(run: Run, key: str) -> list:
+    return [row.get(key) for row in run.metrics]
+
+
+def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
+    """One row per group: final-epoch test error mean ± std over seeds, seeds, mean final T."""
+    rows = []
+    for (model, policy), runs in groups.items():
+        errors = [float(r.final["test_error"]) for r in runs]
+        times = [float(r.final["evolution_time"]) for r in runs if r.final.get("evolution_time") is not None]
+        rows.append({
+            "model": model, "policy": policy, "controller": has_controller(policy), "seeds": [seed_of(r) for r in runs],
+            "n_seeds": len(runs), "epochs": sorted({int(r.final["epoch"]) for r in runs}),
+            "test_error_mean": statistics.fmean(errors),
+            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
+            "test_errors": errors, "evolution_time_mean": statistics.fmean(times) if times else None,
+            "runs": [r.name for r in runs],
+        })
+    return rows
+
+
+def format_summary(rows: Sequence[dict]) -> str:
+    """The summary rows as a Markdown table."""
+    lines = ["| model | policy | controller | seeds | epochs | final test error % (mean ± std) | mean T |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        std = "" if r["test_error_std"] is None else f" ± {r['test_error_std']:.2f}"
+        t = "—" if r["evolution_time_mean"] is None else f"{r['evolution_time_mean']:.2f}"
+        lines.append(f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
+                     f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
+                     f"{r['test_error_mean']:.2f}{std} | {t} |")
+    return "\n".join(lines)
+
+
+def _series(groups: dict, key: str) -> list[Series]:
+    return [Series.from_runs(group_label(k), [[np.nan if v is None else v for v in _metric(r, key)] for r in runs],
+                             dashed=not has_controller(k[1])) for k, runs in groups.items()]
+
+
+def _dt_mean_panels(groups: dict) -> list[tuple[str, np.ndarray]]:
+    """Mean over seeds of ``dt_mean[epoch][block]`` for each group with steps."""
+    panels = []
+    for key, runs in groups.items():
+        per_seed = [np.array(_metric(r, "dt_mean"), dtype=float) for r in runs if all(_metric(r, "dt_mean"))]
+        if not learns_steps(key[1]) or not per_seed:
+            continue
+        epochs = min(len(a) for a in per_seed)
+        panels.append((f"{group_label(key)} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})", np.mean([a[:epochs] for a in per_seed], axis=0)))
+    return panels
+
+
+def _find_stability(stability: Optional[Path], out_dir: Path) -> Optional[Path]:
+    if stability is not None:
+        if not Path(stability).is_file():
+            raise UserError(f"stability file {stability} does not exist; write one with `tscnet stability RUN... --out DIR`")
+        return Path(stability)
+    found = out_dir / STABILITY_FILE
+    return found if found.is_file() else None
+
+
+@dataclass
+class Report:
+    path: Path                # report.md
+    summary: list[dict]
+    files: dict[str, Path]    # figure name -> PNG
+
+
+def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Path] = None) -> Report:
+    """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
+
+    ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
+    """
+    runs = load_runs(run_dirs)
+    data = runs[0].config["data"]["name"]
+    out_dir = Path(out_dir)
+    found = _find_stability(stability, out_dir)
+    saved = json.loads(found.read_text()) if found is not None else None
+    if saved is not None and saved.get("data") != data:  # refuse before writing anything
+        raise UserError(f"{found} is about {saved.get('data')}, the runs are {data}: pass a stability file of the same dataset")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    summary = summarize(groups)
+    files: dict[str, Path] = {}
+    note = "solid: Δt from a controller (tsc/mlp); dashed: without"
+    files["training_curves"] = plot_series(_series(groups, "test_error"), out_dir / "training_curves.png",
+                                           "test error (%)", f"Test error per epoch on {data} (mean ± std over seeds)", note=note)
+    files["evolution_time"] = plot_series(_series(groups, "evolution_time"), out_dir / "evolution_time.png",
+                                          "evolution time T = Σ_d mean_c Δt_d",
+                                          "Evolution time T per epoch (vanilla ResNet: T = number of blocks)", note=note)
+    heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", [s.numpy() for s in step_sizes(rs[0].model)])
+            for k, rs in groups.items() if learns_steps(k[1])]
+    if heat:
+        files["dt_heatmap"] = plot_dt_heatmaps(heat, out_dir / "dt_heatmap.png")
+    panels = _dt_mean_panels(groups)
+    if panels:
+        files["dt_evolution"] = plot_block_series(panels, out_dir / "dt_evolution.png", "mean_c Δt_d",
+                                                  "Mean step size of each block over training (mean over seeds)")
+    sections = [f"# tscnet report: {len(runs)} runs on {data}\n",
+                "Final-epoch test error (never the best epoch), mean ± sample std over seeds, grouped by model and "
+                "step policy. T = Σ_d mean_c Δt_d is the evolution time at the final epoch.\n",
+                format_summary(summary) + "\n",
+                "## Training curves\n", "![test error per epoch](training_curves.png)\n",
+                "## Evolution time\n", "![evolution time per epoch](evolution_time.png)\n"]
+    if heat:
+        sections += ["## Learned step sizes (final model, first seed of each group)\n",
+                     "![Δt per block and channel](dt_heatmap.png)\n"]
+    if panels:
+        sections += ["## Step sizes over training\n", "![mean Δt per block per epoch](dt_evolution.png)\n"]
+    if saved is not None:
+        files["stability"] = plot_stability_vs_depth(saved["runs"], out_dir / "stability.png")
+        sections += ["## Stability\n", f"From `{found}` ({saved.get('images')} test images).\n",
+                     format_stability_table(saved["runs"]) + "\n", "![amplification against depth](stability.png)\n"]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(sections))
+    (out_dir / "summary.json").write_text(json.dumps({
+        "data": data, "groups": summary,
+        "runs": [{"run": r.name, "path": str(r.path), "model": r.config["model"]["name"],
+                  "policy": str(r.config["model"]["steps"]), "seed": seed_of(r), "final": r.final} for r in runs],
+    }, indent=2) + "\n")
+    return Report(path, summary, files)

@@ -1,0 +1,86 @@
+"""Run folders as analysis input: loading, grouping by model and policy, test images."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import UserError
+from ..train.run import Run, load_run
+
+__all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_runs", "has_controller", "learns_steps",
+           "seed_of", "test_batch", "CONTROLLERS"]
+
+CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller Θ of the weights
+
+
+def load_runs(paths: Iterable[Path], with_model: bool = True) -> list[Run]:
+    """Read each run folder (the last checkpoint's model with ``with_model``); one dataset only."""
+    runs = []
+    for path in dict.fromkeys(Path(p).resolve() for p in paths):  # each folder once, order kept
+        run = load_run(path, with_model=with_model)
+        if not run.metrics:
+            raise UserError(f"run {path} has no finished epoch (empty metrics.jsonl)")
+        runs.append(run)
+    if not runs:
+        raise UserError("no run folder given")
+    check_one_dataset(runs)
+    return runs
+
+
+def check_one_dataset(runs: Sequence[Run]) -> str:
+    """The runs' common dataset name; a UserError naming the mix otherwise."""
+    by_data: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        by_data[run.config["data"]["name"]].append(run.name)
+    if len(by_data) > 1:
+        mix = "; ".join(f"{name}: {', '.join(names)}" for name, names in by_data.items())
+        raise UserError(f"runs of different datasets cannot be compared ({mix}); pass runs of one dataset")
+    return next(iter(by_data))
+
+
+def policy_of(run: Run) -> str:
+    return str(run.config["model"]["steps"])
+
+
+def seed_of(run: Run) -> int:
+    return int(run.config["train"]["seed"])
+
+
+def group_key(run: Run) -> tuple[str, str]:
+    """``(model name, step policy)``: runs that differ only in the seed."""
+    return run.config["model"]["name"], policy_of(run)
+
+
+def group_label(key: tuple[str, str]) -> str:
+    return f"{key[0]} / {key[1]}"
+
+
+def has_controller(policy: str) -> bool:
+    return policy.partition(":")[0] in CONTROLLERS
+
+
+def learns_steps(policy: str) -> bool:
+    """Whether Δt is trained (not ``none``, not a ``fixed`` constant)."""
+    return policy.partition(":")[0] not in ("none", "fixed")
+
+
+def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs grouped by :func:`group_key`, groups in first-seen order, seeds sorted."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[group_key(run)].append(run)
+    return {k: sorted(v, key=seed_of) for k, v in groups.items()}
+
+
+def test_batch(config: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (normalised, no augmentation) and labels of a run's dataset."""
+    from ..data import create_loaders
+
+    data = config["data"]
+    _, test, _ = create_loaders(data["name"], data_dir=data.get("data_dir"), batch_size=n, eval_batch_size=n,
+                                augment=False, image_size=data.get("image_size"))
+    images, labels = next(iter(test))
+    return images[:n], labels[:n]

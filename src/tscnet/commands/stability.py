@@ -1,0 +1,34 @@
+"""``tscnet stability``: the stability bound against measured amplification, per run."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "stability"
+HELP = "bound vs measured perturbation amplification and gradient flow of trained runs"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one dataset)")
+    parser.add_argument("--out", default=".", help="output folder (default: the current folder)")
+    parser.add_argument("--images", type=int, default=32, help="first N test images of the runs' dataset (default 32)")
+    parser.add_argument("--directions", type=int, default=8, help="random directions per image (default 8)")
+    parser.add_argument("--eps", type=float, default=1e-3, help="perturbation size relative to ‖y_0‖ (default 1e-3)")
+    parser.add_argument("--power-iters", type=int, default=20, help="power iterations for the worst direction")
+    parser.add_argument("--norm", choices=("power", "fft"), default="power",
+                        help="conv norms: power iteration on the true operator (default), or the FFT upper bound (fast)")
+    parser.add_argument("--no-gradient-flow", action="store_true", help="skip gradient_flow.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.stability import format_stability_table, stability_study
+    from ..errors import UserError
+
+    if args.images < 1 or args.directions < 1 or args.eps <= 0 or args.power_iters < 1:
+        raise UserError("need --images >= 1, --directions >= 1, --eps > 0 and --power-iters >= 1")
+    study = stability_study([Path(r) for r in args.runs], Path(args.out), images=args.images,
+                            directions=args.directions, method=args.norm, gradient_flow_plot=not args.no_gradient_flow,
+                            eps=args.eps, power_iters=args.power_iters)
+    print(format_stability_table(study.rows))
+    print("wrote " + ", ".join(str(p) for p in study.files.values()))
+    return 0

@@ -1,0 +1,111 @@
+"""``build_report`` on real tiny runs: figures, summary table (final epoch, mean ± std), refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tscnet.analysis.report import build_report
+from tscnet.analysis.stability import stability_study
+from tscnet.errors import UserError
+from tscnet.train import fit, load_config
+
+
+def make_run(root: Path, model: str, steps: str, seed: int, epochs: int = 2) -> Path:
+    """A real run folder: ``model`` with ``steps`` trained briefly on Fashion-MNIST by the engine."""
+    out = root / f"{model}-{steps.replace(':', '')}-seed{seed}"
+    config = load_config(None, [f"model.name={model}", f"model.steps={steps}", f"train.seed={seed}",
+                                f"train.epochs={epochs}", "data.name=fashion-mnist", "data.train_subset=192",
+                                "data.test_subset=128", "data.batch_size=64", "train.device=cpu",
+                                "train.progress=false"])
+    fit(config, out)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small batches and thousands of tiny ops: with the 2 cores shared by other processes, two
+    # OpenMP threads spin-wait for each other and run many times slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, one_thread) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [make_run(root, "cifar_resnet8", "tsc", 0), make_run(root, "cifar_resnet8", "tsc", 1),
+            make_run(root, "cifar_resnet8", "none", 0)]
+
+
+def final_errors(run: Path) -> list[float]:
+    return [json.loads(line)["test_error"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 600 and image.size[1] > 400
+
+
+def test_report_writes_figures_table_and_summary(runs, tmp_path):
+    study = stability_study(runs[:1], tmp_path, images=3, directions=1, method="fft", gradient_flow_plot=False,
+                            power_iters=5)
+    row = study.rows[0]
+    assert row["worst"] <= row["bound"] and row["data"] == "fashion-mnist" and row["depth"] == 8
+    report = build_report(runs, tmp_path)  # finds tmp_path/stability.json by itself
+    assert set(report.files) == {"training_curves", "evolution_time", "dt_heatmap", "dt_evolution", "stability"}
+    text = report.path.read_text()
+    for path in report.files.values():
+        assert_png(path)
+        assert f"]({path.name})" in text  # every figure is linked from the report
+    assert "## Stability" in text and row["run"] in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"] == "fashion-mnist" and len(summary["runs"]) == 3
+    tsc, none = summary["groups"]
+    assert (tsc["policy"], tsc["seeds"], tsc["controller"]) == ("tsc", [0, 1], True)
+    assert (none["policy"], none["n_seeds"], none["controller"], none["test_error_std"]) == ("none", 1, False, None)
+    finals = [final_errors(r)[-1] for r in runs[:2]]
+    assert tsc["test_error_mean"] == pytest.approx(statistics.fmean(finals))
+    assert tsc["test_error_std"] == pytest.approx(statistics.stdev(finals))
+    assert none["evolution_time_mean"] == pytest.approx(3.0)  # 3 blocks, Δt ≡ 1
+    line = next(line for line in text.splitlines() if line.startswith("| cifar_resnet8 | tsc"))
+    assert f"{statistics.fmean(finals):.2f} ± {statistics.stdev(finals):.2f}" in line and "2 (0, 1)" in line
+
+
+def test_summary_uses_the_final_epoch_never_the_best(runs, tmp_path):
+    run = tmp_path / "edited"
+    shutil.copytree(runs[2], run)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines[0]["test_error"] = 0.5  # a far better earlier epoch must not be reported
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = build_report([run], tmp_path / "out")
+    assert report.summary[0]["test_error_mean"] == pytest.approx(lines[-1]["test_error"]) != 0.5
+    assert "dt_heatmap" not in report.files  # a vanilla run has no learned steps to show
+
+
+def test_report_refuses_runs_of_different_datasets(runs, tmp_path):
+    other = tmp_path / "other-data"
+    shutil.copytree(runs[0], other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["data"]["name"] = "cifar10"
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match="different datasets.*fashion-mnist.*cifar10"):
+        build_report([runs[0], other], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_stability_file_of_another_dataset(runs, tmp_path):
+    (tmp_path / "wrong.json").write_text(json.dumps({"data": "cifar10", "images": 3, "runs": []}))
+    with pytest.raises(UserError, match="cifar10"):
+        build_report(runs, tmp_path / "out", stability=tmp_path / "wrong.json")
+    with pytest.raises(UserError, match="does not exist"):
+        build_report(runs, tmp_path / "out", stability=tmp_path / "missing.json")
+    assert not (tmp_path / "out").exists()
