@@ -11,7 +11,7 @@ from torch import nn
 
 import tscnet
 from tscnet.analysis.gradflow import fixed_step_study, gradient_flow
-from tscnet.analysis.lipschitz import block_ops, segment_norm, stability_bound
+from tscnet.analysis.lipschitz import block_ops, stability_bound
 from tscnet.analysis.perturbation import amplification, residual_io
 from tscnet.analysis.resteps import with_steps
 from tscnet.analysis.spectral import bn_scale, conv_matrix

@@ -16,13 +16,16 @@ segments (a conv with its eval-mode BN folded in, or a BN alone) separated by Re
 input shape (:func:`tscnet.analysis.spectral.conv_spectral_norm`; shapes from one forward pass).
 Biases and BN shifts do not change a Lipschitz constant. Conv norms come from a registry
 (:data:`CONV_NORMS`): ``"power"`` (default) is the operator's own norm by power iteration, which
-converges from below; ``"fft"`` is a certified upper bound in milliseconds (see
-:func:`conv_norm_fft_upper`), exact up to border effects for stride 1. Shortcut norms:
+converges from below; ``"fft"`` is a certified upper bound that is much faster on large maps (see
+:func:`conv_norm_fft_upper`): within a few % for stride 1 on maps of 8x8 and more, looser for
+strided convs and tiny maps. Shortcut norms:
 
 * identity: 1; option A (stride-s subsampling and zero channel padding): a coordinate selection,
   norm 1; a projection (1x1 conv + BN): the folded conv's norm;
 * pre-activation blocks feed ``relu(bn1(y))`` to both paths, so ``‖bn1‖ = max_c |s_c|`` enters both.
 
+Covered blocks (:func:`register_block_ops` adds more): our CIFAR basic/bottleneck blocks, post-
+and pre-activation; torchvision's and timm's ``BasicBlock``/``Bottleneck`` with ReLU activations.
 Branches with a squeeze-and-excitation (or any other data-dependent) gate are refused:
 ``u ↦ u ⊙ sigmoid(f(pool(u)))`` has no global Lipschitz constant (its Jacobian contains ``u``
 times the gate's derivative, unbounded in ``‖u‖``), so no constant ``L_j`` exists.
