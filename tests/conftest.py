@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of many tiny ops (power iterations, tiny batches): with the
+    2 cores shared by other processes, two OpenMP threads spin-wait for each other and run up to
+    50x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def sample_dir() -> Path:

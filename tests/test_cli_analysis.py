@@ -13,14 +13,7 @@ from PIL import Image
 from tscnet.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small batches and thousands of tiny ops: with the 2 cores shared by other processes, two
-    # OpenMP threads spin-wait for each other and run many times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_png(path: Path) -> None:

@@ -28,14 +28,7 @@ def make_run(root: Path, model: str, steps: str, seed: int, epochs: int = 2) -> 
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small batches and thousands of tiny ops: with the 2 cores shared by other processes, two
-    # OpenMP threads spin-wait for each other and run many times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ from stepping_utils import randomize_bn, randomize_steps
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Power and Jacobian iterations are thousands of tiny ops: with the 2 cores shared by other
-    # processes, 2 OpenMP threads spin-wait for each other and run up to 50x slower than 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @lru_cache(maxsize=None)

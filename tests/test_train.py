@@ -23,7 +23,7 @@ QUICK = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress"]
 def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "short"
     code = main(["train", *QUICK, "--steps", "tsc", "--train-subset", "2000", "--test-subset", "1000",
-                 "--epochs", "2", "--set", "sched.name=cosine", "--out", str(out)])
+                 "--epochs", "2", "--batch-size", "64", "--set", "sched.name=cosine", "--out", str(out)])
     assert code == 0
     return out
 
