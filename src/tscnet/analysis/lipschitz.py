@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..stepping import branches_of, evolution_time, step_sizes
-from ..stepping.branches import qualname
+from ..registry import Registry, qualname
 from .spectral import bn_scale, conv_spectral_norm, conv_spectral_norm_fft, fold_bn_into_conv
 
 __all__ = ["Segment", "BlockOps", "BlockBound", "StabilityBound", "CONV_NORMS", "block_ops", "conv_norm_fft_upper",
@@ -69,18 +69,8 @@ class BlockOps:
 
 
 BlockOpsFn = Callable[[nn.Module], BlockOps]
-_BLOCK_OPS: dict[str, BlockOpsFn] = {}
-
-
-def register_block_ops(*qualnames: str) -> Callable[[BlockOpsFn], BlockOpsFn]:
-    """Register how to split blocks of the classes ``module.Class`` into segments."""
-
-    def decorator(fn: BlockOpsFn) -> BlockOpsFn:
-        for name in qualnames:
-            _BLOCK_OPS[name] = fn
-        return fn
-
-    return decorator
+_BLOCK_OPS: Registry[BlockOpsFn] = Registry("block splitter")
+register_block_ops = _BLOCK_OPS.register  # how to split blocks of classes "module.Class" into segments
 
 
 def block_ops(block: nn.Module) -> BlockOps:
@@ -88,7 +78,7 @@ def block_ops(block: nn.Module) -> BlockOps:
     fn = _BLOCK_OPS.get(qualname(block))
     if fn is None:
         raise ValueError(f"no Lipschitz bound for block type {qualname(block)} (known: "
-                         f"{', '.join(sorted(_BLOCK_OPS))}); see tscnet.analysis.lipschitz.register_block_ops")
+                         f"{', '.join(_BLOCK_OPS.names())}); see tscnet.analysis.lipschitz.register_block_ops")
     return fn(block)
 
 

@@ -13,20 +13,13 @@ from typing import Callable, Union
 
 from torch import nn
 
+from ..registry import Registry
 from ..stepping import PolicySpec, attach_steps, parse_policy
 from .cifar_resnet import CIFAR_MODELS
 
-_SOURCES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_source(prefix: str):
-    """Register a model source: ``prefix:name`` is built by ``fn(name, num_classes, in_chans, zero_init, **kw)``."""
-
-    def decorator(fn):
-        _SOURCES[prefix] = fn
-        return fn
-
-    return decorator
+# prefix -> fn(name, num_classes, in_chans, zero_init, **kw): builds "prefix:name"; raises KeyError if unknown
+_SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
+register_source = _SOURCES.register
 
 
 @register_source("tv")

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from ..registry import Registry, qualname
+
 
 @dataclass(eq=False)
 class Branch:
@@ -52,27 +54,12 @@ class Branch:
 
 
 Adapter = Callable[[nn.Module], Branch]
-_ADAPTERS: dict[str, Adapter] = {}
-
-
-def qualname(obj_or_type) -> str:
-    cls = obj_or_type if isinstance(obj_or_type, type) else type(obj_or_type)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def register_block(*qualnames: str) -> Callable[[Adapter], Adapter]:
-    """Register an adapter for the block classes named ``module.Class``."""
-
-    def decorator(fn: Adapter) -> Adapter:
-        for name in qualnames:
-            _ADAPTERS[name] = fn
-        return fn
-
-    return decorator
+_ADAPTERS: Registry[Adapter] = Registry("residual block adapter")
+register_block = _ADAPTERS.register  # register_block("module.Class", ...)(adapter)
 
 
 def supported_blocks() -> list[str]:
-    return sorted(_ADAPTERS)
+    return _ADAPTERS.names()
 
 
 def _post_activation(conv_attr: str, norm_attr: str) -> Adapter:

@@ -19,22 +19,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..registry import Registry, qualname
 from .attach import POLICY_ATTR, get_policy, unwrap_model
-from .branches import Branch, qualname
+from .branches import Branch
 
 GateFolder = Callable[[nn.Module, torch.Tensor], None]
-_GATE_FOLDERS: dict[str, GateFolder] = {}
-
-
-def register_gate(*qualnames: str) -> Callable[[GateFolder], GateFolder]:
-    """Register how to fold Δt through a gate class (``module.Class``)."""
-
-    def decorator(fn: GateFolder) -> GateFolder:
-        for name in qualnames:
-            _GATE_FOLDERS[name] = fn
-        return fn
-
-    return decorator
+_GATE_FOLDERS: Registry[GateFolder] = Registry("gate folder")
+register_gate = _GATE_FOLDERS.register  # how to fold Δt through a gate class ("module.Class")
 
 
 def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -> None:
@@ -68,7 +59,7 @@ def _fold_branch(branch: Branch, dt: torch.Tensor) -> None:
         if folder is None:
             raise ValueError(
                 f"cannot fold steps exactly through the gate {qualname(gate)}: it is not known to act "
-                f"per channel on pooled inputs (foldable gates: {', '.join(sorted(_GATE_FOLDERS))}); "
+                f"per channel on pooled inputs (foldable gates: {', '.join(_GATE_FOLDERS.names())}); "
                 "register one with tscnet.stepping.fold.register_gate"
             )
         folder(gate, dt)

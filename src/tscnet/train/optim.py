@@ -17,17 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..registry import Registry
 
 Decay = Callable[[float, int, dict], float]
-SCHEDULES: dict[str, Decay] = {}
-
-
-def register_schedule(name: str) -> Callable[[Decay], Decay]:
-    def decorator(fn: Decay) -> Decay:
-        SCHEDULES[name] = fn
-        return fn
-
-    return decorator
+SCHEDULES: Registry[Decay] = Registry("lr schedule")
+register_schedule = SCHEDULES.register
 
 
 @register_schedule("multistep")

@@ -1,0 +1,35 @@
+"""A name → object registry with a decorator, shared by every extension point of tscnet.
+
+Block adapters, gate folders and Lipschitz splitters are keyed by qualified class name
+(``module.Class``, see :func:`qualname`), so timm and torchvision are imported only when used.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def qualname(obj_or_type) -> str:
+    """``module.Class`` of a class or of an instance."""
+    cls = obj_or_type if isinstance(obj_or_type, type) else type(obj_or_type)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Registry(dict, Generic[T]):
+    """``registry.register("a", "b")(obj)`` or ``@registry.register("a")`` adds ``obj`` under each name."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def register(self, *names: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            for name in names:
+                self[name] = obj
+            return obj
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self)
