@@ -11,28 +11,29 @@ class MetricSums:
     """Running sums of loss, top-1 and top-5 hits and sample count, kept on device (no sync per batch)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, top-1 hits, top-5 hits
+        self.count = 0  # on the host: no device op per batch
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n = target.numel()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(target.unsqueeze(1))
-        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(),
-                                  hits.any(dim=1).sum().double(), torch.tensor(float(n), device=self.sums.device, dtype=torch.float64)])
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target.unsqueeze(1))
+        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
+        self.count += n
 
     def loss_is_finite(self) -> bool:
         return bool(torch.isfinite(self.sums[0]))
 
     def reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)
+            packed = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+            dist.all_reduce(packed)
+            self.sums, self.count = packed[:3], int(packed[3].item())
 
     def compute(self, prefix: str = "") -> dict[str, float]:
-        """``loss`` (mean), ``top1``/``top5`` in %; ``acc`` is top-1 for the training split."""
-        loss, top1, top5, n = self.sums.tolist()
-        n = max(n, 1.0)
+        """``loss`` (mean), ``top1``/``top5`` in %."""
+        loss, top1, top5 = self.sums.tolist()
+        n = max(self.count, 1)
         return {f"{prefix}loss": loss / n, f"{prefix}top1": 100.0 * top1 / n, f"{prefix}top5": 100.0 * top5 / n}
 
 
