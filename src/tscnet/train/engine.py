@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..data import create_loaders
 from ..errors import UserError
-from ..stepping import evolution_time, step_sizes
+from ..stepping import step_sizes
 from . import run as runfiles
 from .config import dump_config
 from .distributed import Context, cleanup, setup
@@ -192,9 +192,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
             kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
                     else "no checkpoint was written")
             raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
-        steps = step_sizes(model)
-        row.update(lr=scheduler.get_last_lr()[0], evolution_time=evolution_time(model),
-                   dt_mean=[float(s.mean()) for s in steps])
+        dt_mean = [float(s.mean()) for s in step_sizes(model)]
+        row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
         history.append(row)
         if ctx.is_main:
             runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, epoch + 1, history, config), ckpt_path)
