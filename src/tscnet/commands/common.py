@@ -17,11 +17,4 @@ def load_model(source: str, device: str = "cpu") -> tuple[nn.Module, dict]:
         return run.model, run.config
     if not path.is_file():
         raise UserError(f"{source} is neither a run folder nor a checkpoint file")
-    checkpoint = runfiles.load_checkpoint(path, map_location=device)
-    if "config" not in checkpoint or "model" not in checkpoint:
-        raise UserError(f"{source} is not a tscnet checkpoint (no config/model entries)")
-    config = checkpoint["config"]
-    runfiles.check_checkpoint_matches(checkpoint, config, path)
-    model = runfiles.build_model_from_config(config).to(device)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), config
+    return runfiles.model_from_checkpoint(path, device=device)

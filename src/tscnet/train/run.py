@@ -144,11 +144,22 @@ def load_run(run_dir: Path, with_model: bool = True, device: str = "cpu") -> Run
     """Read a run folder; with ``with_model`` rebuild the model and load its last checkpoint."""
     run_dir = require_run(Path(run_dir))
     config = read_config(run_dir)
-    model = None
-    if with_model:
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=device)
-        check_checkpoint_matches(checkpoint, config, run_dir / CHECKPOINT_FILE)
-        model = build_model_from_config(config).to(device)
-        model.load_state_dict(checkpoint["model"])
-        model.eval()
+    model = model_from_checkpoint(run_dir / CHECKPOINT_FILE, config, device)[0] if with_model else None
     return Run(run_dir, config, read_metrics(run_dir), model)
+
+
+def model_from_checkpoint(path: Path, config: Optional[dict] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """``(model, config)``: the model of ``config`` (default: the checkpoint's own) with the
+    checkpoint's weights, in eval mode.
+
+    Loaded with ``weights_only=True``; a checkpoint of another model or policy is refused.
+    """
+    checkpoint = load_checkpoint(path, map_location=device)
+    if config is None:
+        if "config" not in checkpoint or "model" not in checkpoint:
+            raise UserError(f"{path} is not a tscnet checkpoint (no config/model entries)")
+        config = checkpoint["config"]
+    check_checkpoint_matches(checkpoint, config, Path(path))
+    model = build_model_from_config(config).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), config
