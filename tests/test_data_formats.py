@@ -15,7 +15,7 @@ import torch
 
 from conftest import sample_dir, sample_images
 from tscnet.data import (
-    DataFormatError, DataNotFoundError, UnsafeDataError, build_dataset, create_loaders, load_cifar, read_idx,
+    DataFormatError, DataNotFoundError, UnsafeDataError, build_dataset, create_loaders, create_test_loader, load_cifar, read_idx,
 )
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -228,3 +228,8 @@ def test_imagefolder_real_jpgs(tmp_path):
     dataset = build_dataset("imagefolder", tmp_path, "test")
     assert [dataset.classes[t] for t in y] == [Path(p).stem.split("_")[-1] for p, _ in dataset.samples[:8]]
     assert abs(float(x.mean())) < 1.5 and 0.3 < float(x.std()) < 2.0  # ImageNet-normalised
+    (tmp_path / "train").rename(tmp_path / "unused")  # the test loader alone never reads train/
+    alone, alone_info = create_test_loader("imagefolder", tmp_path, batch_size=8, workers=1)
+    x_alone, y_alone = next(iter(alone))
+    assert torch.equal(x_alone, x) and torch.equal(y_alone, y)
+    assert (alone_info.num_classes, alone_info.num_test, alone_info.image_size) == (len(classes), 20, 224)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tscnet.data import (
-    DataError, DataNotFoundError, TensorLoader, UnknownDatasetError, build_dataset, create_loaders, crop_flip,
+    DataError, DataNotFoundError, TensorLoader, UnknownDatasetError, build_dataset, create_loaders,
+    create_test_loader, crop_flip,
     list_datasets,
 )
 
@@ -106,6 +107,14 @@ def test_create_loaders_fashion_mnist_subset():
     assert len(test) == 79 and test.pad == 0 and not test.flip and not test.shuffle
     test.batch_size = 2500  # fewer, larger batches: same check, faster
     assert torch.equal(torch.cat([y for _, y in test]), build_dataset("fashion-mnist", split="test").labels)
+
+
+def test_create_test_loader_is_create_loaders_test_loader():
+    alone, info = create_test_loader("fashion-mnist", batch_size=300, test_subset=900)
+    _, test, full = create_loaders("fashion-mnist", batch_size=64, eval_batch_size=300, test_subset=900, seed=5)
+    assert (info.num_test, info.num_classes, info.in_chans) == (900, 10, 1) == (full.num_test, full.num_classes, 1)
+    pairs = list(zip(alone, test))
+    assert len(pairs) == 3 and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in pairs)
 
 
 def test_unknown_name_lists_valid_names():

@@ -77,10 +77,9 @@ def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
 
 def test_batch(config: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images (normalised, no augmentation) and labels of a run's dataset."""
-    from ..data import create_loaders
+    from ..data import create_test_loader
 
     data = config["data"]
-    _, test, _ = create_loaders(data["name"], data_dir=data.get("data_dir"), batch_size=n, eval_batch_size=n,
-                                augment=False, image_size=data.get("image_size"))
+    test, _ = create_test_loader(data["name"], data.get("data_dir"), batch_size=n, image_size=data.get("image_size"))
     images, labels = next(iter(test))
     return images[:n], labels[:n]

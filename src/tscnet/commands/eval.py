@@ -29,7 +29,7 @@ def _logits(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import create_loaders
+    from ..data import create_test_loader
     from ..stepping import fold_steps
     from ..train.metrics import MetricSums
     from .common import load_model
@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     model, config = load_model(args.source, args.device)
     dc = config["data"]
     subset = args.test_subset if args.test_subset is not None else dc.get("test_subset")
-    _, test_loader, _ = create_loaders(dc["name"], args.data_dir or dc["data_dir"], batch_size=args.batch_size,
-                                       device=args.device, augment=False, image_size=dc.get("image_size"),
-                                       test_subset=subset, workers=dc.get("workers", 4))
+    test_loader, _ = create_test_loader(dc["name"], args.data_dir or dc["data_dir"], batch_size=args.batch_size,
+                                        device=args.device, image_size=dc.get("image_size"), test_subset=subset,
+                                        workers=dc.get("workers", 4))
     folded = fold_steps(model).eval()
     logits, target = _logits(folded, test_loader, args.device)
     reference, _ = _logits(model, test_loader, args.device)

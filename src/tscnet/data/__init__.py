@@ -1,6 +1,6 @@
 """Datasets and fast loaders: IDX (MNIST, Fashion-MNIST), CIFAR-10/100 archives, image folders.
 
-Start with :func:`create_loaders`; see :func:`list_datasets` for the names.
+Start with :func:`create_loaders` (:func:`create_test_loader` for evaluation alone); see :func:`list_datasets` for the names.
 """
 from .arrays import ArrayDataset
 from .cifar import RestrictedUnpickler, load_cifar, safe_unpickle
@@ -13,6 +13,7 @@ from .registry import (
     DatasetSpec,
     build_dataset,
     create_loaders,
+    create_test_loader,
     get_dataset_spec,
     list_datasets,
     register_dataset,
@@ -23,6 +24,6 @@ __all__ = [
     "DataError", "DataFormatError", "DataNotFoundError", "UnknownDatasetError", "UnsafeDataError",
     "IMAGENET_MEAN", "IMAGENET_STD", "EpochDataLoader", "build_image_folder", "imagenet_transform",
     "load_idx_split", "read_idx", "TensorLoader", "crop_flip", "epoch_generator", "subset_indices",
-    "DatasetInfo", "DatasetSpec", "build_dataset", "create_loaders", "get_dataset_spec",
+    "DatasetInfo", "DatasetSpec", "build_dataset", "create_loaders", "create_test_loader", "get_dataset_spec",
     "list_datasets", "register_dataset",
 ]

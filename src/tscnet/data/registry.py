@@ -245,15 +245,44 @@ def create_loaders(
         common = dict(mean=info.mean, std=info.std, seed=seed, device=device, **shard)
         pad, flip = (spec.pad, spec.flip) if augment else (0, False)
         train_loader = TensorLoader(train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common)
-        test_loader = TensorLoader(test.images, test.labels, eval_batch_size, shuffle=False, equal_shards=False, **common)
-        return train_loader, test_loader, info
+        return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
     info = _folder_info(info, train, test, image_size or info.image_size)
     if not augment:
         _base(train).transform = _base(test).transform
     common = dict(workers=workers, seed=seed, device=device, **shard)
     train_loader = create_folder_loader(train, batch_size, True, drop_last=drop_last, **common)
-    test_loader = create_folder_loader(test, eval_batch_size, False, **common)
-    return train_loader, test_loader, info
+    return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
+
+
+def create_test_loader(
+    name: str,
+    data_dir: Optional[PathLike] = None,
+    batch_size: int = 256,
+    device: Union[str, torch.device] = "cpu",
+    *,
+    test_subset: Optional[int] = None,
+    image_size: Optional[int] = None,
+    workers: int = 4,
+) -> tuple[object, DatasetInfo]:
+    """``(test_loader, info)`` for dataset ``name``, reading the test split only.
+
+    The loader is the one :func:`create_loaders` returns second (no augmentation, no shuffling,
+    every sample kept); for evaluation and analysis, where the training split is not needed.
+    """
+    spec = get_dataset_spec(name)
+    test = _subset(build_dataset(spec.info.name, data_dir, "test", False, image_size), test_subset, "test_subset")
+    info = replace(spec.info, num_train=0, num_test=len(test))
+    if not spec.in_memory:
+        info = replace(info, num_classes=len(_base(test).classes), image_size=image_size or info.image_size)
+    return _test_loader(spec, info, test, batch_size, device, 0, dict(rank=0, world_size=1), workers), info
+
+
+def _test_loader(spec: DatasetSpec, info: DatasetInfo, test: Dataset, batch_size: int, device: Union[str, torch.device],
+                 seed: int, shard: dict, workers: int) -> object:
+    if spec.in_memory:
+        return TensorLoader(test.images, test.labels, batch_size, shuffle=False, equal_shards=False,
+                            mean=info.mean, std=info.std, seed=seed, device=device, **shard)
+    return create_folder_loader(test, batch_size, False, workers=workers, seed=seed, device=device, **shard)
 
 
 def _base(dataset: Dataset) -> Dataset:
