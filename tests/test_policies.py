@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import tscnet
-from tscnet.stepping import parse_policy
+from tscnet.stepping import parse_policy, replace_steps
 
 from conftest import sample_batch
-from stepping_utils import randomize_steps
+from stepping_utils import randomize_steps, rel_err
 
 
 @pytest.mark.parametrize(
@@ -133,3 +133,27 @@ def test_unsupported_block_type_is_named():
 
     with pytest.raises(TypeError, match="WeirdBlock"):
         tscnet.attach_steps(torch.nn.Sequential(WeirdBlock()), "tsc")
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet20", "tv:resnet18"])
+def test_replace_steps_keeps_weights_and_swaps_the_policy(name):
+    torch.manual_seed(0)
+    x = sample_batch("cifar10")[:4]
+    vanilla = tscnet.create_model(name, num_classes=10).eval()
+    for bn in (m for m in vanilla.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)  # no zero-initialised last BN: every branch counts
+    model = tscnet.attach_steps(copy.deepcopy(vanilla), "tsc")
+    with torch.no_grad():
+        randomize_steps(model)  # Δt ≠ 1, so a stale binding would change the output
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("step_policy.")}
+    replace_steps(model, "fixed:0.5")
+    assert str(tscnet.get_policy(model).spec) == "fixed:0.5"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    reference = tscnet.attach_steps(copy.deepcopy(vanilla), "fixed:0.5").eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert rel_err(model(x), reference(x)) < 1e-5
+        replace_steps(model, "none")  # the sites stay, at Δt ≡ 1: the vanilla function
+        assert rel_err(model(x), vanilla(x)) < 1e-5
+    fresh = replace_steps(copy.deepcopy(vanilla), "channel")  # no steps yet: attached
+    assert [dt.shape for dt in tscnet.step_sizes(fresh)] == [dt.shape for dt in tscnet.step_sizes(model)]

@@ -12,8 +12,8 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from ..stepping import PolicySpec, attach_steps, build_policy, get_policy, parse_policy, step_sizes
-from ..stepping.attach import POLICY_ATTR, unwrap_model
+from ..stepping import PolicySpec, get_policy, parse_policy, replace_steps, step_sizes
+from ..stepping.attach import unwrap_model
 
 __all__ = ["with_steps", "freeze_steps"]
 
@@ -28,18 +28,7 @@ def with_steps(model: nn.Module, steps: Steps) -> nn.Module:
     """
     values = None if isinstance(steps, (str, PolicySpec, dict)) else [torch.as_tensor(v).detach() for v in steps]
     spec = parse_policy("channel" if values is not None else steps)
-    model = copy.deepcopy(unwrap_model(model))
-    old = get_policy(model)
-    if old is None:
-        attach_steps(model, spec)
-    else:
-        # Keep the sites (their kind depends on the branch, not on the policy); rebind them.
-        policy = build_policy(spec if spec.name != "none" else "fixed:1", old.branches)
-        policy.spec = str(spec)
-        policy.to(next(model.parameters()).device)
-        for index, branch in enumerate(old.branches):
-            getattr(branch.block, branch.site_attr).bind(policy, index)
-        setattr(model, POLICY_ATTR, policy)
+    model = replace_steps(copy.deepcopy(unwrap_model(model)), spec)
     if values is not None:
         policy = get_policy(model)
         with torch.no_grad():

@@ -45,15 +45,33 @@ def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") 
     policy = build_policy(spec, branches)
     if policy is None:
         return model
-    device = next(iter(model.parameters())).device
-    policy.to(device)
-    for index, branch in enumerate(branches):
-        site = SITES[branch.site].wrap(getattr(branch.block, branch.site_attr))
-        site.bind(policy, index)
-        setattr(branch.block, branch.site_attr, site)
-    policy.spec = str(spec)
-    setattr(model, POLICY_ATTR, policy)
+    for branch in branches:
+        setattr(branch.block, branch.site_attr, SITES[branch.site].wrap(getattr(branch.block, branch.site_attr)))
+    _bind(model, policy, spec)
     return model
+
+
+def replace_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
+    """Swap the policy that produces Δt for a fresh ``steps`` policy, in place; returns ``model``.
+
+    Every weight is kept; a model without steps gets them attached. The step sites stay (their
+    kind depends on the branch, not on the policy), so ``"none"`` becomes Δt ≡ 1 (``fixed:1``).
+    """
+    old = get_policy(model)
+    if old is None:
+        return attach_steps(model, steps)
+    spec = parse_policy(steps)
+    _bind(model, build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches), spec)
+    return model
+
+
+def _bind(model: nn.Module, policy: StepPolicy, spec: PolicySpec) -> None:
+    """Point every branch's step site at ``policy`` and register it as ``model.step_policy``."""
+    policy.to(next(iter(model.parameters())).device)
+    for index, branch in enumerate(policy.branches):
+        getattr(branch.block, branch.site_attr).bind(policy, index)
+    policy.spec = str(spec)
+    setattr(unwrap_model(model), POLICY_ATTR, policy)
 
 
 def step_sizes(model: nn.Module) -> list[torch.Tensor]:
