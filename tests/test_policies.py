@@ -108,6 +108,20 @@ def test_controller_steps_stay_in_bounds(policy):
     assert steps.min() < 1.01 * dt_min and steps.max() > 0.99 * dt_max
 
 
+@pytest.mark.parametrize("policy, start", [("tsc", 1.0), ("tsc:dt_init=0.5", 0.5), ("mlp:dt_init=0.2,dt_min=0.1", 0.2)])
+def test_controllers_start_at_dt_init(policy, start):
+    model = tscnet.create_model("cifar_resnet20", steps=policy)
+    steps = torch.cat(tscnet.step_sizes(model))
+    torch.testing.assert_close(steps, torch.full_like(steps, start))
+    assert tscnet.evolution_time(model) == pytest.approx(9 * start, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["tsc:dt_init=0.005", "tsc:dt_init=2", "mlp:dt_init=0.05,dt_min=0.1"])
+def test_dt_init_outside_the_bounds_is_refused(bad):
+    with pytest.raises(ValueError, match="dt_min < dt_init < dt_max"):
+        tscnet.create_model("cifar_resnet20", steps=bad)
+
+
 def test_step_sizes_and_evolution_time():
     model = tscnet.create_model("cifar_resnet20", steps="fixed:0.25")
     steps = tscnet.step_sizes(model)

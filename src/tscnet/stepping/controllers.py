@@ -10,14 +10,14 @@
 ``mlp`` (the ablation without recurrence): ``Δt_d = Δt_min + (Δt_max − Δt_min) · sigmoid(Out_s(tanh(Mid(tanh(In_s(s_d))))))``.
 
 ``In_s``/``Fb_s``/``Out_s`` are per-width projections (stages differ in width). ``Out_s`` has zero
-weights and the bias that gives Δt ≡ 1 at initialisation: training starts from the standard
-ResNet. Δt_min > 0 keeps steps from underflowing to 0 when the sigmoid saturates (a known failure
+weights and the bias that gives Δt ≡ ``dt_init`` at initialisation; the default 1 starts training
+from the standard ResNet. Δt_min > 0 keeps steps from underflowing to 0 when the sigmoid saturates (a known failure
 of adaptive solvers). The summary is not detached: training is joint, gradients reach the weights.
 Our interpretation choices (the paper gives none of these details):
 
 * ``summary="l2"``: ``s_d[c] = ‖W_d[c]‖₂``, the L2 norm of each filter of the block's last conv;
   ``"l2_bn"`` adds ``|γ_d[c]|``, the last BN's scale (post-activation branches only).
-* hidden size 64, Δt_max = 2, Δt_min = 0.01.
+* hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1.
 """
 from __future__ import annotations
 
@@ -36,16 +36,17 @@ class WeightController(StepPolicy):
     """Shared machinery: weight summaries grouped in runs of blocks with equal conv shapes."""
 
     def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
-                 dt_min: float = 0.01) -> None:
+                 dt_min: float = 0.01, dt_init: float = 1.0) -> None:
         super().__init__(branches)
         if summary not in SUMMARIES:
             raise ValueError(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
         if summary == "l2_bn" and any(b.norm is None for b in branches):
             raise ValueError("summary 'l2_bn' needs a BN after the last conv of every branch; "
                              "pre-activation branches have none (use summary='l2')")
-        if not 0.0 < dt_min < 1.0 < dt_max:
-            raise ValueError(f"need 0 < dt_min < 1 < dt_max so that Δt = 1 at initialisation, got {dt_min}, {dt_max}")
+        if not 0.0 < dt_min < dt_init < dt_max:
+            raise ValueError(f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}")
         self.hidden, self.dt_min, self.dt_max, self.summary = int(hidden), float(dt_min), float(dt_max), summary
+        self.dt_init = float(dt_init)
         # Consecutive blocks whose last convs have equal shapes: their summaries batch in one op.
         self.groups: list[tuple[int, int]] = []
         for i, b in enumerate(branches):
@@ -57,8 +58,8 @@ class WeightController(StepPolicy):
         k = 2 if summary == "l2_bn" else 1
         self.inp = nn.ModuleDict({str(c): nn.Linear(k * c, self.hidden) for c in self.widths})
         self.out = nn.ModuleDict({str(c): nn.Linear(self.hidden, c) for c in self.widths})
-        p = (1.0 - self.dt_min) / (self.dt_max - self.dt_min)
-        logit = math.log(p / (1.0 - p))  # sigmoid(logit) = p  ⇔  Δt = 1
+        p = (self.dt_init - self.dt_min) / (self.dt_max - self.dt_min)
+        logit = math.log(p / (1.0 - p))  # sigmoid(logit) = p  ⇔  Δt = dt_init
         for layer in self.out.values():
             nn.init.zeros_(layer.weight)
             nn.init.constant_(layer.bias, logit)
@@ -89,7 +90,7 @@ class WeightController(StepPolicy):
 
     def extra_repr(self) -> str:
         return (f"blocks={len(self.sizes)}, hidden={self.hidden}, dt=[{self.dt_min}, {self.dt_max}], "
-                f"summary={self.summary!r}")
+                f"dt_init={self.dt_init}, summary={self.summary!r}")
 
 
 class MLPController(WeightController):
@@ -131,6 +132,6 @@ class LSTMController(WeightController):
         return steps
 
 
-_OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "summary": str}
+_OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": float, "summary": str}
 register_policy("mlp", MLPController, **_OPTIONS)
 register_policy("tsc", LSTMController, **_OPTIONS)
