@@ -123,6 +123,20 @@ def test_measured_amplification_never_exceeds_the_bound(name):
         assert all(f.lipschitz >= p.lipschitz * (1 - 1e-3) for f, p in zip(fft.blocks, bound.blocks))
 
 
+def test_dead_network_amplifies_nothing_and_is_not_nan():
+    """A collapsed network (every ReLU after the last block off, as in diverged deep runs):
+    the map y_0 → y_D is constant, so every amplification is exactly 0, not 0/0."""
+    model = make(8, "none")
+    last = model.layer3[-1]
+    x = fmnist_small(3)
+    with torch.no_grad():
+        last.bn2.bias.fill_(-1e4)  # relu(y + F(y)) = 0 everywhere
+    amp = amplification(model, x, directions=2, power_iters=4)
+    for values in (amp.random_mean, amp.random_max, amp.worst, amp.jacobian_norm):
+        assert not torch.isnan(values).any() and torch.all(values == 0)
+    assert torch.all(amplification(make(8, "none"), x, directions=2, power_iters=4).worst > 0)  # alive
+
+
 def test_bound_is_tight_when_steps_vanish():
     # Δt = 0: each post-activation block is relu(S y) with S the identity or option A, so the
     # bound is exactly 1, and a perturbation of the positive features passes through unchanged

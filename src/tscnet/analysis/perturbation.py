@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -94,8 +94,12 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def _unit(t: torch.Tensor) -> torch.Tensor:
-    return t / _norms(t).view(-1, *[1] * (t.dim() - 1))
+def _unit(t: torch.Tensor, fallback: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``t`` scaled to unit norm per sample; samples with ``‖t‖ = 0`` take ``fallback``'s direction."""
+    shape = (-1, *[1] * (t.dim() - 1))
+    if fallback is not None:
+        t = torch.where((_norms(t) == 0).view(shape), fallback, t)
+    return t / _norms(t).view(shape)
 
 
 def amplification(
@@ -140,7 +144,9 @@ def amplification(
     v = _unit(torch.randn(y0.shape, generator=gen, dtype=power_dtype).to(device))
     for _ in range(power_iters):
         _, jv = torch.func.jvp(f_fast, (y0_fast,), (v,))
-        v = _unit(vjp(jv)[0])
+        # Jᵀ J v = 0 where the map is locally constant (e.g. every last-stage ReLU dead): keep v there,
+        # whose measured amplification is then 0, instead of dividing by zero.
+        v = _unit(vjp(jv)[0], fallback=v)
     v = v.to(dtype)
     _, jv = torch.func.jvp(f, (y0,), (v,))
     return Amplification(randoms.mean(0), randoms.max(0).values, fd(v), _norms(jv.detach()), eps, directions)
