@@ -99,7 +99,9 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
     filled), the bound ``Π_j (‖S_j‖ + L_j max Δt_j)`` (dashed, open) and random directions (dotted).
 
     ``rows`` need ``policy``, ``depth``, ``worst``, ``bound`` and ``random_mean`` (medians over
-    images); runs of one policy and depth (seeds) are combined by their geometric mean.
+    images); runs of one policy and depth (seeds) are combined by their geometric mean. A run whose
+    measured amplification is 0 (a constant map: a collapsed network) has no place on a log axis:
+    it is left out of the mean and counted in a note at the bottom of the plot.
     """
     from matplotlib.lines import Line2D
 
@@ -109,12 +111,23 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
     kinds = (("bound", "--", False, "bound Π_j (‖S_j‖ + L_j·max_c Δt_j)"),
              ("worst", "-", True, "measured, worst direction\n(power iteration on J^T J)"),
              ("random_mean", ":", True, "measured, random directions (mean)"))
+    notes = []
     for policy, color, marker in zip(policies, _colors(len(policies)), _MARKERS):
         mine = [r for r in rows if r["policy"] == policy]
         depths = sorted({r["depth"] for r in mine})
         for key, ls, filled, _ in kinds:
-            ys = [math.exp(np.mean([math.log(max(r[key], 1e-300)) for r in mine if r["depth"] == d])) for d in depths]
+            ys = []
+            for d in depths:
+                values = [r[key] for r in mine if r["depth"] == d and r[key] is not None and not math.isnan(r[key])]
+                positive = [v for v in values if v > 0]
+                ys.append(math.exp(np.mean(np.log(positive))) if positive else math.nan)
+                if key == "worst" and len(positive) < len(values):
+                    notes.append(f"{policy}, depth {d}: {len(values) - len(positive)} of {len(values)} runs amplify 0 "
+                                 "(constant map: collapsed network), not drawn")
             ax.plot(depths, ys, ls=ls, marker=marker, color=color, mfc=color if filled else "none", ms=7, lw=1.6)
+    if notes:
+        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
+                bbox=dict(boxstyle="round", fc="white", alpha=0.8))
     ax.set_yscale("log")
     ax.set(xlabel="depth (weight layers: stem + branch convs + classifier)",
            ylabel="amplification ‖y_D^ε − y_D‖ / ‖ε‖  (median over images)",
