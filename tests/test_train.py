@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     metrics = read_metrics(out)
     assert len(metrics) == 1 and metrics[0]["test_top1"] > 10.0
     assert (out / "model.safetensors").exists()
+
+
+def test_sweep_runs_skips_finished_and_leaves_no_scratch(tmp_path, monkeypatch):
+    from tscnet.train import load_config
+    from tscnet.train.sweep import Job, run_sweep
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = load_config("fashion_mnist_grid", ["model.name=cifar_resnet8", "train.epochs=1",
+                                                "data.train_subset=256", "data.test_subset=256"])
+    config["train"]["progress"] = False
+    job = Job(config, tmp_path / "runs" / "seed0")
+    assert run_sweep([job], workers=1, threads=1) == [] and job.finished
+    card = (job.out / "model_card.json").stat().st_mtime_ns
+    assert run_sweep([job], workers=1, threads=1) == []  # finished: skipped, not retrained
+    assert (job.out / "model_card.json").stat().st_mtime_ns == card
+    assert list(scratch.iterdir()) == []  # the recipe's scratch folder is removed

@@ -36,11 +36,11 @@ class Job:
         return (self.out / runfiles.CONFIG_FILE).exists()
 
 
-def _command(job: Job) -> list[str]:
+def _command(job: Job, scratch: Path) -> list[str]:
     base = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(job.out)]
     if job.started:
         return base + ["--resume"]
-    recipe = Path(tempfile.mkdtemp(prefix="tscnet-sweep-")) / "recipe.yaml"
+    recipe = scratch / "recipe.yaml"
     recipe.write_text(dump_config(job.config))
     return base + ["--config", str(recipe)]
 
@@ -49,8 +49,9 @@ def _run(job: Job, threads: int) -> tuple[Job, int, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     job.out.parent.mkdir(parents=True, exist_ok=True)
     log = job.out.parent / f"{job.out.name}.log"
-    with open(log, "a") as f:
-        code = subprocess.run(_command(job), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    # The recipe is only read at start-up (the run folder keeps its own config.yaml): a scratch dir.
+    with open(log, "a") as f, tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
+        code = subprocess.run(_command(job, Path(scratch)), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     return job, code, str(log)
 
 
