@@ -1,0 +1,68 @@
+"""The launch counter of benchmarks/opcount.py and the --ops-only mode of benchmarks/overhead.py."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import opcount  # noqa: E402
+import overhead  # noqa: E402
+
+import tscnet  # noqa: E402
+
+
+def test_top_level_ops_skip_what_an_aten_op_calls(one_thread):
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        F.linear(x, w)  # aten::linear calls aten::t and aten::mm/matmul inside: one op
+        x.sum()
+    assert opcount.top_level_aten_ops(prof.events()) == {"aten::linear": 1, "aten::sum": 1}
+
+
+def test_train_step_count_is_stable_and_independent_of_batch(one_thread):
+    torch.manual_seed(0)
+    model = tscnet.create_model("cifar_resnet20", num_classes=10)
+    counts = []
+    for n in (2, 2, 5):
+        x, y = torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+        counts.append(opcount.count_train_step(model, x, y)["ops"])
+    assert counts[0] == counts[1] == counts[2] > 0
+    # forward and backward both counted: a convolution_backward per conv
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    by_name = opcount.count_train_step(model, x, y)["ops_by_name"]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert by_name["aten::conv2d"] == by_name["aten::convolution_backward"] == convs
+    assert all(p.grad is None for p in model.parameters())  # gradients freed afterwards
+
+
+def test_unparsable_policies_are_skipped_with_a_note():
+    policies, notes = overhead.usable_policies(["fixed:0.5", "no_such_policy", "none"])
+    assert policies == ["none", "fixed:0.5"]
+    assert len(notes) == 1 and "no_such_policy" in notes[0]
+    policies, _ = overhead.usable_policies(["tsc"])
+    assert policies[0] == "none"  # the base of every ratio is always measured
+
+
+def test_ops_only_table(one_thread, tmp_path, capsys):
+    out = tmp_path / "ops.json"
+    overhead.main(["--ops-only", "--models", "cifar_resnet20", "--policies", "none", "fixed:0.5", "bogus:1",
+                   "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["none", "fixed:0.5"]
+    assert rows[0]["ops_ratio"] == 1.0 and rows[1]["ops"] > rows[0]["ops"]
+    text = capsys.readouterr().out
+    assert "| none | " in text and "skipped policy 'bogus:1'" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA kernel counts need a GPU")
+def test_cuda_kernels_counted():
+    model = tscnet.create_model("cifar_resnet20", num_classes=10).cuda()
+    x, y = torch.randn(2, 3, 32, 32, device="cuda"), torch.randint(0, 10, (2,), device="cuda")
+    counts = opcount.count_train_step(model, x, y)
+    assert counts["kernels"] >= counts["ops_by_name"]["aten::conv2d"] > 0
