@@ -84,6 +84,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) training steps")
     p.add_argument("--compile-warmup", type=int, default=3, help="compiled steps before recompiles become errors")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
+    p.add_argument("--max-seconds", type=float, help="time budget: no new compile or round after it (at least 1 round)")
     p.add_argument("--out", help=f"JSON file (timing runs: default {DEFAULT_OUT}; --ops-only: none unless given)")
     args = p.parse_args(argv)
     if not args.ops_only and args.out is None:
@@ -248,7 +249,11 @@ def _dynamo_graphs() -> int:
     return int(counters["stats"].get("unique_graphs", 0))
 
 
-def compile_cases(cases: list[Case], x, y, args, device, sync) -> None:
+def _over_budget(args, start: float) -> bool:
+    return args.max_seconds is not None and time.perf_counter() - start > args.max_seconds
+
+
+def compile_cases(cases: list[Case], x, y, args, device, sync, start: float) -> None:
     """``torch.compile`` every case and run its warm-up steps; failures are noted, not raised."""
     from torch import _dynamo
 
@@ -258,10 +263,14 @@ def compile_cases(cases: list[Case], x, y, args, device, sync) -> None:
     cfg.recompile_limit = max(cfg.recompile_limit, 8 * len(cases))
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 64 * len(cases))
     cfg.fail_on_recompile_limit_hit = True
+    longest = 0.0  # the slowest compile so far: the next one is not started if it would not fit
     for case in cases:
+        if args.max_seconds is not None and time.perf_counter() - start + longest > args.max_seconds:
+            case.compile_note = f"not compiled: would not fit in the {args.max_seconds:.0f} s budget"
+            continue
         print(f"compiling {case.policy} ({args.compile_warmup} warm-up steps) ...", flush=True)
         graphs = _dynamo_graphs()
-        start = time.perf_counter()
+        started = time.perf_counter()
         try:
             case.compiled = torch.compile(case.model, mode=None if args.compile_mode == "default" else args.compile_mode)
             for _ in range(max(1, args.compile_warmup)):
@@ -269,7 +278,8 @@ def compile_cases(cases: list[Case], x, y, args, device, sync) -> None:
             sync()
         except Exception as e:  # noqa: BLE001 - reported in the table, the other cases go on
             _compile_failed(case, e)
-        case.compile_seconds = time.perf_counter() - start
+        case.compile_seconds = time.perf_counter() - started
+        longest = max(longest, case.compile_seconds)
         case.compile_graphs = _dynamo_graphs() - graphs
         case.opt.zero_grad(set_to_none=True)
     cfg.error_on_recompile = True
@@ -285,13 +295,27 @@ def compile_cases(cases: list[Case], x, y, args, device, sync) -> None:
                 _compile_failed(case, e)
 
 
+def _guard_failure(message: str) -> str:
+    """The guard failure that says why a case recompiled (e.g. a Python int mutated in forward).
+
+    Dynamo lists one failure per cached graph of the code object, the other cases' graphs
+    included (those fail on the identity/type of their own modules): skip those, take the most
+    recent graph's.
+    """
+    found = []
+    for line in message.splitlines():
+        m = re.match(r"\s*- (\d+)/(\d+): (.*)", line)
+        if m:
+            text = " ".join(m.group(3).split("(HINT")[0].split())
+            found.append((("___check_type_id" not in text and "___check_obj_id" not in text), int(m.group(2)), text))
+    return f"{max(found)[2]}" if found else ""
+
+
 def _compile_failed(case: Case, e: Exception) -> None:
     from torch._dynamo.exc import RecompileError
 
     kind = "recompiled" if isinstance(e, RecompileError) or "recompil" in str(e).lower() else "failed"
-    # The first guard that failed says why (e.g. a Python int attribute mutated in forward).
-    reason = next((" ".join(line.split("(HINT")[0].split()) for line in str(e).splitlines()
-                   if re.match(r"\s*- \d+/\d+: ", line)), "")
+    reason = _guard_failure(str(e))
     case.compiled, case.compile_note = None, f"{kind}: {_first_line(e)}" + (f" [{reason[:200]}]" if reason else "")
     case.compile_detail = str(e)
     case.opt.zero_grad(set_to_none=True)
@@ -309,6 +333,7 @@ def _ratio(value, base) -> Optional[float]:
 
 
 def run_timing(args, device: torch.device, policies: list[str], notes: list[str]) -> dict:
+    start = time.perf_counter()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     size = image_size(args, args.model)
     x, y = inputs(args.batch_size, size, args, device)
@@ -333,7 +358,7 @@ def run_timing(args, device: torch.device, policies: list[str], notes: list[str]
         peak = cuda_peak_bytes(case, cases, x, y, args, device) if device.type == "cuda" else (None, None)
         memory[case.policy] = (saved, *peak)
     if args.compile:
-        compile_cases(cases, x, y, args, device, sync)
+        compile_cases(cases, x, y, args, device, sync, start)
     for r in range(args.rounds):
         # Rotate the order every round: whoever runs first after a round pays for cold caches.
         for case in cases[r % len(cases):] + cases[: r % len(cases)]:
@@ -352,6 +377,9 @@ def run_timing(args, device: torch.device, policies: list[str], notes: list[str]
                 for _ in range(args.steps):
                     case.small_s.append(timed(lambda: train_step(case.model, case.opt, xs, ys, args, device), sync))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
+        if _over_budget(args, start) and r + 1 < args.rounds:
+            notes.append(f"stopped after {r + 1} of {args.rounds} rounds: over the {args.max_seconds:.0f} s budget")
+            break
     if args.compile:
         from torch import _dynamo
 
@@ -403,7 +431,9 @@ def run_timing(args, device: torch.device, policies: list[str], notes: list[str]
             )
         rows.append(row)
     meta = _meta(args, device) | {"model": args.model, "batch_size": args.batch_size, "image_size": size,
-                                  "rounds": args.rounds, "steps_per_round": args.steps, "notes": notes}
+                                  "rounds": args.rounds, "rounds_done": len(base.train_s) // args.steps,
+                                  "steps_per_round": args.steps, "seconds": time.perf_counter() - start,
+                                  "notes": notes}
     return {"meta": meta, "rows": rows}
 
 
@@ -462,7 +492,7 @@ def print_timing(result: dict, args, device) -> None:
     cuda = device.type == "cuda"
     small = args.small_batch > 0
     print(f"\n{args.model}, batch {args.batch_size}, {_setting(args, device)}; "
-          f"medians of {args.rounds}x{args.steps} steps\n")
+          f"medians of {result['meta']['rounds_done']}x{args.steps} steps\n")
     cols = ["policy", "train step ms", "× none"]
     if small:
         cols += [f"train step ms @b{args.small_batch}", f"× none @b{args.small_batch}"]
