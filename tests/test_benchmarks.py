@@ -60,6 +60,21 @@ def test_ops_only_table(one_thread, tmp_path, capsys):
     assert "| none | " in text and "skipped policy 'bogus:1'" in text
 
 
+def test_device_events_sorted_into_kernels_memcpy_memset():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(name, kind, device=DeviceType.CUDA):
+        return SimpleNamespace(name=name, activity_type=kind, device_type=device)
+
+    events = [ev("void cutlass_kernel<...>", "kernel"), ev("triton_poi_fused_add_0", "kernel"),
+              ev("Memcpy HtoD (Pageable -> Device)", "gpu_memcpy"), ev("Memset (Device)", "gpu_memset"),
+              ev("cudaStreamSynchronize", "cuda_sync"), ev("aten::add", "cpu_op", DeviceType.CPU),
+              ev("cudaLaunchKernel", "cuda_runtime", DeviceType.CPU), ev("Memcpy DtoD", None)]
+    assert opcount.device_launches(events) == {"kernel": 2, "memcpy": 2, "memset": 1}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA kernel counts need a GPU")
 def test_cuda_kernels_counted():
     model = tscnet.create_model("cifar_resnet20", num_classes=10).cuda()
