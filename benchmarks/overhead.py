@@ -338,7 +338,14 @@ def run_timing(args, device: torch.device, policies: list[str], notes: list[str]
     size = image_size(args, args.model)
     x, y = inputs(args.batch_size, size, args, device)
     xs, ys = inputs(args.small_batch, size, args, device) if args.small_batch > 0 else (None, None)
-    cases = [Case(p, args, device) for p in policies]
+    cases = []
+    for p in policies:
+        try:
+            cases.append(Case(p, args, device))
+        except Exception as e:  # noqa: BLE001 - e.g. an option this model's blocks do not support
+            if p == "none":
+                raise
+            notes.append(f"skipped policy {p!r} on {args.model}: {_first_line(e)}")
     launches = {}
     if not args.no_ops:
         for case in cases:
