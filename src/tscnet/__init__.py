@@ -12,6 +12,7 @@ from .models import create_model, list_models
 from .stepping import (
     PolicySpec,
     attach_steps,
+    convert_sync_batchnorm,
     evolution_time,
     fold_steps,
     get_policy,
@@ -22,6 +23,6 @@ from .stepping import (
 
 __version__ = "0.1.0"
 __all__ = [
-    "PolicySpec", "attach_steps", "create_model", "evolution_time", "fold_steps", "get_policy",
+    "PolicySpec", "attach_steps", "convert_sync_batchnorm", "create_model", "evolution_time", "fold_steps", "get_policy",
     "list_models", "parse_policy", "policy_names", "step_sizes",
 ]

@@ -13,7 +13,7 @@ from torch import nn
 
 from .branches import Branch, find_branches
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
-from .sites import SITES
+from .sites import SITES, StepBatchNorm2d, StepSyncBatchNorm
 
 POLICY_ATTR = "step_policy"
 
@@ -27,9 +27,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def get_policy(model: nn.Module) -> Optional[StepPolicy]:
-    """The step policy attached to ``model`` (unwrapping DDP / compile wrappers), or ``None``."""
+    """The step policy attached to ``model`` (unwrapping DDP / compile wrappers), or ``None``.
+
+    Raises:
+        RuntimeError: a step site was replaced behind the policy's back (e.g. by
+            ``nn.SyncBatchNorm.convert_sync_batchnorm``), so some blocks would silently lose Δt.
+    """
     policy = getattr(unwrap_model(model), POLICY_ATTR, None)
-    return policy if isinstance(policy, StepPolicy) else None
+    if not isinstance(policy, StepPolicy):
+        return None
+    for index, (branch, site) in enumerate(zip(policy.branches, policy.sites)):
+        if getattr(branch.block, branch.site_attr) is not site:
+            raise RuntimeError(
+                f"the step site of block {index} ({type(branch.block).__name__}.{branch.site_attr}) was replaced "
+                f"by a {type(getattr(branch.block, branch.site_attr)).__name__}, so its step Δt is gone; "
+                "use tscnet.convert_sync_batchnorm(model) instead of nn.SyncBatchNorm.convert_sync_batchnorm")
+    return policy
 
 
 def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") -> nn.Module:
@@ -67,11 +80,33 @@ def replace_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.M
 
 def _bind(model: nn.Module, policy: StepPolicy, spec: PolicySpec) -> None:
     """Point every branch's step site at ``policy`` and register it as ``model.step_policy``."""
-    policy.to(next(iter(model.parameters())).device)
-    for index, branch in enumerate(policy.branches):
-        getattr(branch.block, branch.site_attr).bind(policy, index)
+    weight = policy.branches[0].conv.weight
+    policy.to(device=weight.device, dtype=weight.dtype)  # a model cast to half/bf16 gets a policy to match
+    sites = [getattr(branch.block, branch.site_attr) for branch in policy.branches]
+    for index, site in enumerate(sites):
+        site.bind(policy, index)
+    policy.__dict__["sites"] = sites
     policy.spec = str(spec)
     setattr(unwrap_model(model), POLICY_ATTR, policy)
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the step sites (torch's drops them).
+
+    Every BatchNorm becomes a SyncBatchNorm; a BN step site becomes a
+    :class:`~tscnet.stepping.sites.StepSyncBatchNorm` bound to the same policy.
+    """
+    policy = get_policy(model)
+    if policy is None:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    norm_sites = [b for b in policy.branches if isinstance(getattr(b.block, b.site_attr), StepBatchNorm2d)]
+    for branch in norm_sites:
+        setattr(branch.block, branch.site_attr, getattr(branch.block, branch.site_attr).unwrap())
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    for branch in norm_sites:
+        setattr(branch.block, branch.site_attr, StepSyncBatchNorm.wrap(getattr(branch.block, branch.site_attr)))
+    _bind(model, policy, parse_policy(policy.spec))
+    return model
 
 
 def step_sizes(model: nn.Module) -> list[torch.Tensor]:

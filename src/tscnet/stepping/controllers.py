@@ -1,39 +1,54 @@
 """Step controllers Θ: step sizes computed from the network's own weights (DESIGN.md §1).
 
-``tsc`` (the paper's TSC_LSTM)::
+``tsc`` (the paper's TSC_LSTM), default ``feedback=implicit``::
 
-    s_d   = summary(w_d)                                  per-output-channel weight summary, C_d
-    x_d   = In_{s(d)}(s_d) + Fb_{s(d−1)}(Δt_{d−1})        (no feedback term for d = 0)
-    h_d, c_d = LSTMCell(x_d, (h_{d−1}, c_{d−1}))          (h_{−1} = c_{−1} = 0), one cell for all blocks
-    Δt_d  = Δt_min + (Δt_max − Δt_min) · sigmoid(Out_{s(d)}(h_d))    channel-wise, in [Δt_min, Δt_max]
+    s_d   = summary(w_d)                               per-output-channel weight summary, C_d values
+    x_d   = In_{w(d)}(s_d)                             per-width input projection (no bias)
+    h_d, c_d = LSTM(x_d, (h_{d−1}, c_{d−1}))           one LSTM run across the blocks, h_{−1} = c_{−1} = 0
+    Δt_d  = Δt_min + (Δt_max − Δt_min) · sigmoid(Out_{w(d)}(h_d))    channel-wise, in [Δt_min, Δt_max]
 
-``mlp`` (the ablation without recurrence): ``Δt_d = Δt_min + (Δt_max − Δt_min) · sigmoid(Out_s(tanh(Mid(tanh(In_s(s_d))))))``.
+The hidden state ``h_{d−1}`` determines every earlier step (``Δt_j`` is a function of ``h_j``), so
+Δt_d depends on block d's weights and on all previous steps, as the poster describes. Every
+stage is batched: the summaries of all blocks (:func:`~tscnet.stepping.multi_tensor.filter_norms`),
+both projections (:mod:`~tscnet.stepping.projections`) and the recurrence (one LSTM call over the
+sequence of blocks, :mod:`~tscnet.stepping.lstm`), so a training step runs a fixed number of ops
+whatever the depth, and ``torch.compile`` traces it in one graph.
 
-``In_s``/``Fb_s``/``Out_s`` are per-width projections (stages differ in width). ``Out_s`` has zero
-weights and the bias that gives Δt ≡ ``dt_init`` at initialisation; the default 1 starts training
-from the standard ResNet. Δt_min > 0 keeps steps from underflowing to 0 when the sigmoid saturates (a known failure
-of adaptive solvers). The summary is not detached: training is joint, gradients reach the weights.
-Our interpretation choices (the paper gives none of these details):
+``tsc:feedback=explicit`` (the first implementation, kept for comparison) also feeds the previous
+step back: ``x_d = In_{w(d)}(s_d) + Fb_{w(d−1)}(Δt_{d−1})``; that input depends on the previous
+output, so the LSTM runs block by block (a few ops per block).
+
+``mlp`` (the ablation without recurrence): ``Δt_d = Δt_min + (Δt_max − Δt_min) · sigmoid(Out(tanh(Mid(tanh(In(s_d))))))``.
+
+``Out`` has zero weights and the bias that gives Δt ≡ ``dt_init`` at initialisation; the default 1
+starts training from the standard ResNet. Δt_min > 0 keeps steps from underflowing to 0 when the
+sigmoid saturates (a known failure of adaptive solvers). The summary is not detached: training is
+joint, gradients reach the weights. Our interpretation choices (the paper gives none of these
+details):
 
 * ``summary="l2"``: ``s_d[c] = ‖W_d[c]‖₂``, the L2 norm of each filter of the block's last conv;
   ``"l2_bn"`` adds ``|γ_d[c]|``, the last BN's scale (post-activation branches only).
-* hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1.
+* hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1, implicit feedback.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .branches import Branch
+from .lstm import BlockLSTM
+from .multi_tensor import filter_norms
 from .policies import StepPolicy, register_policy
+from .projections import HiddenToWidth, WidthToHidden
 
 SUMMARIES = ("l2", "l2_bn")
+FEEDBACK = ("implicit", "explicit")
 
 
 class WeightController(StepPolicy):
-    """Shared machinery: weight summaries grouped in runs of blocks with equal conv shapes."""
+    """Shared machinery: weight summaries, per-width projections, the bounded output."""
 
     def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
                  dt_min: float = 0.01, dt_init: float = 1.0) -> None:
@@ -45,47 +60,35 @@ class WeightController(StepPolicy):
                              "pre-activation branches have none (use summary='l2')")
         if not 0.0 < dt_min < dt_init < dt_max:
             raise ValueError(f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be a positive size, got {hidden}")
         self.hidden, self.dt_min, self.dt_max, self.summary = int(hidden), float(dt_min), float(dt_max), summary
         self.dt_init = float(dt_init)
-        # Consecutive blocks whose last convs have equal shapes: their summaries batch in one op.
-        self.groups: list[tuple[int, int]] = []
-        for i, b in enumerate(branches):
-            if self.groups and branches[self.groups[-1][0]].conv.weight.shape == b.conv.weight.shape:
-                self.groups[-1] = (self.groups[-1][0], i + 1)
-            else:
-                self.groups.append((i, i + 1))
-        self.widths = sorted(set(self.sizes))
         k = 2 if summary == "l2_bn" else 1
-        self.inp = nn.ModuleDict({str(c): nn.Linear(k * c, self.hidden) for c in self.widths})
-        self.out = nn.ModuleDict({str(c): nn.Linear(self.hidden, c) for c in self.widths})
+        self.inp = WidthToHidden([k * c for c in self.sizes], self.hidden)
+        self.out = HiddenToWidth(self.hidden, self.sizes)
         p = (self.dt_init - self.dt_min) / (self.dt_max - self.dt_min)
-        logit = math.log(p / (1.0 - p))  # sigmoid(logit) = p  ⇔  Δt = dt_init
-        for layer in self.out.values():
-            nn.init.zeros_(layer.weight)
-            nn.init.constant_(layer.bias, logit)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, math.log(p / (1.0 - p)))  # sigmoid(bias) = p  ⇔  Δt = dt_init
 
-    def summaries(self) -> list[torch.Tensor]:
-        """One (blocks_in_group, k·C) tensor of weight summaries per group."""
-        out = []
-        for start, end in self.groups:
-            group = self.branches[start:end]
-            w = torch.stack([b.conv.weight for b in group]).float()
-            s = w.flatten(2).norm(dim=2)
-            if self.summary == "l2_bn":
-                s = torch.cat([s, torch.stack([b.norm.weight for b in group]).float().abs()], dim=1)
-            out.append(s)
-        return out
+    def summaries(self) -> Tensor:
+        """``s_d`` of every block, flat: ``‖W_d[c]‖₂`` (and ``|γ_d[c]|`` for ``l2_bn``, per block)."""
+        norms = filter_norms([b.conv.weight for b in self.branches])
+        if self.summary == "l2":
+            return norms
+        scales = torch.cat([b.norm.weight for b in self.branches]).abs()
+        return torch.cat([torch.cat(pair) for pair in zip(norms.split(self.sizes), scales.split(self.sizes))])
 
-    def to_step(self, z: torch.Tensor) -> torch.Tensor:
+    def to_step(self, z: Tensor) -> Tensor:
         return torch.sigmoid(z) * (self.dt_max - self.dt_min) + self.dt_min
 
-    def compute(self) -> list[torch.Tensor]:
-        # The controller is tiny and data-independent: run it in fp32 even under autocast.
-        device_type = self.out[str(self.widths[0])].weight.device.type
-        with torch.autocast(device_type, enabled=False):
-            return self._compute()
+    def forward(self) -> Tensor:
+        # The controller is tiny and data-independent: run it in full precision even under autocast.
+        with torch.autocast(self.out.weight.device.type, enabled=False):
+            return self.to_step(self.logits(self.inp(self.summaries())))
 
-    def _compute(self) -> list[torch.Tensor]:
+    def logits(self, x: Tensor) -> Tensor:
+        """``Out(h_d)`` of every block, flat, from the projected summaries ``x`` (D × hidden)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -100,38 +103,44 @@ class MLPController(WeightController):
         super().__init__(branches, **options)
         self.mid = nn.Linear(self.hidden, self.hidden)
 
-    def _compute(self) -> list[torch.Tensor]:
-        steps: list[torch.Tensor] = []
-        for (start, _), s in zip(self.groups, self.summaries()):
-            key = str(self.sizes[start])
-            h = torch.tanh(self.mid(torch.tanh(self.inp[key](s))))
-            steps.extend(self.to_step(self.out[key](h)).unbind(0))
-        return steps
+    def logits(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.mid(torch.tanh(x))))
 
 
 class LSTMController(WeightController):
-    """``tsc``: the paper's TSC_LSTM, one LSTM cell run across the blocks with Δt fed back."""
+    """``tsc``: the paper's TSC_LSTM, one LSTM run across the blocks."""
 
-    def __init__(self, branches: list[Branch], **options) -> None:
+    def __init__(self, branches: list[Branch], feedback: str = "implicit", **options) -> None:
         super().__init__(branches, **options)
-        # Only widths that feed a next block: an unused parameter would stall DDP's gradient sync.
-        fed_back = sorted(set(self.sizes[:-1]))
-        self.feedback = nn.ModuleDict({str(c): nn.Linear(c, self.hidden, bias=False) for c in fed_back})
-        self.cell = nn.LSTMCell(self.hidden, self.hidden)
+        if feedback not in FEEDBACK:
+            raise ValueError(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
+        self.feedback_mode = feedback
+        self.lstm = BlockLSTM(self.hidden, self.hidden)
+        self.register_buffer("state0", torch.zeros(1, 1, self.hidden), persistent=False)
+        if feedback == "explicit":
+            # Only widths that feed a next block: an unused parameter would stall DDP's gradient sync.
+            fed_back = sorted(set(self.sizes[:-1]))
+            self.feedback = nn.ModuleDict({str(c): nn.Linear(c, self.hidden, bias=False) for c in fed_back})
 
-    def _compute(self) -> list[torch.Tensor]:
-        inputs = torch.cat([self.inp[str(self.sizes[start])](s) for (start, _), s in zip(self.groups, self.summaries())])
-        state = (inputs.new_zeros(1, self.hidden), inputs.new_zeros(1, self.hidden))
-        steps: list[torch.Tensor] = []
-        for d, width in enumerate(self.sizes):
-            x = inputs[d : d + 1]
-            if steps:
-                x = x + self.feedback[str(self.sizes[d - 1])](steps[-1].unsqueeze(0))
-            state = self.cell(x, state)
-            steps.append(self.to_step(self.out[str(width)](state[0]))[0])
-        return steps
+    def logits(self, x: Tensor) -> Tensor:
+        state = (self.state0, self.state0)
+        if self.feedback_mode == "implicit":
+            h, _ = self.lstm(x.unsqueeze(1), state)  # the whole sequence of blocks in one call
+            return self.out(h.view(len(self.sizes), self.hidden))
+        # Explicit feedback needs Δt_{d−1} before block d's input: block by block.
+        zs: list[Tensor] = []
+        for d in range(len(self.sizes)):
+            x_d = x[d : d + 1]
+            if zs:
+                x_d = x_d + self.feedback[str(self.sizes[d - 1])](self.to_step(zs[-1]).unsqueeze(0))
+            h, state = self.lstm(x_d.unsqueeze(1), state)
+            zs.append(self.out.block(h[0], d))
+        return torch.cat(zs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", feedback={self.feedback_mode!r}"
 
 
 _OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": float, "summary": str}
 register_policy("mlp", MLPController, **_OPTIONS)
-register_policy("tsc", LSTMController, **_OPTIONS)
+register_policy("tsc", LSTMController, **_OPTIONS, feedback=str)

@@ -1,7 +1,7 @@
 """Step policies: how the step sizes Δt_d of all residual blocks are produced.
 
-Every policy computes the steps of *all* blocks in one call (:meth:`StepPolicy.compute`), once per
-forward pass of the model; the sites read them back by block index.
+Every policy computes the steps of *all* blocks in one call (``policy()``, a flat tensor of
+``Σ_d C_d`` values), once per forward pass of the model; the sites read them back by block index.
 
 ==============  ==============================================================================
 ``none``        the vanilla model: no policy, no sites, Δt ≡ 1.
@@ -22,32 +22,42 @@ import torch
 from torch import nn
 
 from .branches import Branch
+from .sites import prepare_sites
 
 
 class StepPolicy(nn.Module):
-    """Base class: produces ``[Δt_0, ..., Δt_{D-1}]``, one 1-D tensor of C_d values per block."""
+    """Base class: produces the steps of all D blocks, flat (``Σ_d C_d`` values, block after block).
+
+    Subclasses implement :meth:`forward`. The model's step sites call :meth:`site_args`; the first
+    block's call runs the policy and prepares every site's input (one batched op per kind of
+    site), the others read theirs back. No Python counter or flag changes between calls, so
+    ``torch.compile`` sees the same program every step.
+    """
 
     def __init__(self, branches: list[Branch]) -> None:
         super().__init__()
-        # Plain list, not submodules: the blocks belong to the model, not to the policy.
+        # Plain lists, not submodules: the blocks and sites belong to the model, not to the policy.
         self.__dict__["branches"] = branches
+        self.__dict__["sites"] = []
         self.sizes = [b.channels for b in branches]
-        self._steps: Optional[list[torch.Tensor]] = None
-        self.num_computes = 0  # how often compute() ran; tests check once per forward
+        self._site_args: Optional[list] = None
 
-    def compute(self) -> list[torch.Tensor]:
+    def forward(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def __getstate__(self) -> dict:
-        # The cached steps of the last forward are graph nodes: copies and pickles drop them.
-        return {**self.__dict__, "_steps": None}
+    def compute(self) -> list[torch.Tensor]:
+        """``[Δt_0, ..., Δt_{D-1}]``, one 1-D tensor of ``C_d`` values per block."""
+        return list(self().split(self.sizes))
 
-    def step(self, index: int) -> torch.Tensor:
-        """Δt of block ``index``; block 0 triggers the one computation of this forward pass."""
-        if index == 0 or self._steps is None:
-            self._steps = self.compute()
-            self.num_computes += 1
-        return self._steps[index]
+    def __getstate__(self) -> dict:
+        # The prepared inputs of the last forward are graph nodes: copies and pickles drop them.
+        return {**self.__dict__, "_site_args": None}
+
+    def site_args(self, index: int):
+        """The forward input of block ``index``'s site; block 0 prepares those of this forward pass."""
+        if index == 0 or self._site_args is None:
+            self._site_args = prepare_sites(self.sites, self(), self.sizes)
+        return self._site_args[index]
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.sizes)}"
@@ -61,8 +71,8 @@ class FixedSteps(StepPolicy):
         self.value = float(value)
         self.register_buffer("dt", torch.full((sum(self.sizes),), self.value), persistent=False)
 
-    def compute(self) -> list[torch.Tensor]:
-        return list(self.dt.split(self.sizes))
+    def forward(self) -> torch.Tensor:
+        return self.dt
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.sizes)}, value={self.value}"
@@ -76,11 +86,11 @@ class FreeSteps(StepPolicy):
         self.per_channel = per_channel
         n = sum(self.sizes) if per_channel else len(self.sizes)
         self.dt = nn.Parameter(torch.full((n,), float(init)))
-        self.register_buffer("repeats", torch.tensor(self.sizes), persistent=False)
+        block_of_channel = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        self.register_buffer("block_of_channel", block_of_channel, persistent=False)
 
-    def compute(self) -> list[torch.Tensor]:
-        flat = self.dt if self.per_channel else self.dt.repeat_interleave(self.repeats, output_size=sum(self.sizes))
-        return list(flat.split(self.sizes))
+    def forward(self) -> torch.Tensor:
+        return self.dt if self.per_channel else self.dt[self.block_of_channel]
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.sizes)}, per_channel={self.per_channel}"

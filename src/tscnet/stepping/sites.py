@@ -4,26 +4,31 @@ Each site replaces one module of the branch *in place* and keeps its parameter n
 state dict of the stepped model is the vanilla one plus ``step_policy.*``:
 
 * :class:`StepBatchNorm2d` — the branch's last BN with affine ``(γ·Δt, β·Δt)``:
-  ``Δt ⊙ BN(x) = BN_{γΔt, βΔt}(x)``. C-sized work instead of an N·C·H·W multiply.
+  ``Δt ⊙ BN_{γ,β}(x) = BN_{γΔt, βΔt}(x)``. C-sized work instead of an N·C·H·W multiply
+  (:class:`StepSyncBatchNorm` is the same for ``nn.SyncBatchNorm``).
 * :class:`StepConv2d` — the last conv of a pre-activation branch with weight ``W·Δt`` per output
   channel: ``Δt ⊙ (W * x + b) = (ΔtW) * x + Δt b``.
 * :class:`StepScale` — an explicit ``x·Δt`` (timm's ``drop_path`` slot, which runs after SE and
   right before the residual add), for branches whose last BN feeds a gate.
 
-Sites hold no parameters: Δt comes from the model's step policy, which computes every block's
-step once per forward pass (:meth:`tscnet.stepping.policies.StepPolicy.step`).
+Sites hold no parameters. Once per forward pass the model's step policy computes every Δt and,
+through :meth:`prepare` of each site class, every site's input for all blocks of that class in
+one multi-tensor op (:mod:`tscnet.stepping.multi_tensor`); a site then only reads its own.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from .multi_tensor import scale_by_steps
 
 
 class StepSite:
-    """Mixin: a module that reads Δt of block ``step_index`` from its policy."""
+    """Mixin: a module that reads its inputs for block ``step_index`` from its policy."""
 
     step_index: int
 
@@ -32,8 +37,18 @@ class StepSite:
         self.__dict__["_step_policy"] = policy
         self.step_index = index
 
-    def dt(self) -> torch.Tensor:
-        return self.__dict__["_step_policy"].step(self.step_index)
+    def step_args(self) -> Any:
+        return self.__dict__["_step_policy"].site_args(self.step_index)
+
+    @staticmethod
+    def step_views(flat: Tensor, sizes: list[int]) -> Sequence[Tensor]:
+        """The flat ``Σ_d C_d`` steps split per block, shaped as this kind of site needs them."""
+        return flat.split(sizes)
+
+    @classmethod
+    def prepare(cls, sites: list["StepSite"], dts: list[Tensor]) -> list[Any]:
+        """What each of ``sites`` needs in its forward, given its block's Δt (from :meth:`step_views`)."""
+        raise NotImplementedError
 
 
 def _retype(module: nn.Module, cls: type) -> nn.Module:
@@ -45,38 +60,72 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-class StepBatchNorm2d(nn.BatchNorm2d, StepSite):
-    """BatchNorm2d whose output is scaled channel-wise by Δt through its affine parameters."""
+def _momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """BN's running-average factor for this call, counting the batch (nn.BatchNorm2d.forward's rule)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return momentum
+
+
+def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, weight: Tensor, bias: Tensor, momentum: float) -> Tensor:
+    """nn.BatchNorm2d.forward with ``(weight, bias)`` as the affine parameters."""
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        weight, bias, use_batch_stats, momentum, bn.eps)
+
+
+class _StepNorm(StepSite):
+    """Shared by the BN sites: ``(γ·Δt_d, β·Δt_d)`` for every block in one op."""
+
+    plain: type  # the BN class the site stands in for
 
     @classmethod
-    def wrap(cls, bn: nn.BatchNorm2d) -> "StepBatchNorm2d":
-        if type(bn) is not nn.BatchNorm2d or not bn.affine:
-            raise TypeError(f"expected an affine nn.BatchNorm2d, got {type(bn).__name__}")
+    def wrap(cls, bn: nn.Module) -> nn.Module:
+        if type(bn) is not cls.plain or not bn.affine:
+            raise TypeError(f"expected an affine {cls.plain.__name__}, got {type(bn).__name__}")
         return _retype(bn, cls)
 
-    def unwrap(self) -> nn.BatchNorm2d:
-        return _retype(self, nn.BatchNorm2d)
+    def unwrap(self) -> nn.Module:
+        return _retype(self, self.plain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # nn.BatchNorm2d.forward with (γ·Δt, β·Δt) as the affine parameters.
+    @classmethod
+    def prepare(cls, sites, dts):
+        weights, biases = scale_by_steps(dts, [s.weight for s in sites], [s.bias for s in sites])
+        return list(zip(weights, biases))
+
+
+class StepBatchNorm2d(nn.BatchNorm2d, _StepNorm):
+    """BatchNorm2d whose output is scaled channel-wise by Δt through its affine parameters."""
+
+    plain = nn.BatchNorm2d
+
+    def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        track = not self.training or self.track_running_stats
-        dt = self.dt()
-        return F.batch_norm(
-            x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight * dt,
-            self.bias * dt,
-            use_batch_stats,
-            momentum,
-            self.eps,
-        )
+        return _batch_norm(self, x, *self.step_args(), _momentum(self))
+
+
+class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
+    """SyncBatchNorm with affine ``(γ·Δt, β·Δt)``; made by :func:`tscnet.stepping.convert_sync_batchnorm`."""
+
+    plain = nn.SyncBatchNorm
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        weight, bias = self.step_args()
+        momentum = _momentum(self)
+        group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
+        world = dist.get_world_size(group) if group is not None and self.training else 1
+        if world == 1:
+            return _batch_norm(self, x, weight, bias, momentum)
+        # nn.SyncBatchNorm.forward's synchronised path, with the stepped affine parameters.
+        from torch.nn.modules._functions import SyncBatchNorm as sync_batch_norm
+
+        return sync_batch_norm.apply(x, weight, bias, self.running_mean if self.track_running_stats else None,
+                                     self.running_var if self.track_running_stats else None, self.eps, momentum,
+                                     group, world)
 
 
 class StepConv2d(nn.Conv2d, StepSite):
@@ -91,16 +140,26 @@ class StepConv2d(nn.Conv2d, StepSite):
     def unwrap(self) -> nn.Conv2d:
         return _retype(self, nn.Conv2d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = self.dt()
-        bias = None if self.bias is None else self.bias * dt
-        return self._conv_forward(x, self.weight * dt.view(-1, 1, 1, 1), bias)
+    @staticmethod
+    def step_views(flat, sizes):
+        return flat.view(-1, 1, 1, 1).split(sizes)
+
+    @classmethod
+    def prepare(cls, sites, dts):
+        (weights,) = scale_by_steps(dts, [s.weight for s in sites])
+        # Convs of pre-activation branches have no bias; one that has gets its own multiply.
+        biases = [None if s.bias is None else s.bias * dt.view(-1) for s, dt in zip(sites, dts)]
+        return list(zip(weights, biases))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, *self.step_args())
 
 
 class StepScale(nn.Module, StepSite):
     """``x ↦ Δt ⊙ drop_path(x)``: an explicit channel-wise scale in an empty slot of the block.
 
-    ``drop_path`` is the module the slot held before (timm's DropPath, or ``None``).
+    ``drop_path`` is the module the slot held before (timm's DropPath, or ``None``). Under
+    autocast the product is taken in Δt's precision and rounded once, like the folded model's.
     """
 
     def __init__(self, drop_path: Optional[nn.Module] = None) -> None:
@@ -114,10 +173,32 @@ class StepScale(nn.Module, StepSite):
     def unwrap(self) -> Optional[nn.Module]:
         return self.drop_path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def step_views(flat, sizes):
+        return flat.view(1, -1, 1, 1).split(sizes, dim=1)
+
+    @classmethod
+    def prepare(cls, sites, dts):
+        return list(dts)
+
+    def forward(self, x: Tensor) -> Tensor:
         if self.drop_path is not None:
             x = self.drop_path(x)
-        return x * self.dt().view(1, -1, 1, 1).to(x.dtype)
+        out = x * self.step_args()
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 SITES: dict[str, type] = {"norm": StepBatchNorm2d, "conv": StepConv2d, "slot": StepScale}
+
+
+def prepare_sites(sites: list[StepSite], flat: Tensor, sizes: list[int]) -> list[Any]:
+    """Every site's forward input from the flat steps: one batched op per kind of site."""
+    out: list[Any] = [None] * len(sites)
+    kinds: dict[type, list[int]] = {}
+    for i, site in enumerate(sites):
+        kinds.setdefault(type(site), []).append(i)
+    for cls, index in kinds.items():
+        views = cls.step_views(flat, sizes)
+        for i, args in zip(index, cls.prepare([sites[i] for i in index], [views[i] for i in index])):
+            out[i] = args
+    return out

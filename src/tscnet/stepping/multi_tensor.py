@@ -1,0 +1,127 @@
+"""Per-block work for all blocks at once: a fixed number of ops, whatever the depth.
+
+A step policy touches one small tensor per residual block (the last BN's γ and β, the last conv's
+filters). Done block by block, forward and backward cost a few ops per block, and on a GPU every
+op is a kernel launch. The two autograd functions here do all blocks in one multi-tensor
+(``torch._foreach_*``) op each way:
+
+* :func:`scale_by_steps` — ``p_i ↦ p_i ⊙ Δt_{b(i)}`` for parameters ``p_i`` (γ, β or conv filters),
+  with hand-written backward ``∂/∂p_i = g_i ⊙ Δt``, ``∂/∂Δt = Σ g_i ⊙ p_i`` (reduced to Δt's shape);
+* :func:`filter_norms` — ``s_d[c] = ‖W_d[c]‖₂``, the controller's weight summary, computed per run of
+  equally shaped filters and differentiated as ``∂s_d[c]/∂W_d[c] = W_d[c] / ‖W_d[c]‖``.
+
+Autograd's generic foreach backward would loop over the tensors (one op per block); these don't.
+Under ``torch.compile`` and ``torch.func`` transforms the same forward formulas run with plain
+autograd instead (the compiler fuses them anyway).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def equal_shape_runs(tensors: Sequence[Tensor]) -> list[tuple[int, int]]:
+    """``[(start, end), ...]``: maximal runs of consecutive tensors with equal shapes."""
+    runs: list[tuple[int, int]] = []
+    for i, t in enumerate(tensors):
+        if runs and tensors[runs[-1][0]].shape == t.shape:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _plain_autograd() -> bool:
+    """Use the plain formulas (one op per block) instead of the fused functions?
+
+    Yes under ``torch.compile``, which fuses them itself, and under forward-mode AD or
+    ``torch.func`` transforms, which would need a custom ``jvp`` that Dynamo cannot trace.
+    """
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch.autograd.forward_ad._current_level >= 0)
+
+
+def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
+    """``products[i]`` summed down to the shape of ``like[i]`` (a Δt broadcast over it)."""
+    if all(p.shape == t.shape for p, t in zip(products, like)):
+        return products
+    out: list[Tensor] = []
+    for start, end in equal_shape_runs(products):  # one stack + sum per run of equal shapes
+        dims = [d + 1 for d, n in enumerate(like[start].shape) if n == 1 and products[start].shape[d] != 1]
+        out.extend(torch.stack(products[start:end]).sum(dims, keepdim=True).unbind(0))
+    return out
+
+
+class _ScaleBySteps(torch.autograd.Function):
+    # inputs: n, then Δt_0..Δt_{n-1}, then k groups of n parameters each (e.g. all γ, then all β)
+    @staticmethod
+    def forward(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+        dts, params = list(tensors[:n]), list(tensors[n:])
+        return tuple(torch._foreach_mul(params, dts * (len(params) // n)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.n = inputs[0]
+        ctx.save_for_backward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        n = ctx.n
+        saved = ctx.saved_tensors
+        dts, params = list(saved[:n]), list(saved[n:])
+        grads_list = list(grads)
+        groups = len(params) // n
+        grad_params: list[Optional[Tensor]] = [None] * len(params)
+        if any(ctx.needs_input_grad[1 + n:]):
+            grad_params = list(torch._foreach_mul(grads_list, dts * groups))
+        grad_dts: list[Optional[Tensor]] = [None] * n
+        if any(ctx.needs_input_grad[1 : 1 + n]):
+            acc = list(torch._foreach_mul(grads_list[:n], params[:n]))
+            for k in range(1, groups):
+                torch._foreach_addcmul_(acc, grads_list[k * n : (k + 1) * n], params[k * n : (k + 1) * n])
+            grad_dts = _reduce_to(acc, dts)
+        return (None, *grad_dts, *grad_params)
+
+
+
+def scale_by_steps(dts: Sequence[Tensor], *params: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``[[p ⊙ Δt_d for p, Δt_d in zip(group, dts)] for group in params]`` in one op each way.
+
+    ``dts[d]`` broadcasts against ``group[d]`` (``(C,)`` for γ and β, ``(C, 1, 1, 1)`` for
+    conv filters); every group has one tensor per block.
+    """
+    n = len(dts)
+    if any(len(group) != n for group in params):
+        raise ValueError("scale_by_steps: every parameter group needs one tensor per step")
+    scale = _ScaleBySteps.forward if _plain_autograd() else _ScaleBySteps.apply
+    flat = scale(n, *dts, *(p for group in params for p in group))
+    return [list(flat[k * n : (k + 1) * n]) for k in range(len(params))]
+
+
+class _FilterNorms(torch.autograd.Function):
+    @staticmethod
+    def forward(runs: list[tuple[int, int]], *weights: Tensor) -> Tensor:
+        return torch.cat([torch.linalg.vector_norm(torch.stack(weights[a:b]), dim=(2, 3, 4)).view(-1) for a, b in runs])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output, *inputs[1:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        norms, *weights = ctx.saved_tensors
+        # ∂‖w‖/∂w = w/‖w‖; an all-zero filter gets 0 (like torch.linalg.vector_norm's backward).
+        coef = (grad / norms.clamp_min(torch.finfo(norms.dtype).tiny)).view(-1, 1, 1, 1)
+        coefs = coef.split([w.shape[0] for w in weights])
+        return (None, *torch._foreach_mul(weights, list(coefs)))
+
+
+
+def filter_norms(weights: Sequence[Tensor]) -> Tensor:
+    """``cat_d [‖W_d[c]‖₂ for c]``: the L2 norm of every output filter of 4-D conv weights ``W_d``."""
+    if any(w.dim() != 4 for w in weights):
+        raise ValueError("filter_norms expects 4-D conv weights")
+    norms = _FilterNorms.forward if _plain_autograd() else _FilterNorms.apply
+    return norms(equal_shape_runs(weights), *weights)
