@@ -1,7 +1,10 @@
 """Engine code paths that otherwise first run on a GPU: channels_last, bf16/fp16 autocast with a
 GradScaler, torch.compile in the training loop. Tiny real Fashion-MNIST runs on CPU."""
+import math
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from tscnet.cli import main
@@ -55,3 +58,42 @@ def test_channels_last_auto_trains_nhwc_on_cpu_and_false_keeps_nchw(tmp_path):
     for key, value in runs["false"].items():
         if value.is_floating_point():
             torch.testing.assert_close(runs["auto"][key], value, rtol=1e-2, atol=2e-3, msg=key)
+
+
+def test_bf16_autocast_trains_like_fp32(tmp_path):
+    common = ["--train-subset", "768", "--test-subset", "256", "--epochs", "2", "--set", "sched.name=cosine"]
+    fp32 = _train(tmp_path / "fp32", *common, "--set", "train.amp=off")  # YAML reads off as false: accepted
+    bf16 = _train(tmp_path / "bf16", *common, "--set", "train.amp=bf16")
+    for rows in (fp32, bf16):
+        assert all(math.isfinite(r[k]) for r in rows for k in ("train_loss", "test_loss"))
+        assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+        assert rows[-1]["test_top1"] > 30.0  # chance is 10 %
+    assert bf16[-1]["train_loss"] != fp32[-1]["train_loss"]  # autocast did run in bf16
+    assert bf16[-1]["train_loss"] == pytest.approx(fp32[-1]["train_loss"], abs=0.1)
+    assert _checkpoint(tmp_path / "bf16")["scaler"] == {}  # bf16 needs no loss scaling
+
+
+def test_fp16_grad_scaler_state_resumes_exactly(tmp_path):
+    # CPU autocast supports float16 in torch 2.14 (conv training runs, ~12x slower than fp32 here),
+    # so the GPU's fp16 path runs for real. A constant schedule lets a 1-epoch run continue to 2.
+    common = ["--train-subset", "192", "--test-subset", "64", "--set", "sched.name=constant",
+              "--set", "train.amp=fp16"]
+    straight = tmp_path / "straight"
+    _train(straight, *common, "--epochs", "2")
+    resumed = tmp_path / "resumed"
+    _train(resumed, *common, "--epochs", "1")
+    config = yaml.safe_load((resumed / "config.yaml").read_text())
+    scaler_after_one = _checkpoint(resumed)["scaler"]
+    assert scaler_after_one["scale"] == 65536.0 and scaler_after_one["_growth_tracker"] == 3  # 3 good steps
+    config["train"]["epochs"] = 2
+    (resumed / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["train", "--resume", "--out", str(resumed), "--no-progress"]) == 0
+    a, b = _checkpoint(straight), _checkpoint(resumed)
+    assert a["epoch"] == b["epoch"] == 2
+    # The growth tracker counts steps since the last overflow: a fresh scaler on resume would say 3.
+    assert a["scaler"] == b["scaler"] and a["scaler"]["_growth_tracker"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert [r["train_loss"] for r in read_metrics(straight)] == [r["train_loss"] for r in read_metrics(resumed)]

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,8 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
     """``auto`` is bf16 autocast on CUDA and full fp32 elsewhere."""
+    if setting is False:  # YAML 1.1 reads an unquoted ``off`` (``amp: off``, ``--set train.amp=off``) as false
+        setting = "off"
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if setting not in _AMP:
@@ -85,8 +88,8 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     runfiles.atomic_write_bytes(out_dir / runfiles.METRICS_FILE, text.encode())
 
 
-def _train_epoch(model, loader, optimizer, scheduler, ctx: Context, amp_dtype, channels_last: bool,
-                 label_smoothing: float, desc: str, progress: bool) -> dict:
+def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Context, amp_dtype,
+                 channels_last: bool, label_smoothing: float, desc: str, progress: bool) -> dict:
     model.train()
     sums = MetricSums(ctx.device)
     bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not (progress and ctx.is_main),
@@ -101,8 +104,12 @@ def _train_epoch(model, loader, optimizer, scheduler, ctx: Context, amp_dtype, c
             logits = model(images)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # fp16 only: the loss is scaled so small gradients do not underflow; a step whose
+        # gradients overflow is skipped and the scale halved. The schedule advances regardless
+        # (it counts iterations). Disabled, the scaler is a pass-through.
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         sums.update(logits.float(), target, loss)
         seen += target.numel() * ctx.world_size
@@ -122,9 +129,10 @@ def _train_epoch(model, loader, optimizer, scheduler, ctx: Context, amp_dtype, c
     return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed}
 
 
-def _checkpoint(model: nn.Module, optimizer, scheduler, epoch: int, history: list[dict], config: dict) -> dict:
+def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, history: list[dict], config: dict) -> dict:
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
         "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
         "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
     }
@@ -180,6 +188,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     epochs = int(tc["epochs"])
     optimizer = build_optimizer(model, config["optim"])
     scheduler = build_scheduler(optimizer, config["sched"], epochs, len(train_loader))
+    # bf16 has fp32's exponent range and needs no loss scaling; fp16 does.
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
     start_epoch = 0
     ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
@@ -189,6 +199,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
@@ -200,8 +212,12 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         train_loader.set_epoch(epoch)
         row = {"epoch": epoch + 1}
         try:
-            row.update(_train_epoch(train_model, train_loader, optimizer, scheduler, ctx, amp_dtype, channels_last,
-                                    config["optim"]["label_smoothing"], f"epoch {epoch + 1}/{epochs}", tc["progress"]))
+            with warnings.catch_warnings():
+                if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                row.update(_train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
+                                        channels_last, config["optim"]["label_smoothing"],
+                                        f"epoch {epoch + 1}/{epochs}", tc["progress"]))
             row.update(evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last))
             if not math.isfinite(row["test_loss"]):
                 raise TrainingDiverged(f"test loss became {row['test_loss']} after epoch {epoch + 1}")
@@ -213,7 +229,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
         history.append(row)
         if ctx.is_main:
-            runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, epoch + 1, history, config), ckpt_path)
+            state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config)
+            runfiles.atomic_save(state, ckpt_path)
             _write_metrics(out_dir, history)
             tqdm.write(_epoch_line(row, epochs))
     if ctx.is_main and history:
