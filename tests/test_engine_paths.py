@@ -97,3 +97,39 @@ def test_fp16_grad_scaler_state_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     assert [r["train_loss"] for r in read_metrics(straight)] == [r["train_loss"] for r in read_metrics(resumed)]
+
+
+@pytest.mark.parametrize("value, message", [("no_such_backend", "aot_eager"), ("3", "true or false or a name")])
+def test_bad_compile_setting_is_one_line_and_leaves_no_run(value, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *QUICK, "--train-subset", "64", "--epochs", "1", "--set", f"train.compile={value}",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()  # checked before the run folder is written: the same command can be rerun
+
+
+@pytest.mark.parametrize("policy, backend", [
+    ("none", "true"),  # inductor, the default backend (C++ code generation on CPU)
+    pytest.param("tsc", "aot_eager", marks=pytest.mark.xfail(strict=False, reason="step policies being made compile-safe")),
+])
+def test_compiled_training_loop_never_recompiles_after_warm_up(policy, backend, tmp_path):
+    """Train and eval modes, a last batch of another size, a second epoch and a new model
+    instance (as after --resume): after one warm-up epoch, none of it may recompile."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    # 288 = 4.5 batches of 64, and 160 test images = 128 + 32: both loops end on a smaller batch.
+    common = ["--steps", policy, "--train-subset", "288", "--test-subset", "160", "--set", "data.eval_batch_size=128",
+              "--set", f"train.compile={backend}"]
+    _train(tmp_path / "warm-up", *common, "--epochs", "1")
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # at least the train-mode and the eval-mode graph
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = _train(tmp_path / "compiled", *common, "--epochs", "2")
+    assert counters["stats"]["unique_graphs"] == graphs
+    eager = _train(tmp_path / "eager", *common[:-2], "--epochs", "2")
+    # Compiled kernels sum in another order; 10 SGD steps amplify that to ~1e-3 of the loss.
+    for c, e in zip(compiled, eager):
+        assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-2)
+        assert c["test_loss"] == pytest.approx(e["test_loss"], rel=1e-2)

@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
               "compile": False, "progress": True},
 }
 
+# Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
+# such as "aot_eager".
+FLAG_OR_NAME = {"train.compile"}
+
 
 def _merge(base: dict, update: dict, path: str = "") -> dict:
     for key, value in update.items():
@@ -51,9 +55,10 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
 def _typed(key: str, default: Any, value: Any) -> Any:
     """``value`` converted to the type of ``default`` where that is a number or a flag."""
     if isinstance(default, bool):
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (key in FLAG_OR_NAME and isinstance(value, str) and value):
             return value
-        raise UserError(f"config key {key!r} must be true or false, got {value!r}")
+        also = " or a name" if key in FLAG_OR_NAME else ""
+        raise UserError(f"config key {key!r} must be true or false{also}, got {value!r}")
     if isinstance(default, (int, float)) and not isinstance(value, bool):
         kind = int if isinstance(default, int) and not isinstance(value, float) else float
         try:

@@ -64,6 +64,24 @@ def _use_channels_last(setting, model: nn.Module, device: torch.device) -> bool:
     raise UserError(f"train.channels_last must be auto, true or false; got {setting!r}")
 
 
+def _compile_backend(setting) -> Optional[str]:
+    """``train.compile``: false (eager), true (the default ``inductor`` backend) or a backend name.
+
+    ``aot_eager`` traces forward and backward like ``inductor`` (the same graphs, graph breaks and
+    recompiles) but runs them with eager kernels, with no C++/Triton code generation: it compiles
+    in seconds on a CPU (``cifar_resnet8``: ~1.5 s against ~16 s per graph for ``inductor``), so
+    it checks a model is compile-safe where ``inductor`` would be too slow to try.
+    """
+    if setting is False or setting is None:
+        return None
+    backend = "inductor" if setting is True else str(setting)
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        names = ", ".join(sorted({*torch._dynamo.list_backends(), "aot_eager", "eager"}))
+        raise UserError(f"train.compile must be true (inductor), false or a torch.compile backend ({names}); "
+                        f"got {setting!r}")
+    return backend
+
+
 def _git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -178,11 +196,12 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         image_size=dc["image_size"], test_subset=dc["test_subset"])
     config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
     config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
-    if ctx.is_main:
-        _prepare_out_dir(out_dir, config, resume)
     model = runfiles.build_model_from_config(config).to(ctx.device)
     amp_dtype = _amp_dtype(tc["amp"], ctx.device)
     channels_last = _use_channels_last(tc["channels_last"], model, ctx.device)
+    backend = _compile_backend(tc["compile"])
+    if ctx.is_main:  # after every setting is checked: a refused config leaves no run folder behind
+        _prepare_out_dir(out_dir, config, resume)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     epochs = int(tc["epochs"])
@@ -206,8 +225,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
             _write_metrics(out_dir, history)
     train_model = ctx.wrap(model)
-    if tc["compile"]:
-        train_model = torch.compile(train_model)
+    if backend is not None:
+        train_model = torch.compile(train_model, backend=backend)
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         row = {"epoch": epoch + 1}
