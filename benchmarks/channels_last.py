@@ -89,7 +89,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for s in SETTINGS:
         ips = [x["images_per_s"] for x in runs[s]]
-        print(f"| {str(s).lower()} | {median[s]:.0f} | {min(ips):.0f} | {max(ips):.0f} | {median[s] / median[False]:.3f} |")
+        print(f"| {str(s).lower()} | {median[s]:.0f} | {min(ips):.0f} | {max(ips):.0f} "
+              f"| {median[s] / median[False]:.3f} |")
     print()
     print(f"per-round ratio true/false: median {statistics.median(per_round):.3f}, "
           f"min {min(per_round):.3f}, max {max(per_round):.3f}; load average before {load_before[0]:.2f}, "
@@ -105,7 +106,8 @@ def main() -> None:
         "images_per_s_median": {str(s).lower(): median[s] for s in SETTINGS}, "ratio_true_over_false": ratio,
         "per_round_ratio": per_round, "runs": {str(s).lower(): runs[s] for s in SETTINGS},
         "load_average_before": list(load_before), "load_average_after": list(load_after),
-        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
