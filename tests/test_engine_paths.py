@@ -111,8 +111,7 @@ def test_bad_compile_setting_is_one_line_and_leaves_no_run(value, message, tmp_p
 
 @pytest.mark.parametrize("policy, backend", [
     ("none", "true"),  # inductor, the default backend (C++ code generation on CPU)
-    pytest.param("tsc", "aot_eager",
-                 marks=pytest.mark.xfail(strict=False, reason="step policies being made compile-safe")),
+    ("tsc", "aot_eager"),
 ])
 def test_compiled_training_loop_never_recompiles_after_warm_up(policy, backend, tmp_path):
     """Train and eval modes, a last batch of another size, a second epoch and a new model
