@@ -558,26 +558,22 @@ def print_ops_table(result: dict, args, device) -> None:
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     cell = {(r["model"], r["policy"]): r for r in rows}
     cuda = device.type == "cuda"
-    print(f"\nTop-level aten:: ops per training step (forward + cross-entropy + backward), batch {args.ops_batch}, "
-          f"{_setting(args, device)}; ratio to none\n")
-    print("| policy | " + " | ".join(f"{m} ops | × none" for m in models) + " |")
-    print("|---|" + "---:|---:|" * len(models))
-    for p in policies:
-        cells = []
-        for m in models:
-            r = cell.get((m, p), {})
-            cells += [_f(r.get("ops"), "d", "error" if "error" in r else "–"), _f(r.get("ops_ratio"), ".3f")]
-        print(f"| {p} | " + " | ".join(cells) + " |")
-    if cuda:
-        print("\nCUDA kernels per training step (memcpy/memset not counted); ratio to none\n")
-        print("| policy | " + " | ".join(f"{m} kernels | × none" for m in models) + " |")
+
+    def table(key: str, title: str, missing: str) -> None:
+        print(title)
+        print("| policy | " + " | ".join(f"{m} {key} | × none" for m in models) + " |")
         print("|---|" + "---:|---:|" * len(models))
         for p in policies:
             cells = []
             for m in models:
                 r = cell.get((m, p), {})
-                cells += [_f(r.get("kernels"), "d"), _f(r.get("kernels_ratio"), ".3f")]
+                cells += [_f(r.get(key), "d", missing if "error" in r else "–"), _f(r.get(f"{key}_ratio"), ".3f")]
             print(f"| {p} | " + " | ".join(cells) + " |")
+
+    table("ops", f"\nTop-level aten:: ops per training step (forward + cross-entropy + backward), batch "
+                 f"{args.ops_batch}, {_setting(args, device)}; ratio to none\n", "error")
+    if cuda:
+        table("kernels", "\nCUDA kernels per training step (memcpy/memset not counted); ratio to none\n", "–")
     for note in notes:
         print(f"note: {note}")
 
