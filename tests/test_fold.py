@@ -45,6 +45,11 @@ def test_fold_is_exact_on_real_images(name, policy):
         assert rel_err(folded(x), model(x)) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50"])
+def test_fold_is_exact_with_explicit_feedback(name):
+    test_fold_is_exact_on_real_images(name, "tsc:feedback=explicit")
+
+
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50", "tv:resnet50"])
 def test_folded_model_is_the_vanilla_architecture(name):
     model = _stepped(name, "tsc")

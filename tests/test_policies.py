@@ -190,3 +190,17 @@ def test_replace_steps_keeps_weights_and_swaps_the_policy(name):
         assert rel_err(model(x), vanilla(x)) < 1e-5
     fresh = replace_steps(copy.deepcopy(vanilla), "channel")  # no steps yet: attached
     assert [dt.shape for dt in tscnet.step_sizes(fresh)] == [dt.shape for dt in tscnet.step_sizes(model)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "seresnet18", "tv:resnet18"])
+@pytest.mark.parametrize("policy", ["tsc", "channel"])
+def test_library_models_with_steps_start_with_live_branches(name, policy):
+    # timm/torchvision zero-initialise the last BN's γ (zero_init_last) when asked; with steps that
+    # would make every branch output 0 and dL/dΔt = 0 at the start: the policy could never learn.
+    model = tscnet.create_model(name, num_classes=10, steps=policy)
+    assert all(b.norm.weight.abs().min() > 0 for b in tscnet.stepping.branches_of(model))
+    x = sample_batch("imagenet", size=32)[:2]
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    policy_module = tscnet.get_policy(model)
+    trained = policy_module.out.weight if policy == "tsc" else policy_module.dt
+    assert trained.grad is not None and trained.grad.abs().sum() > 0
