@@ -37,6 +37,12 @@ def test_short_run_learns_and_writes_the_run_folder(short_run):
     assert set(tscnet.train.run.METRIC_KEYS) <= set(metrics[-1])
     assert metrics[-1]["test_top1"] > 50.0  # chance is 10 %
     assert len(metrics[-1]["dt_mean"]) == 3
+    for m in metrics:  # values, not just keys: top-5 is not top-1, T is Σ_d mean_c Δt_d, not D
+        assert m["test_top5"] > m["test_top1"] and m["test_error"] == pytest.approx(100 - m["test_top1"])
+        assert m["evolution_time"] == pytest.approx(sum(m["dt_mean"]), rel=1e-9)
+    steps = tscnet.step_sizes(load_run(short_run).model)
+    assert metrics[-1]["dt_mean"] == pytest.approx([float(s.mean()) for s in steps], rel=1e-6)
+    assert abs(metrics[-1]["evolution_time"] - 3) > 1e-3  # the controller moved the steps
     card = json.loads((short_run / "model_card.json").read_text())
     assert card["final"]["test_top1"] == metrics[-1]["test_top1"]
     assert card["params_folded"] == sum(p.numel() for p in tscnet.create_model("cifar_resnet8", in_chans=1).parameters())
@@ -207,3 +213,17 @@ def test_sweep_runs_skips_finished_and_leaves_no_scratch(tmp_path, monkeypatch):
     assert run_sweep([job], workers=1, threads=1) == []  # finished: skipped, not retrained
     assert (job.out / "model_card.json").stat().st_mtime_ns == card
     assert list(scratch.iterdir()) == []  # the recipe's scratch folder is removed
+
+
+def test_metric_sums_rank_top1_and_top5_on_known_logits():
+    from tscnet.train.metrics import MetricSums
+
+    target = torch.arange(8) % 10
+    logits = torch.zeros(8, 10)
+    logits[torch.arange(8), (target + 1) % 10] = 3.0   # the true class ranks second...
+    logits[torch.arange(8), target] = 2.0
+    logits[[0, 1], target[[0, 1]]] = -5.0               # ...except for two samples, where it ranks last
+    sums = MetricSums(torch.device("cpu"))
+    sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
+    m = sums.compute("test_")
+    assert m["test_top1"] == 0.0 and m["test_top5"] == pytest.approx(75.0)
