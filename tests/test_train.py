@@ -126,12 +126,20 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys
      (["--data", "cifar10", "--data-dir", "/nonexistent"], "/nonexistent"),
      (["--set", "optim.lrr=0.1"], "optim.lr"),
      (["--set", "optim"], "section.key=value"),
-     (["--config", "no_such_recipe"], "cifar10_resnet20")],
+     (["--config", "no_such_recipe"], "cifar10_resnet20"),
+     (["--steps", "tsc:hidden=-1"], "hidden must be a positive size"),
+     (["--steps", "fixed:-1"], "fixed step must be positive"),
+     (["--steps", "fixed:0"], "fixed step must be positive"),
+     (["--steps", "tsc:dt_min=0"], "0 < dt_min < dt_init < dt_max"),
+     (["--steps", "tsc:feedback=both"], "unknown feedback"),
+     (["--set", "train.compile=bogus_backend"], "train.compile"),
+     (["--set", "train.channels_last=maybe"], "train.channels_last")],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     code = main(["train", "--epochs", "1", "--train-subset", "64", "--no-progress", *argv, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "r").exists()  # nothing written: the same command can be fixed and rerun
 
 
 def test_existing_run_is_never_overwritten(short_run, capsys):

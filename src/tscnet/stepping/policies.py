@@ -84,6 +84,10 @@ class FreeSteps(StepPolicy):
     def __init__(self, branches: list[Branch], init: float = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
         self.per_channel = per_channel
+        if not value > 0:  # also refuses NaN
+            raise ValueError(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
+                             "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
+                             "start at 0, use scalar:0)")
         n = sum(self.sizes) if per_channel else len(self.sizes)
         self.dt = nn.Parameter(torch.full((n,), float(init)))
         block_of_channel = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
