@@ -63,8 +63,8 @@ def has_controller(policy: str) -> bool:
 
 
 def learns_steps(policy: str) -> bool:
-    """Whether Δt is trained (not ``none``, not a ``fixed`` constant)."""
-    return policy.partition(":")[0] not in ("none", "fixed")
+    """Whether Δt is trained (not ``none``, not a constant: ``fixed``, ``depth``, a frozen ``profile``)."""
+    return policy.partition(":")[0] not in ("none", "fixed", "depth", "profile")
 
 
 def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:

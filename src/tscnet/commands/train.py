@@ -20,7 +20,8 @@ FLAGS = {
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="recipe: a YAML file or a name from configs/ (e.g. cifar10_resnet56)")
     parser.add_argument("--model", help="model name, e.g. cifar_resnet20, resnet50, tv:resnet50")
-    parser.add_argument("--steps", help="step policy: none, fixed:V, scalar[:I], channel[:I], mlp, tsc")
+    parser.add_argument("--steps", help="step policy: none, fixed:V, depth:P, scalar[:I], channel[:I], layerscale[:I], "
+                        "profile:RUN_OR_FILE, mlp, tsc")
     parser.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder")
     parser.add_argument("--data-dir", help="folder holding the dataset's files")
     parser.add_argument("--epochs", type=int)
@@ -49,7 +50,7 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def default_out(config: dict) -> Path:
-    steps = str(config["model"]["steps"]).replace(":", "").replace(",", "_").replace("=", "")
+    steps = str(config["model"]["steps"]).replace(":", "").replace(",", "_").replace("=", "").replace("/", "_")
     name = config["model"]["name"].replace(":", "-")
     return Path("runs") / f"{name}-{steps}-{config['data']['name']}-seed{config['train']['seed']}"
 

@@ -3,18 +3,30 @@
 Every policy computes the steps of *all* blocks in one call (``policy()``, a flat tensor of
 ``Σ_d C_d`` values), once per forward pass of the model; the sites read them back by block index.
 
-==============  ==============================================================================
-``none``        the vanilla model: no policy, no sites, Δt ≡ 1.
-``fixed:V``     Δt_d = V for every block and channel (e.g. the small step of Zhang et al. 2019).
-``scalar[:I]``  one free learnable Δt per block, init I (0 allowed: ReZero / SkipInit-like).
-``channel[:I]`` a free learnable Δt per block and channel, init I = 1 (LayerScale-like).
-``mlp``         Δt_d = Θ(w_d): a controller of the block's own weights, no recurrence (ablation).
-``tsc``         Δt_d = Θ(w_d; Δt_1..Δt_{d−1}): the paper's LSTM controller across the blocks.
-==============  ==============================================================================
+==================  ==========================================================================
+``none``            the vanilla model: no policy, no sites, Δt ≡ 1.
+``fixed:V``         Δt_d = V for every block and channel (e.g. the small step of Zhang et al. 2019).
+``depth:P``         Δt_d = D^(−P) for every block and channel, D = number of residual blocks
+                    (``depth:0.5`` = 1/√D: Stable ResNet, Hayou et al. 2021, Marion et al. 2025;
+                    ``depth:1`` = 1/D: the neural-ODE scaling, T = 1). Not trained.
+``scalar[:I]``      one free learnable Δt per block, init I (0 allowed: ReZero / SkipInit-like).
+``channel[:I]``     a free learnable Δt per block and channel, init I = 1 (LayerScale-like).
+``layerscale[:I]``  LayerScale (Touvron et al. 2021): a free learnable Δt per block and channel,
+                    init I, by default ε(D) = 0.1 (D ≤ 18), 1e-5 (D ≤ 24), 1e-6 (deeper); no
+                    weight decay on Δt, as in timm / CaiT.
+``profile:PATH``    Δt frozen at a saved per-block, per-channel profile: a run folder's
+                    ``steps.json`` or such a file (transfer a learned profile). Not trained.
+``mlp``             Δt_d = Θ(w_d): a controller of the block's own weights, no recurrence (ablation).
+``tsc``             Δt_d = Θ(w_d; Δt_1..Δt_{d−1}): the paper's LSTM controller across the blocks.
+==================  ==========================================================================
+
+A policy whose class sets :attr:`StepPolicy.weight_decay` (not ``None``) has its parameters
+trained with that weight decay instead of the optimizer's (``layerscale``: 0).
 """
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -22,6 +34,7 @@ import torch
 from torch import nn
 
 from .branches import Branch
+from .profile import read_profile
 from .sites import prepare_sites
 
 
@@ -41,6 +54,9 @@ class StepPolicy(nn.Module):
         self.__dict__["sites"] = []
         self.sizes = [b.channels for b in branches]
         self._site_args: Optional[list] = None
+
+    #: Weight decay of this policy's parameters; ``None``: the optimizer's (the regulariser R).
+    weight_decay: Optional[float] = None
 
     def forward(self) -> torch.Tensor:
         raise NotImplementedError
@@ -68,6 +84,10 @@ class FixedSteps(StepPolicy):
 
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
+        if not value > 0:  # also refuses NaN
+            raise ValueError(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
+                             "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
+                             "start at 0, use scalar:0)")
         self.value = float(value)
         self.register_buffer("dt", torch.full((sum(self.sizes),), self.value), persistent=False)
 
@@ -84,10 +104,6 @@ class FreeSteps(StepPolicy):
     def __init__(self, branches: list[Branch], init: float = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
         self.per_channel = per_channel
-        if not value > 0:  # also refuses NaN
-            raise ValueError(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
-                             "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
-                             "start at 0, use scalar:0)")
         n = sum(self.sizes) if per_channel else len(self.sizes)
         self.dt = nn.Parameter(torch.full((n,), float(init)))
         block_of_channel = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
@@ -98,6 +114,96 @@ class FreeSteps(StepPolicy):
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.sizes)}, per_channel={self.per_channel}"
+
+
+class DepthSteps(FixedSteps):
+    """``depth:P``: Δt_d ≡ D^(−P) for every block d and channel, D = number of residual blocks.
+
+    ``P = 0.5`` is the 1/√D scaling of Stable ResNet (Hayou et al. 2021) and Marion et al. (JMLR
+    2025); ``P = 1`` is the neural-ODE scaling 1/D, evolution time T = Σ_d Δt_d = 1. A constant,
+    not trained (a :class:`FixedSteps` whose value follows from the depth): cifar_resnet20 has
+    D = 9 blocks, so ``depth:0.5`` is Δt ≡ 1/3 and ``depth:1`` is Δt ≡ 1/9.
+    """
+
+    def __init__(self, branches: list[Branch], power: float = 0.5) -> None:
+        power = float(power)
+        if not math.isfinite(power):
+            raise ValueError(f"step policy 'depth': the power P of Δt = D^(-P) must be finite, got {power}")
+        super().__init__(branches, len(branches) ** -power)
+        self.power = power
+
+    def extra_repr(self) -> str:
+        return f"blocks={len(self.sizes)}, power={self.power}, value={self.value}"
+
+
+def layerscale_init(blocks: int) -> float:
+    """LayerScale's published initialisation ε for a network of ``blocks`` residual blocks.
+
+    Touvron et al. 2021 (CaiT, "Going deeper with image transformers"): ε = 0.1 for depth up to
+    18, 1e-5 for depth 24 and 1e-6 beyond. Their depth counts transformer blocks, each a residual
+    layer; we map it onto our number D of residual blocks: ε = 0.1 for D ≤ 18, 1e-5 for
+    18 < D ≤ 24, 1e-6 for D > 24 (cifar_resnet20, D = 9: 0.1; cifar_resnet56, D = 27: 1e-6).
+    """
+    if blocks <= 18:
+        return 0.1
+    return 1e-5 if blocks <= 24 else 1e-6
+
+
+class LayerScaleSteps(FreeSteps):
+    """``layerscale[:I]``: LayerScale (Touvron et al. 2021): y_{d+1} = y_d + diag(λ_d) F(y_d), i.e.
+    Δt_d = λ_d, a free learnable value per block and channel initialised to ε.
+
+    ε = ``init`` if given, else :func:`layerscale_init` of the number of residual blocks D (0.1
+    for D ≤ 18, 1e-5 for D ≤ 24, 1e-6 deeper). The only differences from ``channel:ε`` are the
+    depth-dependent default and the weight decay: timm's optimizer factory, which DeiT/CaiT's
+    training uses, puts every 1-D parameter (LayerScale's ``gamma`` included) in a group without
+    weight decay (``weight_decay_exclude_1d``), so these steps train with weight decay 0 while
+    the network keeps the recipe's.
+    """
+
+    weight_decay = 0.0
+
+    def __init__(self, branches: list[Branch], init: Optional[float] = None) -> None:
+        init = layerscale_init(len(branches)) if init is None else float(init)
+        super().__init__(branches, init, per_channel=True)
+        self.init = init
+
+    def extra_repr(self) -> str:
+        return f"blocks={len(self.sizes)}, init={self.init:g}, weight_decay=0"
+
+
+class ProfileSteps(StepPolicy):
+    """``profile:PATH``: Δt_d[c] frozen at a saved profile (a buffer, not trained).
+
+    ``PATH`` is a run folder (its ``steps.json``, written at the end of every ``tscnet train``
+    run) or a JSON file of that format: ``{"dt": [[Δt_0[0], ..., Δt_0[C_0 − 1]], ...], ...}``.
+    The profile must have one list per residual block of the model and, for block d, C_d values
+    (a mismatch is a ValueError naming it). Use it to transfer a learned profile to a new
+    training run, or to ask how much of a controller's result its final steps alone explain.
+    The profile is a persistent buffer: checkpoints keep the steps they were trained with.
+    """
+
+    def __init__(self, branches: list[Branch], path: Optional[str] = None) -> None:
+        if not path:
+            raise ValueError("step policy 'profile' needs a path: profile:RUN_FOLDER or profile:FILE.json")
+        super().__init__(branches)
+        self.path = str(path)
+        profile = read_profile(self.path)
+        blocks = profile["dt"]
+        if len(blocks) != len(self.sizes):
+            raise ValueError(f"step profile {profile['file']} has {len(blocks)} blocks, the model has "
+                             f"{len(self.sizes)} residual blocks")
+        for d, (values, channels) in enumerate(zip(blocks, self.sizes)):
+            if len(values) != channels:
+                raise ValueError(f"step profile {profile['file']}: block {d} has {len(values)} channels, "
+                                 f"the model's block {d} has {channels}")
+        self.register_buffer("dt", torch.tensor([v for values in blocks for v in values], dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        return self.dt
+
+    def extra_repr(self) -> str:
+        return f"blocks={len(self.sizes)}, path={self.path!r}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +220,9 @@ class PolicySpec:
     def __str__(self) -> str:
         if not self.options:
             return self.name
+        entry = _POLICIES.get(self.name)
+        if len(self.options) == 1 and entry is not None and entry.positional in self.options:
+            return f"{self.name}:{self.options[entry.positional]}"
         if set(self.options) == {"value"} or set(self.options) == {"init"}:
             return f"{self.name}:{next(iter(self.options.values()))}"
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
@@ -156,6 +265,15 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
     elif isinstance(spec, str):
         name, _, args = spec.strip().partition(":")
         raw = {}
+        entry = _POLICIES.get(name)
+        if entry is not None and entry.positional is not None and entry.options == {entry.positional: str}:
+            # One string option (a path): the whole argument, which may hold ',' '=' or ':'.
+            value = args.strip()
+            prefix = f"{entry.positional}="
+            value = value[len(prefix):] if value.startswith(prefix) else value
+            args = ""
+            if value:
+                raw[entry.positional] = value
         for i, item in enumerate(a for a in args.split(",") if a.strip()):
             key, eq, value = item.partition("=")
             if not eq:
@@ -189,3 +307,6 @@ register_policy("none", None)
 register_policy("fixed", FixedSteps, positional="value", value=float)
 register_policy("scalar", lambda b, init=1.0: FreeSteps(b, init, per_channel=False), positional="init", init=float)
 register_policy("channel", lambda b, init=1.0: FreeSteps(b, init, per_channel=True), positional="init", init=float)
+register_policy("depth", DepthSteps, positional="power", power=float)
+register_policy("layerscale", LayerScaleSteps, positional="init", init=float)
+register_policy("profile", ProfileSteps, positional="path", path=str)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..data import create_loaders
 from ..errors import UserError
 from ..stepping import step_sizes
+from ..stepping.profile import PROFILE_FILE, profile_dict
 from . import run as runfiles
 from .config import dump_config
 from .distributed import Context, cleanup, setup
@@ -169,8 +170,11 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict]) 
                                               "train_loss", "evolution_time")},
         "params_train": sum(p.numel() for p in model.parameters()),
         "params_folded": sum(p.numel() for p in folded.parameters()),
-        "folded_weights": runfiles.FOLDED_FILE, "commit": _git_commit(),
+        "folded_weights": runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
     }
+    # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
+    profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
+    runfiles.atomic_write_bytes(out_dir / PROFILE_FILE, (json.dumps(profile) + "\n").encode())
     runfiles.atomic_write_bytes(out_dir / runfiles.CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
 
 

@@ -53,9 +53,24 @@ def lr_factor(t: float, epochs: int, cfg: dict) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """SGD with momentum over every parameter, the step policy's included (its regulariser R is wd)."""
-    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                           nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"])
+    """SGD with momentum over every parameter, the step policy's included (its regulariser R is wd).
+
+    A step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm and CaiT exclude
+    LayerScale's 1-D ``gamma`` from weight decay) gets a second parameter group with that weight
+    decay; every other model has one group, as before.
+    """
+    from ..stepping import get_policy
+
+    sgd = dict(lr=cfg["lr"], momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]),
+               weight_decay=cfg["weight_decay"])
+    policy = get_policy(model)
+    own_decay = getattr(policy, "weight_decay", None)
+    if policy is None or own_decay is None or not any(True for _ in policy.parameters()):
+        return torch.optim.SGD(model.parameters(), **sgd)
+    mine = {id(p) for p in policy.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in mine]
+    return torch.optim.SGD([{"params": rest}, {"params": list(policy.parameters()), "weight_decay": float(own_decay)}],
+                           **sgd)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,

@@ -6,7 +6,8 @@
     RUN/metrics.jsonl      one JSON line per finished epoch (see :data:`METRIC_KEYS`)
     RUN/checkpoint.pt      the last epoch's state (atomic write; ``torch.load(weights_only=True)``)
     RUN/model.safetensors  the folded, vanilla-architecture weights (at the end)
-    RUN/model_card.json    model, policy, data, final metrics, commit (at the end)
+    RUN/steps.json         the final Δt of every block and channel (at the end; ``profile:RUN`` reads it)
+    RUN/model_card.json    model, policy, data, final metrics, commit (at the end, written last)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 FOLDED_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
+STEPS_FILE = "steps.json"  # tscnet.stepping.profile.PROFILE_FILE
 
 METRIC_KEYS = (
     "epoch",            # 1-based
