@@ -72,12 +72,13 @@ class Series:
 
 
 def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: str, log: bool = False,
-                note: str = "") -> Path:
-    """Mean over seeds against epoch, with a ±1 std band where a group has several seeds."""
+                note: str = "", xlabel: str = "epoch", first: int = 1) -> Path:
+    """Mean over seeds against epoch (or ``xlabel``: x = ``first``, ``first`` + 1, ...), with a ±1 std
+    band where a group has several seeds."""
     fig, axes = _figure(1, 1, 9, 5.5)
     ax = axes[0, 0]
     for s, color in zip(series, _colors(len(series))):
-        epochs = np.arange(1, s.values.shape[1] + 1)
+        epochs = np.arange(first, first + s.values.shape[1])
         mean = np.nanmean(s.values, axis=0)
         n = s.values.shape[0]
         ax.plot(epochs, mean, color=color, ls="--" if s.dashed else "-", marker="o", ms=3, lw=1.8,
@@ -85,7 +86,7 @@ def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: st
         if n > 1:
             std = np.nanstd(s.values, axis=0, ddof=1)
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(_integer_locator())
     if log:
         ax.set_yscale("log")

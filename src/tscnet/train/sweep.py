@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
@@ -45,13 +46,20 @@ def _command(job: Job, scratch: Path) -> list[str]:
     return base + ["--config", str(recipe)]
 
 
-def _run(job: Job, threads: int) -> tuple[Job, int, str]:
+def run_job(job: Job, threads: int, cwd: Optional[Path] = None) -> tuple[Job, int, str]:
+    """Train (or resume) ``job`` in a ``tscnet train`` subprocess with ``threads`` intra-op threads.
+
+    Returns ``(job, exit code, log file)``; the log ``<run folder>.log`` is appended to. ``cwd``:
+    the subprocess's working directory (relative paths in the recipe, e.g. ``profile:PATH``,
+    resolve against it).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     job.out.parent.mkdir(parents=True, exist_ok=True)
     log = job.out.parent / f"{job.out.name}.log"
     # The recipe is only read at start-up (the run folder keeps its own config.yaml): a scratch dir.
     with open(log, "a") as f, tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
-        code = subprocess.run(_command(job, Path(scratch)), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(_command(job, Path(scratch)), env=env, stdout=f, stderr=subprocess.STDOUT,
+                              cwd=cwd).returncode
     return job, code, str(log)
 
 
@@ -63,7 +71,7 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1) -> list[Job]:
     failed: list[Job] = []
     start = time.time()
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
-        futures = [pool.submit(_run, job, threads) for job in todo]
+        futures = [pool.submit(run_job, job, threads) for job in todo]
         for future in as_completed(futures):
             job, code, log = future.result()
             if code != 0:
