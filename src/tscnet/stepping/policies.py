@@ -5,7 +5,7 @@ Every policy computes the steps of *all* blocks in one call (``policy()``, a fla
 
 ==================  ==========================================================================
 ``none``            the vanilla model: no policy, no sites, Δt ≡ 1.
-``fixed:V``         Δt_d = V for every block and channel (e.g. the small step of Zhang et al. 2019).
+``fixed:V``         Δt_d = V > 0 for every block and channel (e.g. the small step of Zhang et al. 2019).
 ``depth:P``         Δt_d = D^(−P) for every block and channel, D = number of residual blocks
                     (``depth:0.5`` = 1/√D: Stable ResNet, Hayou et al. 2021, Marion et al. 2025;
                     ``depth:1`` = 1/D: the neural-ODE scaling, T = 1). Not trained.

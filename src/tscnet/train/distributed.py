@@ -21,6 +21,20 @@ class Context:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def check_in_sync(self, model: nn.Module, epoch: int) -> None:
+        """Raise if the ranks' weights differ: DDP keeps them equal by averaging every gradient, so
+        a difference means gradients were not synchronised (a wrapping or unused-parameter bug)."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            mine = torch.stack([sum(p.double().sum() for p in model.parameters()),
+                                sum(p.double().square().sum() for p in model.parameters())]).to(self.device)
+        every = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine)
+        if any(not torch.equal(other, every[0]) for other in every[1:]):
+            raise UserError(f"the {self.world_size} processes hold different weights after epoch {epoch}: "
+                            "gradients were not synchronised")
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DDP when there are several processes (the step policy trains inside it)."""
         if self.world_size == 1:

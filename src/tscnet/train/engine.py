@@ -159,7 +159,7 @@ def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, hist
     }
 
 
-def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict]) -> None:
+def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1) -> None:
     folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
                                   {"model": config["model"]["name"], "steps": config["model"]["steps"]})
     card = {
@@ -171,6 +171,7 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict]) 
         "params_train": sum(p.numel() for p in model.parameters()),
         "params_folded": sum(p.numel() for p in folded.parameters()),
         "folded_weights": runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
+        "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
     }
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
@@ -250,6 +251,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
             kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
                     else "no checkpoint was written")
             raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
+        ctx.check_in_sync(model, epoch + 1)
         dt_mean = [float(s.mean()) for s in step_sizes(model)]
         row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
         history.append(row)
@@ -259,7 +261,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
             _write_metrics(out_dir, history)
             tqdm.write(_epoch_line(row, epochs))
     if ctx.is_main and history:
-        _finish(out_dir, model, config, history)
+        _finish(out_dir, model, config, history, ctx.world_size)
     return history
 
 
