@@ -244,3 +244,21 @@ def test_metric_sums_rank_top1_and_top5_on_known_logits():
     sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
     m = sums.compute("test_")
     assert m["test_top1"] == 0.0 and m["test_top5"] == pytest.approx(75.0)
+
+
+def test_resume_accepts_the_command_that_started_the_run(tmp_path, monkeypatch, capsys):
+    # People resume by pressing ↑ and adding --resume: same flags accepted (default --out too),
+    # a flag that would change the run refused, naming the key with both values.
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", *QUICK, "--steps", "channel", "--train-subset", "128", "--test-subset", "64", "--epochs", "1",
+            "--batch-size", "64", "--set", "optim.lr=0.05"]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "cifar_resnet8-channel-fashion-mnist-seed0"
+    assert (run / "model_card.json").exists()
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    code = main(argv[:-2] + ["--set", "optim.lr=0.1", "--epochs", "2", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "optim.lr (saved 0.05, given 0.1)" in err and "train.epochs (saved 1, given 2)" in err, err
+    assert read_metrics(run)[-1]["epoch"] == 1  # nothing was trained or overwritten

@@ -55,17 +55,42 @@ def default_out(config: dict) -> Path:
     return Path("runs") / f"{name}-{steps}-{config['data']['name']}-seed{config['train']['seed']}"
 
 
+def _given_keys(args: argparse.Namespace) -> list[str]:
+    """The config keys the command line sets: its flags, its ``--set`` keys and its recipe's keys."""
+    import yaml
+
+    from ..train.config import resolve_config_path
+
+    keys = [key for flag, key in FLAGS.items() if getattr(args, flag) is not None]
+    keys += [item.partition("=")[0].strip() for item in args.set]
+    if args.config:
+        recipe = yaml.safe_load(resolve_config_path(args.config).read_text()) or {}
+        keys += [f"{section}.{key}" for section, values in recipe.items() if isinstance(values, dict) for key in values]
+    return list(dict.fromkeys(keys))
+
+
+def check_resume(args: argparse.Namespace, saved: dict) -> None:
+    """``--resume`` added to the command that started a run is accepted; a flag that would change
+    the saved config is refused, naming every such key with its saved and given values."""
+    from ..train.config import get
+
+    given = build_config(args)
+    conflicts = [f"{key} (saved {get(saved, key)!r}, given {get(given, key)!r})"
+                 for key in _given_keys(args) if get(saved, key) != get(given, key)]
+    if conflicts:
+        raise UserError("--resume continues the run with its saved config, and these flags differ from it: "
+                        + "; ".join(conflicts) + " — drop them or start a new run with another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import fit
+    from ..train.run import read_config, require_run
 
     if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out RUN_FOLDER")
-        given = [f"--{f.replace('_', '-')}" for f in FLAGS if getattr(args, f) is not None]
-        given += ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
-        if given:
-            raise UserError(f"--resume continues the run with its saved config; drop {', '.join(given)}")
-        fit({}, Path(args.out), resume=True)
+        # Pressing ↑ and adding --resume: the same flags find the same (default) run folder.
+        out = Path(args.out) if args.out else default_out(build_config(args))
+        check_resume(args, read_config(require_run(out)))
+        fit({}, out, resume=True)
         return 0
     config = build_config(args)
     fit(config, Path(args.out) if args.out else default_out(config))
