@@ -262,3 +262,21 @@ def test_resume_accepts_the_command_that_started_the_run(tmp_path, monkeypatch, 
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "optim.lr (saved 0.05, given 0.1)" in err and "train.epochs (saved 1, given 2)" in err, err
     assert read_metrics(run)[-1]["epoch"] == 1  # nothing was trained or overwritten
+
+
+def test_eval_and_fold_work_from_the_folded_weights_when_the_checkpoint_is_gone(short_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    (run / "checkpoint.pt").unlink()  # deleted for disk space: model.safetensors holds the folded model
+    assert main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_top1"] == pytest.approx(read_metrics(short_run)[-1]["test_top1"], abs=0.11)
+    assert result["fold_checked"] is False and result["fold_rel_diff"] is None
+    out = tmp_path / "again.safetensors"
+    assert main(["fold", str(run), "--out", str(out)]) == 0
+    again, saved = load_file(out), load_file(run / "model.safetensors")
+    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already exists; choose another --out (earlier results are never overwritten)")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
-    model, config = load_model(args.source)
+    model, config = load_model(args.source, folded_ok=True)  # a run without checkpoint.pt: already folded
     folded = save_folded(model, out, {"model": config["model"]["name"], "steps": config["model"]["steps"]})
     print(f"wrote {out}: {config['model']['name']} ({sum(p.numel() for p in folded.parameters()):,} parameters, "
           f"steps {config['model']['steps']} folded); load with "
