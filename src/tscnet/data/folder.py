@@ -1,6 +1,7 @@
 """ImageNet-style image folders (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``)."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -61,18 +62,20 @@ class EpochDataLoader(DataLoader):
 
     def __init__(self, *args, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self.seed, self.epoch, self._next_epoch = seed, 0, 0
+        self.seed, self.epoch, self._next_epoch, self._start_batch = seed, 0, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch``."""
-        self._next_epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch`` from batch ``start_batch``."""
+        self._next_epoch, self._start_batch = epoch, start_batch
 
     def __iter__(self):
         self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        start, self._start_batch = self._start_batch, 0
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(self.epoch)
-        return super().__iter__()
+        # Skipped batches are still read (workers' augmentation streams stay as in an unbroken epoch).
+        return itertools.islice(super().__iter__(), start, None)
 
 
 def create_folder_loader(

@@ -144,6 +144,7 @@ class TensorLoader:
         self.equal_shards = equal_shards
         self.epoch = 0
         self._next_epoch = 0
+        self._start_batch = 0
 
     @property
     def num_samples(self) -> int:
@@ -157,9 +158,9 @@ class TensorLoader:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch`` (e.g. when resuming)."""
-        self._next_epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch`` from batch ``start_batch`` (e.g. when resuming)."""
+        self._next_epoch, self._start_batch = epoch, start_batch
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """This rank's ``(indices, crop offsets, flips)`` for ``epoch``, on the loader's device.
@@ -178,8 +179,9 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        start, self._start_batch = self._start_batch, 0
         index, offsets, flips = self.epoch_plan(self.epoch)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = index[sl]
             x = crop_flip(self.images, idx, None if offsets is None else offsets[sl], None if flips is None else flips[sl], self.pad)

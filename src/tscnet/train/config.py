@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "sched": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "step_size": 30,
               "warmup_epochs": 0.0, "warmup_start": 0.1},
     "train": {"epochs": 10, "seed": 0, "device": "auto", "amp": "auto", "channels_last": "auto",
-              "compile": False, "progress": True},
+              "compile": False, "progress": True, "checkpoint_every": None},
 }
 
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend

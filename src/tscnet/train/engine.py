@@ -12,6 +12,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -28,6 +29,7 @@ from .config import dump_config
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
 from .optim import build_optimizer, build_scheduler
+from .preemption import CheckpointClock, StopRequest, TrainingStopped, inject_signal
 
 
 class TrainingDiverged(UserError):
@@ -110,13 +112,21 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Context, amp_dtype,
-                 channels_last: bool, label_smoothing: float, desc: str, progress: bool) -> dict:
+                 channels_last: bool, label_smoothing: float, desc: str, progress: bool, *, start: "EpochProgress",
+                 stop: StopRequest, clock: CheckpointClock, save_midway) -> Optional[dict]:
+    """Train one epoch from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
+
+    Returns the epoch's metrics, or ``None`` when a signal stopped it mid-way (after
+    ``save_midway(progress)`` wrote the checkpoint).
+    """
     model.train()
     sums = MetricSums(ctx.device)
-    bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True, leave=False)
-    start, seen = time.perf_counter(), 0
-    for i, (images, target) in enumerate(loader):
+    if start.sums is not None:
+        sums.load_state(start.sums)
+    bar = tqdm(total=len(loader), initial=start.batch, desc=desc, unit="batch",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+    begin, seen = time.perf_counter() - start.elapsed, start.seen
+    for i, (images, target) in enumerate(loader, start=start.batch):
         images = images.to(ctx.device, non_blocking=True)
         target = target.to(ctx.device, non_blocking=True)
         if channels_last:
@@ -141,21 +151,60 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
                 raise TrainingDiverged(f"loss became {float(loss):.4g} in {desc}, batch {i + 1}")
             m = sums.compute()
             bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['top1']:.1f}%",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+                            img_s=f"{seen / (time.perf_counter() - begin):.0f}", refresh=False)
         bar.update(1)
+        inject_signal("step", scheduler.last_epoch)
+        stopping = stop.requested(ctx.device)
+        if i + 1 < len(loader) and (stopping or clock.due(scheduler.last_epoch)):
+            save_midway(EpochProgress(i + 1, _gathered(sums, ctx), seen, time.perf_counter() - begin))
+            if stopping:
+                bar.close()
+                return None
     bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - begin
     sums.reduce()
     m = sums.compute()
     return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed}
 
 
-def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, history: list[dict], config: dict) -> dict:
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches done, every rank's running metric sums, images, seconds."""
+
+    batch: int = 0
+    sums: Optional[torch.Tensor] = None  # this rank's MetricSums.state() (all ranks' in a checkpoint)
+    seen: int = 0
+    elapsed: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch, "sums": self.sums, "seen": self.seen, "elapsed": self.elapsed}
+
+    @classmethod
+    def for_rank(cls, saved: Optional[dict], rank: int) -> "EpochProgress":
+        if not saved:
+            return cls()
+        return cls(int(saved["batch"]), saved["sums"][rank], int(saved["seen"]), float(saved["elapsed"]))
+
+
+def _gathered(sums: MetricSums, ctx: Context) -> torch.Tensor:
+    """Every rank's metric sums, one row per rank (each rank resumes its own)."""
+    state = sums.state().to(ctx.device)
+    if ctx.world_size == 1:
+        return state.cpu().unsqueeze(0)
+    rows = [torch.empty_like(state) for _ in range(ctx.world_size)]
+    torch.distributed.all_gather(rows, state)
+    return torch.stack(rows).cpu()
+
+
+def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, history: list[dict], config: dict,
+                progress: Optional[EpochProgress] = None) -> dict:
+    """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
         "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
         "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
+        "progress": None if progress is None else progress.to_dict(),
     }
 
 
@@ -207,6 +256,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     amp_dtype = _amp_dtype(tc["amp"], ctx.device)
     channels_last = _use_channels_last(tc["channels_last"], model, ctx.device)
     backend = _compile_backend(tc["compile"])
+    clock = CheckpointClock(tc["checkpoint_every"])
     if ctx.is_main:  # after every setting is checked: a refused config leaves no run folder behind
         _prepare_out_dir(out_dir, config, resume)
     if channels_last:
@@ -217,7 +267,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     # bf16 has fp32's exponent range and needs no loss scaling; fp16 does.
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, progress = 0, EpochProgress()
     ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
     if resume and ckpt_path.exists():
         ckpt = runfiles.load_checkpoint(ckpt_path, map_location=ctx.device)
@@ -229,40 +279,62 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
             scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        progress = EpochProgress.for_rank(ckpt.get("progress"), ctx.rank)  # a mid-epoch checkpoint
         if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
             _write_metrics(out_dir, history)
     train_model = ctx.wrap(model)
     if backend is not None:
         train_model = torch.compile(train_model, backend=backend)
-    for epoch in range(start_epoch, epochs):
-        train_loader.set_epoch(epoch)
-        row = {"epoch": epoch + 1}
-        try:
-            with warnings.catch_warnings():
-                if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                row.update(_train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
-                                        channels_last, config["optim"]["label_smoothing"],
-                                        f"epoch {epoch + 1}/{epochs}", tc["progress"]))
-            row.update(evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last))
-            if not math.isfinite(row["test_loss"]):
-                raise TrainingDiverged(f"test loss became {row['test_loss']} after epoch {epoch + 1}")
-        except TrainingDiverged as error:
-            kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
-                    else "no checkpoint was written")
-            raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
-        ctx.check_in_sync(model, epoch + 1)
-        dt_mean = [float(s.mean()) for s in step_sizes(model)]
-        row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
-        history.append(row)
-        if ctx.is_main:
-            state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config)
-            runfiles.atomic_save(state, ckpt_path)
-            _write_metrics(out_dir, history)
-            tqdm.write(_epoch_line(row, epochs))
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            train_loader.set_epoch(epoch, progress.batch)
+            row = {"epoch": epoch + 1}
+
+            def save_midway(now: EpochProgress, done: int = epoch) -> None:
+                if ctx.is_main:
+                    runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, scaler, done, history, config, now),
+                                         ckpt_path)
+
+            try:
+                with warnings.catch_warnings():
+                    if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                    trained = _train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
+                                           channels_last, config["optim"]["label_smoothing"],
+                                           f"epoch {epoch + 1}/{epochs}", tc["progress"], start=progress, stop=stop,
+                                           clock=clock, save_midway=save_midway)
+                progress = EpochProgress()
+                if trained is None:
+                    raise TrainingStopped(_stopped(stop, f"during epoch {epoch + 1}", ckpt_path, out_dir))
+                row.update(trained)
+                inject_signal("eval", epoch + 1)
+                row.update(evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last))
+                if not math.isfinite(row["test_loss"]):
+                    raise TrainingDiverged(f"test loss became {row['test_loss']} after epoch {epoch + 1}")
+            except TrainingDiverged as error:
+                kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
+                        else "no checkpoint was written")
+                raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
+            ctx.check_in_sync(model, epoch + 1)
+            dt_mean = [float(s.mean()) for s in step_sizes(model)]
+            row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
+            history.append(row)
+            inject_signal("save", epoch + 1)
+            if ctx.is_main:
+                state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config)
+                runfiles.atomic_save(state, ckpt_path)
+                _write_metrics(out_dir, history)
+                tqdm.write(_epoch_line(row, epochs))
+            if epoch + 1 < epochs and stop.requested(ctx.device):  # a signal during evaluation or the checkpoint
+                raise TrainingStopped(_stopped(stop, f"after epoch {epoch + 1}", ckpt_path, out_dir))
     if ctx.is_main and history:
         _finish(out_dir, model, config, history, ctx.world_size)
     return history
+
+
+def _stopped(stop: StopRequest, where: str, ckpt_path: Path, out_dir: Path) -> str:
+    return (f"stopped by {stop.name} {where}; the checkpoint {ckpt_path} holds every finished step; "
+            f"continue with: tscnet train --resume --out {out_dir}")
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

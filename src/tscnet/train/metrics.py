@@ -21,12 +21,20 @@ class MetricSums:
         self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
         self.count += n
 
+    def state(self) -> torch.Tensor:
+        """``[loss·n, top-1 hits, top-5 hits, n]`` (float64), to save with a mid-epoch checkpoint."""
+        return torch.cat([self.sums, self.sums.new_tensor([self.count])]).cpu()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.sums = state[:3].to(self.sums)
+        self.count = int(state[3])
+
     def loss_is_finite(self) -> bool:
         return bool(torch.isfinite(self.sums[0]))
 
     def reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            packed = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+            packed = self.state().to(self.sums.device)
             dist.all_reduce(packed)
             self.sums, self.count = packed[:3], int(packed[3].item())
 

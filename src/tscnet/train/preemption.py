@@ -1,0 +1,112 @@
+"""Stopping a run cleanly: SIGTERM / SIGINT finish the current step, checkpoint, and exit.
+
+Schedulers (Slurm, Kubernetes, spot instances) send SIGTERM and give seconds before SIGKILL. While
+training, :class:`StopRequest` turns the first SIGTERM or SIGINT into a flag that the engine reads
+between steps: it writes a mid-epoch checkpoint (atomically) and raises :class:`TrainingStopped`,
+whose one-line message says how to resume. A second signal stops at once (KeyboardInterrupt).
+Under torchrun every rank agrees on the step at which to stop (the flag is all-reduced).
+
+``train.checkpoint_every`` adds periodic mid-epoch checkpoints: ``N`` (steps) or ``"Nmin"``.
+
+``TSCNET_TEST_SIGNAL=POINT@N`` (tests only) makes the process send itself a real SIGTERM at a
+named point: ``step@N`` after global step N, ``eval@N`` as epoch N's evaluation starts,
+``save@N`` as epoch N's checkpoint is about to be written; ``TSCNET_TEST_SIGNAL_RANK=R`` limits
+it to torchrun rank R.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(UserError):
+    """The run was stopped by a signal after writing its checkpoint; ``--resume`` continues it."""
+
+
+class StopRequest:
+    """Context manager: while active, SIGTERM/SIGINT set :attr:`signal` instead of killing."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None:  # asked twice: stop now
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else "nothing"
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank got a signal (a collective under torchrun: call it on every rank)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signal is not None
+        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = int(flag.item())
+        return bool(flag.item())
+
+
+class CheckpointClock:
+    """When a periodic mid-epoch checkpoint is due: every N steps, or every N minutes."""
+
+    def __init__(self, every: Union[int, str, None]) -> None:
+        self.steps: Optional[int] = None
+        self.seconds: Optional[float] = None
+        if every in (None, 0, False):
+            pass
+        elif isinstance(every, int) and not isinstance(every, bool) and every > 0:
+            self.steps = every
+        elif isinstance(every, str) and every.endswith("min") and _positive(every[:-3]):
+            self.seconds = 60.0 * float(every[:-3])
+        else:
+            raise UserError(f"train.checkpoint_every must be 0 (off), a number of steps or minutes like '10min'; "
+                            f"got {every!r}")
+        self._last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.steps is not None:
+            return step % self.steps == 0
+        if self.seconds is not None and time.monotonic() - self._last >= self.seconds:
+            self._last = time.monotonic()
+            return True
+        return False
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def inject_signal(point: str, n: int) -> None:
+    """Send this process SIGTERM if ``TSCNET_TEST_SIGNAL`` names ``point@n`` (fault injection for tests)."""
+    rank = os.environ.get("TSCNET_TEST_SIGNAL_RANK")
+    if os.environ.get("TSCNET_TEST_SIGNAL") == f"{point}@{n}" and rank in (None, os.environ.get("RANK", "0")):
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,123 @@
+"""Preemption: a real SIGTERM/SIGINT stops a run with a checkpoint, and --resume ends exactly where
+an uninterrupted run ends (same weights, same metrics), wherever the signal landed."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tscnet.cli import main
+from tscnet.train import read_metrics
+
+# 512 images at batch 64: 8 steps an epoch, 2 epochs.
+ARGS = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--steps", "tsc", "--no-progress",
+        "--train-subset", "512", "--test-subset", "256", "--epochs", "2", "--batch-size", "64"]
+
+
+def _state(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def _same_run(a, b):
+    sa, sb = _state(a), _state(b)
+    assert sa["model"].keys() == sb["model"].keys()
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert main(ARGS + ["--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("point, where", [
+    ("step@3", "during epoch 1"),   # mid-epoch
+    ("step@12", "during epoch 2"),  # mid-epoch, after an epoch boundary
+    ("step@8", "after epoch 1"),    # on the epoch's last step: the epoch is evaluated and saved whole
+    ("eval@1", "after epoch 1"),    # during evaluation
+    ("save@1", "after epoch 1"),    # while the checkpoint is being written
+])
+def test_signal_stops_with_a_checkpoint_and_resume_is_exact(point, where, straight, tmp_path, monkeypatch, capsys,
+                                                           one_thread):
+    out = tmp_path / "run"
+    monkeypatch.setenv("TSCNET_TEST_SIGNAL", point)  # a real SIGTERM, sent by the process to itself there
+    assert main(ARGS + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"stopped by SIGTERM {where}" in err, err
+    assert f"tscnet train --resume --out {out}" in err
+    saved = _state(out)
+    if where.startswith("during"):
+        assert saved["progress"]["batch"] > 0  # a mid-epoch checkpoint
+    monkeypatch.delenv("TSCNET_TEST_SIGNAL")
+    assert main(ARGS + ["--out", str(out), "--resume"]) == 0
+    _same_run(straight, out)
+
+
+def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):
+    """Signals from outside (a scheduler), at whatever step the run has reached."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / sig.name
+        # A checkpoint after every step lets the test see how far the run got.
+        cmd = [sys.executable, "-m", "tscnet.cli", *ARGS, "--out", str(out), "--set", "train.checkpoint_every=1"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if _state(out)["progress"]["batch"] >= 2:
+                    break
+            except (FileNotFoundError, RuntimeError, EOFError, TypeError, KeyError):
+                pass
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err
+        assert f"stopped by {sig.name}" in err and "--resume" in err
+        resumed = subprocess.run([sys.executable, "-m", "tscnet.cli", *ARGS, "--out", str(out), "--resume",
+                                  "--set", "train.checkpoint_every=1"], env=env, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        _same_run(straight, out)
+
+
+def test_periodic_checkpoints_leave_the_run_unchanged(straight, tmp_path, one_thread):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--out", str(out), "--set", "train.checkpoint_every=3"]) == 0
+    _same_run(straight, out)
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "0.5min", "xmin"])
+def test_bad_checkpoint_interval_is_one_line(bad, tmp_path, capsys):
+    code = main(ARGS + ["--out", str(tmp_path / "r"), "--set", f"train.checkpoint_every={bad}"])
+    err = capsys.readouterr().err.strip()
+    if bad == "0.5min":  # half a minute is a valid interval
+        assert code == 0, err
+        return
+    assert code == 2 and len(err.splitlines()) == 1 and "train.checkpoint_every" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGTERM reaches one rank only: both stop after the same step, and the resumed run equals an
+    uninterrupted one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", "-m",
+                "tscnet.cli"]
+    ddp_args = ARGS + ["--device", "cpu"]
+    reference, out = tmp_path / "straight", tmp_path / "stopped"
+    assert subprocess.run(torchrun + ddp_args + ["--out", str(reference)], env=env, capture_output=True).returncode == 0
+    stopped = subprocess.run(torchrun + ddp_args + ["--out", str(out)], capture_output=True, text=True,
+                             env={**env, "TSCNET_TEST_SIGNAL": "step@3", "TSCNET_TEST_SIGNAL_RANK": "1"})
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("stopped by SIGTERM during epoch 1") == 2, stopped.stderr[-2000:]  # both ranks
+    assert _state(out)["progress"]["batch"] == 3
+    resumed = subprocess.run(torchrun + ddp_args + ["--out", str(out), "--resume"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_run(reference, out)
