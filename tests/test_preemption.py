@@ -121,3 +121,30 @@ def test_torchrun_stops_every_rank_at_the_same_step(tmp_path):
                              text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_run(reference, out)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real, nearly full file system: a tmpfs just larger than one checkpoint (needs mount rights)."""
+    probe = tmp_path / "probe"
+    assert main([a if a != "2" else "1" for a in ARGS] + ["--out", str(probe)]) == 0  # 1 epoch: a checkpoint's size
+    size = (probe / "checkpoint.pt").stat().st_size
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5) + 65536}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tiny_disk, capsys, one_thread):
+    # Epoch 1's checkpoint fits; epoch 2's cannot (the old file stays until the new one is complete).
+    out = tiny_disk / "run"
+    assert main(ARGS + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and "checkpoint.pt" in err, err
+    kept = _state(out)
+    assert kept["epoch"] == 1 and [m["epoch"] for m in read_metrics(out)] == [1]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written temporary file left
