@@ -133,3 +133,33 @@ def test_compiled_training_loop_never_recompiles_after_warm_up(policy, backend, 
     for c, e in zip(compiled, eager):
         assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-2)
         assert c["test_loss"] == pytest.approx(e["test_loss"], rel=1e-2)
+
+
+def test_tensorboard_log_holds_scalars_and_step_histograms(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["train", *QUICK, "--steps", "tsc", "--train-subset", "1280", "--test-subset", "128", "--epochs", "2",
+                 "--batch-size", "64", "--set", "train.log=tensorboard", "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    metrics = read_metrics(out)
+    epoch_t = [e.value for e in events.Scalars("epoch/evolution_time")]
+    assert epoch_t == pytest.approx([m["evolution_time"] for m in metrics], rel=1e-6)
+    assert [e.value for e in events.Scalars("epoch/test_top1")] == pytest.approx([m["test_top1"] for m in metrics])
+    assert len(events.Scalars("train/running_loss")) == 2 and events.Scalars("train/lr")[0].step == 20
+    histograms = [t for t in events.Tags()["histograms"] if t.startswith("dt/block")]
+    assert len(histograms) == 3  # one per residual block of ResNet-8
+    first = events.Histograms("dt/block00")[-1].histogram_value
+    assert first.num == 16 and first.min > 0  # the 16 channels' steps
+
+
+def test_tensorboard_asked_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    code = main(["train", *QUICK, "--train-subset", "64", "--epochs", "1", "--set", "train.log=tensorboard",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pip install 'tscnet[tensorboard]'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "sched": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "step_size": 30,
               "warmup_epochs": 0.0, "warmup_start": 0.1},
     "train": {"epochs": 10, "seed": 0, "device": "auto", "amp": "auto", "channels_last": "auto",
-              "compile": False, "progress": True, "checkpoint_every": None},
+              "compile": False, "progress": True, "checkpoint_every": None, "log": "none"},
 }
 
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
@@ -47,8 +48,11 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
             if not isinstance(value, dict):
                 raise UserError(f"config key {where!r} must be a mapping, got {value!r}")
             _merge(base[key], value, where + ".")
-        else:
-            base[key] = _typed(where, base[key], value)
+        elif isinstance(value, dict):
+            raise UserError(f"config key {where!r} is a value, not a section: {where}.{next(iter(value), '')} "
+                            f"does not exist (set it with {where}=VALUE)")
+        else:  # typed by the schema, not by the value a recipe or flag put there before
+            base[key] = _typed(where, get(DEFAULTS, where, base[key]), value)
     return base
 
 
@@ -60,12 +64,20 @@ def _typed(key: str, default: Any, value: Any) -> Any:
         also = " or a name" if key in FLAG_OR_NAME else ""
         raise UserError(f"config key {key!r} must be true or false{also}, got {value!r}")
     if isinstance(default, (int, float)) and not isinstance(value, bool):
-        kind = int if isinstance(default, int) and not isinstance(value, float) else float
-        try:
-            number = kind(value)  # YAML 1.1 reads "1e12" as a string
-        except (TypeError, ValueError):
-            raise UserError(f"config key {key!r} must be a number, got {value!r}") from None
-        return number
+        if isinstance(value, str):  # YAML 1.1 reads "1e12" as a string
+            try:
+                value = int(value)
+            except ValueError:
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise UserError(f"config key {key!r} must be a number, got {value!r}") from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise UserError(f"config key {key!r} must be a number, got {value!r}")
+        if isinstance(default, float):
+            return float(value)
+        # An integer key keeps a whole float as an int (2.0 -> 2); 1.5 is left for validate_config to refuse.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
     return value
 
 
@@ -81,8 +93,13 @@ def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
     raise UserError(f"config {str(name_or_path)!r} not found: not a file, nor one of {', '.join(names)}")
 
 
-def load_config(source: Union[str, Path, dict, None] = None, overrides: Iterable[str] = ()) -> dict:
-    """Defaults, then the recipe ``source`` (file, recipe name or dict), then ``key=value`` overrides."""
+def load_config(source: Union[str, Path, dict, None] = None, overrides: Iterable[str] = (),
+                validate: bool = True) -> dict:
+    """Defaults, then the recipe ``source`` (file, recipe name or dict), then ``key=value`` overrides.
+
+    With ``validate`` (the default) the result is checked by :func:`validate_config`; callers that
+    set more keys afterwards (command-line flags) pass ``validate=False`` and validate at the end.
+    """
     config = copy.deepcopy(DEFAULTS)
     if isinstance(source, dict):
         _merge(config, source)
@@ -97,7 +114,7 @@ def load_config(source: Union[str, Path, dict, None] = None, overrides: Iterable
         _merge(config, loaded)
     for item in overrides:
         apply_override(config, item)
-    return config
+    return validate_config(config) if validate else config
 
 
 def apply_override(config: dict, item: str) -> None:
@@ -123,6 +140,91 @@ def set_value(config: dict, key: str, value: Any) -> None:
     if value is not None:
         section, name = key.split(".")
         _merge(config, {section: {name: value}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges: what each key may hold. A value outside them is refused before anything is written
+# (no run folder), with one line naming the key, the rule and the value.
+
+_MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's SeedSequence needs >= 0 too)
+AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _optional_positive_int(value: Any) -> bool:
+    return value is None or _positive_int(value)
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _milestones(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_number(m) and m > 0 for m in value)
+
+
+# key -> (check, what the value must be)
+RULES: dict[str, tuple[Any, str]] = {
+    "model.name": (_name, "a model name such as cifar_resnet20"),
+    "model.steps": (_name, "a step policy such as none, fixed:0.5 or tsc"),
+    "model.num_classes": (_optional_positive_int, "a positive integer or null (the dataset's)"),
+    "model.in_chans": (_optional_positive_int, "a positive integer or null (the dataset's)"),
+    "data.name": (_name, "a dataset name such as fashion-mnist"),
+    "data.data_dir": (lambda v: v is None or _name(v), "a folder or null"),
+    "data.train_subset": (_optional_positive_int, "a positive integer or null (all images)"),
+    "data.test_subset": (_optional_positive_int, "a positive integer or null (all images)"),
+    "data.batch_size": (_positive_int, "a positive integer"),
+    "data.eval_batch_size": (_positive_int, "a positive integer"),
+    "data.workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.image_size": (_optional_positive_int, "a positive integer or null"),
+    "optim.lr": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
+    "optim.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "optim.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "sched.milestones": (_milestones, "a list of positive numbers (< 1: fractions of the run, >= 1: epochs)"),
+    "sched.gamma": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
+    "sched.step_size": (lambda v: _is_number(v) and v > 0, "a positive number of epochs"),
+    "sched.warmup_epochs": (lambda v: _is_number(v) and v >= 0, "a finite number of epochs >= 0"),
+    "sched.warmup_start": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "train.epochs": (_positive_int, "a positive integer"),
+    "train.seed": (lambda v: _is_int(v) and 0 <= v <= _MAX_SEED, "an integer in [0, 2**64 - 1]"),
+    "train.device": (_name, "auto, cpu, cuda or cuda:N"),
+    "train.amp": (lambda v: v is False or v in AMP_SETTINGS, f"one of {', '.join(AMP_SETTINGS)}"),
+    "train.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+}
+
+
+def validate_config(config: dict) -> dict:
+    """Refuse a value out of range or of the wrong type, naming the key, the rule and the value.
+
+    Checked here, before anything is written: every key of :data:`RULES`, ``sched.name`` against
+    the registered schedules, and ``optim.nesterov`` (it needs a momentum). Names that need the
+    model or the data (``model.name``, ``model.steps``, ``data.name``, ``train.compile``) are
+    checked where they are built, also before a run folder exists. Returns ``config``.
+    """
+    from .optim import SCHEDULES
+
+    for key, (check, rule) in RULES.items():
+        value = get(config, key)
+        if not check(value):
+            raise UserError(f"{key} must be {rule}, got {value!r}")
+    name = get(config, "sched.name")
+    if name not in SCHEDULES:
+        raise UserError(f"sched.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    if get(config, "optim.nesterov") and not get(config, "optim.momentum"):
+        raise UserError("optim.nesterov needs optim.momentum > 0, got momentum 0")
+    return config
 
 
 def dump_config(config: dict) -> str:

@@ -6,6 +6,7 @@ an atomic checkpoint, so ``resume=True`` continues a killed run exactly (on CPU,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -29,6 +30,7 @@ from .config import dump_config
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
 from .optim import build_optimizer, build_scheduler
+from .monitor import check_log_setting, open_monitor
 from .preemption import CheckpointClock, StopRequest, TrainingStopped, inject_signal
 
 
@@ -113,7 +115,7 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
 
 def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Context, amp_dtype,
                  channels_last: bool, label_smoothing: float, desc: str, progress: bool, *, start: "EpochProgress",
-                 stop: StopRequest, clock: CheckpointClock, save_midway) -> Optional[dict]:
+                 stop: StopRequest, clock: CheckpointClock, save_midway, monitor=None) -> Optional[dict]:
     """Train one epoch from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
 
     Returns the epoch's metrics, or ``None`` when a signal stopped it mid-way (after
@@ -152,6 +154,8 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
             m = sums.compute()
             bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['top1']:.1f}%",
                             img_s=f"{seen / (time.perf_counter() - begin):.0f}", refresh=False)
+            if monitor is not None:
+                monitor.step(scheduler.last_epoch, m["loss"], m["top1"], scheduler.get_last_lr()[0])
         bar.update(1)
         inject_signal("step", scheduler.last_epoch)
         stopping = stop.requested(ctx.device)
@@ -257,6 +261,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     channels_last = _use_channels_last(tc["channels_last"], model, ctx.device)
     backend = _compile_backend(tc["compile"])
     clock = CheckpointClock(tc["checkpoint_every"])
+    check_log_setting(tc["log"])
     if ctx.is_main:  # after every setting is checked: a refused config leaves no run folder behind
         _prepare_out_dir(out_dir, config, resume)
     if channels_last:
@@ -285,7 +290,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     train_model = ctx.wrap(model)
     if backend is not None:
         train_model = torch.compile(train_model, backend=backend)
-    with StopRequest() as stop:
+    monitor = open_monitor(tc["log"], out_dir, ctx.is_main)
+    with StopRequest() as stop, monitor or contextlib.nullcontext():
         for epoch in range(start_epoch, epochs):
             train_loader.set_epoch(epoch, progress.batch)
             row = {"epoch": epoch + 1}
@@ -302,7 +308,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
                     trained = _train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
                                            channels_last, config["optim"]["label_smoothing"],
                                            f"epoch {epoch + 1}/{epochs}", tc["progress"], start=progress, stop=stop,
-                                           clock=clock, save_midway=save_midway)
+                                           clock=clock, save_midway=save_midway, monitor=monitor)
                 progress = EpochProgress()
                 if trained is None:
                     raise TrainingStopped(_stopped(stop, f"during epoch {epoch + 1}", ckpt_path, out_dir))
@@ -325,6 +331,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
                 runfiles.atomic_save(state, ckpt_path)
                 _write_metrics(out_dir, history)
                 tqdm.write(_epoch_line(row, epochs))
+            if monitor is not None:
+                monitor.epoch(row, step_sizes(model))
             if epoch + 1 < epochs and stop.requested(ctx.device):  # a signal during evaluation or the checkpoint
                 raise TrainingStopped(_stopped(stop, f"after epoch {epoch + 1}", ckpt_path, out_dir))
     if ctx.is_main and history:
