@@ -3,6 +3,8 @@
 One CPU, one GPU or many (``torchrun --nproc_per_node=N -m tscnet.cli train ...``: DDP over gloo
 on CPU, nccl on GPU; ``data.batch_size`` is the global batch; rank 0 writes). Each epoch ends with
 an atomic checkpoint, so ``resume=True`` continues a killed run exactly (on CPU, bit for bit).
+SIGTERM/SIGINT, or ``train.checkpoint_every``, write a mid-epoch checkpoint that ``resume`` continues
+from the next step (:mod:`.preemption`); ``train.log=tensorboard`` adds live monitoring (:mod:`.monitor`).
 """
 from __future__ import annotations
 
