@@ -46,7 +46,7 @@ def test_ode_options_reach_the_solvers(tmp_path):
 def test_ode_rejects_bad_steps(tmp_path, capsys):
     assert main(["ode", "--out", str(tmp_path), "--h", "-0.1"]) == 2
     err = capsys.readouterr().err
-    assert "--h > 0" in err and len(err.strip().splitlines()) == 1
+    assert "--h must be positive" in err and "-0.1" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,16 @@ ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report"]
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``tscnet train: error: ...``, exit status 2), like
+    every other bad input: the usage block is one ``-h`` away, named in the line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tscnet", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="tscnet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tscnet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in command_modules():

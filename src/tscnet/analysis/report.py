@@ -84,6 +84,18 @@ def _find_stability(stability: Optional[Path], out_dir: Path) -> Optional[Path]:
     return found if found.is_file() else None
 
 
+def _read_stability(path: Path) -> dict:
+    """A ``stability.json`` as ``tscnet stability`` writes it; anything else is a one-line error."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"stability file {path} is not valid JSON ({error}); "
+                        f"write one with `tscnet stability RUN... --out DIR`") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("runs"), list):
+        raise UserError(f"stability file {path} is not a tscnet stability.json (no list of runs)")
+    return saved
+
+
 @dataclass
 class Report:
     path: Path                # report.md
@@ -100,7 +112,7 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
     data = runs[0].config["data"]["name"]
     out_dir = Path(out_dir)
     found = _find_stability(stability, out_dir)
-    saved = json.loads(found.read_text()) if found is not None else None
+    saved = _read_stability(found) if found is not None else None
     if saved is not None and saved.get("data") != data:  # refuse before writing anything
         raise UserError(f"{found} is about {saved.get('data')}, the runs are {data}: pass a stability file of the same dataset")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,32 @@ from ..errors import UserError
 from ..train import run as runfiles
 
 
+def check_out_folder(out: Path, flag: str = "--out") -> Path:
+    """An output folder that exists or can be made: no file stands at ``out`` or at a parent of it."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = f"{flag} {out}" if path == out else f"{flag} {out}: {path}"
+                raise UserError(f"{where} is a file, not a folder; choose another {flag}")
+            break
+    return out
+
+
+def check_device(name: str, flag: str = "--device") -> str:
+    """A device torch knows (cpu, cuda, cuda:N, ...), available here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{flag} must be a device such as cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{flag} {name} asked for, but CUDA is not available here; use {flag} cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{flag} {name}: there are only {torch.cuda.device_count()} CUDA devices here")
+    return name
+
+
 def load_model(source: str, device: str = "cpu", folded_ok: bool = False) -> tuple[nn.Module, dict]:
     """``(model with steps, config)`` from a run folder or a checkpoint file (``weights_only`` load).
 

@@ -34,20 +34,23 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
     from ..stepping import parse_policy
     from ..train import fit, load_config
-    from ..train.config import set_value
+    from ..train.config import set_value, validate_config
+    from .common import check_out_folder
 
-    for policy in args.policies:
-        parse_policy(policy)  # fail before any training
-    out = fresh_folder(Path(args.out))
-    runs = []
-    for policy in args.policies:
-        config = load_config("fashion_mnist_demo")
+    configs = []
+    for policy in args.policies:  # every config checked before any training
+        parse_policy(policy)
+        config = load_config("fashion_mnist_demo", validate=False)
         for key, value in (("model.name", args.model), ("model.steps", policy), ("train.epochs", args.epochs),
                            ("data.train_subset", args.train_subset), ("data.test_subset", args.test_subset),
                            ("train.seed", args.seed), ("data.data_dir", args.data_dir),
                            ("train.device", args.device)):
             set_value(config, key, value)
         config["train"]["progress"] = not args.no_progress
+        configs.append((policy, validate_config(config)))
+    out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
+    runs = []
+    for policy, config in configs:
         run_dir = out / f"{args.model}-{str(policy).replace(':', '')}"
         print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
               f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images -> {run_dir}")

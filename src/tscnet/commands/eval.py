@@ -92,8 +92,14 @@ def run(args: argparse.Namespace) -> int:
     from ..stepping import fold_steps
     from ..stepping import get_policy as tscnet_policy
     from ..train.metrics import MetricSums
-    from .common import load_model
+    from ..errors import UserError
+    from .common import check_device, load_model
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.test_subset is not None and args.test_subset < 1:
+        raise UserError(f"--test-subset must be a positive integer, got {args.test_subset}")
+    check_device(args.device)
     model, config = load_model(args.source, args.device, folded_ok=True)
     can_check = tscnet_policy(model) is not None or str(config["model"]["steps"]) == "none"
     dc = config["data"]

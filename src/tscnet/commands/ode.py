@@ -31,10 +31,18 @@ def _trajectory(result, setting: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..analysis.ode_plot import LAMBDA, T_END, format_table, poster_figure, poster_runs
     from ..errors import UserError
+    from .common import check_out_folder
 
-    if any(h <= 0 for h in args.h) or args.tol <= 0 or not 0 < args.safety <= 1 or args.order < 1:
-        raise UserError("need --h > 0, --tol > 0, 0 < --safety <= 1 and --order >= 1")
-    out = Path(args.out)
+    for h in args.h:
+        if not (math.isfinite(h) and h > 0):
+            raise UserError(f"--h must be positive finite step sizes, got {h:g}")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise UserError(f"--tol must be a positive finite tolerance, got {args.tol:g}")
+    if not 0 < args.safety <= 1:  # also refuses nan
+        raise UserError(f"--safety must be in (0, 1], got {args.safety:g}")
+    if args.order < 1:
+        raise UserError(f"--order must be >= 1, got {args.order}")
+    out = check_out_folder(Path(args.out))
     out.mkdir(parents=True, exist_ok=True)
     options = {"safety": args.safety, "order": args.order}
     rows = poster_figure(out / "ode.png", args.h, args.tol, **options)

@@ -16,7 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
+    from .common import check_out_folder
 
+    check_out_folder(Path(args.out))
     report = build_report([Path(r) for r in args.runs], Path(args.out),
                           Path(args.stability) if args.stability else None)
     print(format_summary(report.summary))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 NAME = "stability"
@@ -23,9 +24,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis.stability import format_stability_table, stability_study
     from ..errors import UserError
+    from .common import check_out_folder
 
-    if args.images < 1 or args.directions < 1 or args.eps <= 0 or args.power_iters < 1:
-        raise UserError("need --images >= 1, --directions >= 1, --eps > 0 and --power-iters >= 1")
+    for flag, value in (("--images", args.images), ("--directions", args.directions),
+                        ("--power-iters", args.power_iters)):
+        if value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if not (math.isfinite(args.eps) and args.eps > 0):
+        raise UserError(f"--eps must be a positive finite number, got {args.eps:g}")
+    check_out_folder(Path(args.out))  # before the study's minutes, not after
     study = stability_study([Path(r) for r in args.runs], Path(args.out), images=args.images,
                             directions=args.directions, method=args.norm, gradient_flow_plot=not args.no_gradient_flow,
                             eps=args.eps, power_iters=args.power_iters)

@@ -39,14 +39,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> dict:
-    from ..train.config import load_config, set_value
+    from ..train.config import load_config, set_value, validate_config
 
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set, validate=False)
     for flag, key in FLAGS.items():
         set_value(config, key, getattr(args, flag))
     if args.no_progress:
         config["train"]["progress"] = False
-    return config
+    return validate_config(config)  # flags included: the recipe may set what a flag then fixes
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` must be a folder or not exist yet (nor may a file stand where a parent folder goes)."""
+    from .common import check_out_folder
+
+    return check_out_folder(out)
 
 
 def default_out(config: dict) -> Path:
@@ -88,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         # Pressing ↑ and adding --resume: the same flags find the same (default) run folder.
-        out = Path(args.out) if args.out else default_out(build_config(args))
+        out = check_out(Path(args.out) if args.out else default_out(build_config(args)))
         check_resume(args, read_config(require_run(out)))
         fit({}, out, resume=True)
         return 0
     config = build_config(args)
-    fit(config, Path(args.out) if args.out else default_out(config))
+    fit(config, check_out(Path(args.out) if args.out else default_out(config)))
     return 0

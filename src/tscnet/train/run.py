@@ -96,15 +96,51 @@ def require_run(run_dir: Path) -> Path:
 
 
 def read_config(run_dir: Path) -> dict:
-    return yaml.safe_load((require_run(run_dir) / CONFIG_FILE).read_text())
+    """A run's resolved config, checked like a recipe (known keys, types, ranges): a corrupt or
+    edited ``config.yaml`` is a one-line error naming the file, never a traceback."""
+    from .config import load_config
+
+    path = require_run(run_dir) / CONFIG_FILE
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); "
+                        f"the run's config is damaged") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} must be a mapping of sections (model, data, optim, sched, train), "
+                        f"got {type(saved).__name__}")
+    missing = [k for k in ("model.name", "model.steps", "data.name")
+               if not isinstance(saved.get(k.split(".")[0]), dict) or k.split(".")[1] not in saved[k.split(".")[0]]]
+    if missing:
+        raise UserError(f"{path} does not say which run it is: no {', '.join(missing)}")
+    try:
+        return load_config(saved)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The epochs recorded in ``metrics.jsonl`` (empty if none finished yet)."""
+    """The epochs recorded in ``metrics.jsonl`` (empty if none finished yet); a line that is not a
+    JSON object is a one-line error naming the file and the line."""
     path = require_run(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not text ({error.reason}); the run's metrics are damaged") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise UserError(f"{path} line {number} is not valid JSON ({error}); the run's metrics are damaged") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise UserError(f"{path} line {number} is not an epoch's metrics (a JSON object with an epoch number)")
+        rows.append(row)
+    return rows
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
@@ -113,9 +149,23 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling refused or corrupt file
-        raise UserError(f"cannot load checkpoint {path} safely: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot load checkpoint {path} safely: {_load_failure(error)}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a tscnet checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
+    return checkpoint
+
+
+def _load_failure(error: Exception) -> str:
+    """The reason in torch.load's error, without its paragraphs of advice (one line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        reasons = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
+        return (f"{reasons[0] if reasons else 'unsupported content'} (refused by torch.load(weights_only=True): "
+                f"a damaged file, not a checkpoint, or one that would run code)")
+    first = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
+    return f"{first} (a damaged or truncated file?)"
 
 
 def build_model_from_config(config: dict) -> nn.Module:
@@ -173,5 +223,12 @@ def model_from_checkpoint(path: Path, config: Optional[dict] = None, device: str
         config = checkpoint["config"]
     check_checkpoint_matches(checkpoint, config, Path(path))
     model = build_model_from_config(config).to(device)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as error:
+        detail = str(error).strip().splitlines()
+        detail = detail[1].strip() if len(detail) > 1 else (detail[0] if detail else type(error).__name__)
+        raise UserError(f"checkpoint {path} does not fit the run's {config['model']['name']} "
+                        f"(num_classes={config['model']['num_classes']}, in_chans={config['model']['in_chans']}): "
+                        f"{detail}") from None
     return model.eval(), config
