@@ -101,3 +101,16 @@ def test_report_refuses_a_stability_file_of_another_dataset(runs, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_report(runs, tmp_path / "out", stability=tmp_path / "missing.json")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_works_without_checkpoints_and_reads_the_saved_profiles(runs, tmp_path):
+    copies = []
+    for run in runs:
+        copy = tmp_path / "runs" / run.name
+        shutil.copytree(run, copy)
+        (copy / "checkpoint.pt").unlink()  # deleted for disk space
+        copies.append(copy)
+    with_ckpt = build_report(runs, tmp_path / "a")
+    without = build_report(copies, tmp_path / "b")
+    assert [g["test_errors"] for g in with_ckpt.summary] == [g["test_errors"] for g in without.summary]
+    assert "dt_heatmap" in without.files

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..stepping import step_sizes
-from ..train.run import Run
+from ..stepping.profile import read_profile
+from ..train.run import Run, load_run
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
 from .stability import STABILITY_FILE, format_stability_table
@@ -103,12 +104,20 @@ class Report:
     files: dict[str, Path]    # figure name -> PNG
 
 
+def _final_steps(run) -> list:
+    """The run's final Δt per block: its steps.json, or (older runs) its checkpoint's model."""
+    try:
+        return [np.asarray(d, dtype=np.float64) for d in read_profile(run.path)["dt"]]
+    except ValueError:
+        return [s.numpy() for s in step_sizes(load_run(run.path).model)]
+
+
 def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Path] = None) -> Report:
     """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
 
     ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
     """
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, with_model=False)  # Δt from steps.json: a run needs no checkpoint.pt
     data = runs[0].config["data"]["name"]
     out_dir = Path(out_dir)
     found = _find_stability(stability, out_dir)
@@ -125,7 +134,7 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
     files["evolution_time"] = plot_series(_series(groups, "evolution_time"), out_dir / "evolution_time.png",
                                           "evolution time T = Σ_d mean_c Δt_d",
                                           "Evolution time T per epoch (vanilla ResNet: T = number of blocks)", note=note)
-    heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", [s.numpy() for s in step_sizes(rs[0].model)])
+    heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
             for k, rs in groups.items() if learns_steps(k[1])]
     if heat:
         files["dt_heatmap"] = plot_dt_heatmaps(heat, out_dir / "dt_heatmap.png")
