@@ -33,3 +33,34 @@ def randomize_steps(model: nn.Module, seed: int = 0) -> None:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+def assert_compiles_like_eager(eager: nn.Module, make_optimizer, x: torch.Tensor, y: torch.Tensor,
+                               steps: int = 5) -> None:
+    """Train ``eager`` and a compiled copy side by side: equal losses and weights, no recompile after
+    the warm-up (train-mode graph and its backward), no graph break."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch._dynamo.reset()
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, backend="aot_eager")  # the graph capture, without code generation
+    optimizers = [make_optimizer(m) for m in (eager, model)]
+    try:
+        for step in range(steps):
+            if step == 2:  # after warm-up any recompile is an error
+                torch._dynamo.config.error_on_recompile = True
+            losses = []
+            for run, opt in zip((eager, compiled), optimizers):
+                loss = F.cross_entropy(run(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+    assert torch._dynamo.explain(copy.deepcopy(eager))(x).graph_break_count == 0
+    for a, b in zip(eager.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

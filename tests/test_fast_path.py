@@ -15,7 +15,7 @@ from tscnet.stepping.projections import HiddenToWidth, WidthToHidden
 from tscnet.stepping.sites import StepScale
 
 from conftest import sample_batch
-from stepping_utils import randomize_bn, randomize_steps, rel_err
+from stepping_utils import assert_compiles_like_eager, randomize_bn, randomize_steps, rel_err
 
 POLICIES = ["fixed:0.5", "scalar:0.5", "channel", "mlp", "tsc", "tsc:feedback=explicit"]
 
@@ -124,32 +124,10 @@ def test_op_count_of_a_training_step_does_not_grow_with_depth(one_thread):
 
 @pytest.mark.parametrize("policy", ["none"] + POLICIES)
 def test_compiled_training_matches_eager_without_recompiles(policy, one_thread):
-    torch._dynamo.reset()
     torch.manual_seed(0)
     eager = tscnet.attach_steps(cifar_resnet(8, in_chans=1), policy)
-    model = copy.deepcopy(eager)
-    compiled = torch.compile(model, backend="aot_eager")  # the graph capture; inductor: test below
-    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (eager, model)]
-    x = sample_batch("fashionMNIST")[:16]
-    y = torch.arange(16) % 10
-    try:
-        for step in range(5):
-            if step == 2:  # after warm-up (train-mode graph and its backward), any recompile is an error
-                torch._dynamo.config.error_on_recompile = True
-            losses = []
-            for run, opt in zip((eager, compiled), optimizers):
-                loss = F.cross_entropy(run(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-            torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    finally:
-        torch._dynamo.config.error_on_recompile = False
-    graph_breaks = torch._dynamo.explain(copy.deepcopy(eager))(x).graph_break_count
-    assert graph_breaks == 0
-    for a, b in zip(eager.state_dict().values(), model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_compiles_like_eager(eager, lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+                               sample_batch("fashionMNIST")[:16], torch.arange(16) % 10)
 
 
 def test_inductor_compiled_tsc_trains_like_eager(one_thread):

@@ -1,10 +1,8 @@
 """The peer policies of the converged study: depth-scaled fixed steps, LayerScale, frozen profiles."""
-import copy
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tscnet
 from tscnet.cli import main
@@ -16,7 +14,7 @@ from tscnet.train import read_metrics
 from tscnet.train.optim import build_optimizer
 
 from conftest import sample_batch
-from stepping_utils import randomize_bn, randomize_steps, rel_err
+from stepping_utils import assert_compiles_like_eager, randomize_bn, randomize_steps, rel_err
 
 QUICK = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress", "--train-subset", "256",
          "--test-subset", "128", "--epochs", "1", "--batch-size", "64"]
@@ -174,29 +172,8 @@ def test_new_policies_fold_exactly(name, policy, profiles):
 
 @pytest.mark.parametrize("policy", ["depth:0.5", "layerscale", "profile"])
 def test_new_policies_compile_like_eager_without_recompiles(policy, profiles, one_thread):
-    # As tests/test_fast_path.py::test_compiled_training_matches_eager_without_recompiles.
-    torch._dynamo.reset()
     torch.manual_seed(0)
     spec = f"profile:{profiles / 'cifar_resnet8.json'}" if policy == "profile" else policy
     eager = tscnet.attach_steps(cifar_resnet(8, in_chans=1), spec)
-    model = copy.deepcopy(eager)
-    compiled = torch.compile(model, backend="aot_eager")
-    optimizers = [build_optimizer(m, {**SGD, "lr": 0.05, "weight_decay": 1e-4}) for m in (eager, model)]
-    x, y = sample_batch("fashionMNIST")[:16], torch.arange(16) % 10
-    try:
-        for step in range(4):
-            if step == 2:
-                torch._dynamo.config.error_on_recompile = True
-            losses = []
-            for run, opt in zip((eager, compiled), optimizers):
-                loss = F.cross_entropy(run(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-            torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    finally:
-        torch._dynamo.config.error_on_recompile = False
-    assert torch._dynamo.explain(copy.deepcopy(eager))(x).graph_break_count == 0
-    for a, b in zip(eager.state_dict().values(), model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_compiles_like_eager(eager, lambda m: build_optimizer(m, {**SGD, "lr": 0.05, "weight_decay": 1e-4}),
+                               sample_batch("fashionMNIST")[:16], torch.arange(16) % 10, steps=4)

@@ -12,6 +12,8 @@ import torch
 from tscnet.cli import main
 from tscnet.train import read_metrics
 
+from run_utils import assert_same_run
+
 # 512 images at batch 64: 8 steps an epoch, 2 epochs.
 ARGS = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--steps", "tsc", "--no-progress",
         "--train-subset", "512", "--test-subset", "256", "--epochs", "2", "--batch-size", "64"]
@@ -19,15 +21,6 @@ ARGS = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--steps
 
 def _state(out):
     return torch.load(out / "checkpoint.pt", weights_only=True)
-
-
-def _same_run(a, b):
-    sa, sb = _state(a), _state(b)
-    assert sa["model"].keys() == sb["model"].keys()
-    for key in sa["model"]:
-        assert torch.equal(sa["model"][key], sb["model"][key]), key
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
-    assert strip(read_metrics(a)) == strip(read_metrics(b))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def test_signal_stops_with_a_checkpoint_and_resume_is_exact(point, where, straig
         assert saved["progress"]["batch"] > 0  # a mid-epoch checkpoint
     monkeypatch.delenv("TSCNET_TEST_SIGNAL")
     assert main(ARGS + ["--out", str(out), "--resume"]) == 0
-    _same_run(straight, out)
+    assert_same_run(straight, out)
 
 
 def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):
@@ -83,13 +76,13 @@ def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):
         resumed = subprocess.run([sys.executable, "-m", "tscnet.cli", *ARGS, "--out", str(out), "--resume",
                                   "--set", "train.checkpoint_every=1"], env=env, capture_output=True, text=True)
         assert resumed.returncode == 0, resumed.stderr
-        _same_run(straight, out)
+        assert_same_run(straight, out)
 
 
 def test_periodic_checkpoints_leave_the_run_unchanged(straight, tmp_path, one_thread):
     out = tmp_path / "run"
     assert main(ARGS + ["--out", str(out), "--set", "train.checkpoint_every=3"]) == 0
-    _same_run(straight, out)
+    assert_same_run(straight, out)
 
 
 @pytest.mark.parametrize("bad", ["-1", "abc", "0.5min", "xmin"])
@@ -120,7 +113,7 @@ def test_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     resumed = subprocess.run(torchrun + ddp_args + ["--out", str(out), "--resume"], env=env, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _same_run(reference, out)
+    assert_same_run(reference, out)
 
 
 @pytest.fixture

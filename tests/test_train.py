@@ -17,6 +17,8 @@ from tscnet.cli import main
 from tscnet.train import load_config, load_run, read_metrics
 from tscnet.train.optim import lr_factor
 
+from run_utils import assert_same_run
+
 QUICK = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress"]
 
 
@@ -76,10 +78,6 @@ def _train_cmd(out, epochs=3):
             "--test-subset", "256", "--epochs", str(epochs), "--set", "data.batch_size=64", "--out", str(out)]
 
 
-def _final_state(out):
-    return torch.load(out / "checkpoint.pt", weights_only=True)
-
-
 def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
@@ -101,12 +99,7 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     # ends in the same state, training being deterministic).
     ran = [int(line.split()[1].split("/")[0]) for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
     assert ran == list(range(done + 1, 4)), resumed.stdout
-    a, b = _final_state(straight), _final_state(killed)
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
-    assert strip(read_metrics(straight)) == strip(read_metrics(killed))
+    assert_same_run(straight, killed)
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
