@@ -85,7 +85,6 @@ class _ScaleBySteps(torch.autograd.Function):
         return (None, *grad_dts, *grad_params)
 
 
-
 def scale_by_steps(dts: Sequence[Tensor], *params: Sequence[Tensor]) -> list[list[Tensor]]:
     """``[[p ⊙ Δt_d for p, Δt_d in zip(group, dts)] for group in params]`` in one op each way.
 
@@ -116,7 +115,6 @@ class _FilterNorms(torch.autograd.Function):
         coef = (grad / norms.clamp_min(torch.finfo(norms.dtype).tiny)).view(-1, 1, 1, 1)
         coefs = coef.split([w.shape[0] for w in weights])
         return (None, *torch._foreach_mul(weights, list(coefs)))
-
 
 
 def filter_norms(weights: Sequence[Tensor]) -> Tensor:
