@@ -14,8 +14,8 @@ import math
 import subprocess
 import time
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -31,8 +31,8 @@ from . import run as runfiles
 from .config import dump_config
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
-from .optim import build_optimizer, build_scheduler
 from .monitor import check_log_setting, open_monitor
+from .optim import build_optimizer, build_scheduler
 from .preemption import CheckpointClock, StopRequest, TrainingStopped, inject_signal
 
 
@@ -160,8 +160,13 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
                 monitor.step(scheduler.last_epoch, m["loss"], m["top1"], scheduler.get_last_lr()[0])
         bar.update(1)
         inject_signal("step", scheduler.last_epoch)
-        stopping = stop.requested(ctx.device)
-        if i + 1 < len(loader) and (stopping or clock.due(scheduler.last_epoch)):
+        # Under torchrun agreeing is a collective, and on a GPU its host sync would stall the
+        # queue every step: there, ranks agree at the bar's sync points only.
+        if ctx.world_size == 1 or ctx.device.type != "cuda" or i % 20 == 19:
+            stopping, due = stop.poll(ctx.device, clock.due(scheduler.last_epoch))
+        else:
+            stopping = due = False
+        if i + 1 < len(loader) and (stopping or due):
             save_midway(EpochProgress(i + 1, _gathered(sums, ctx), seen, time.perf_counter() - begin))
             if stopping:
                 bar.close()

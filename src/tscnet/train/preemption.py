@@ -63,13 +63,20 @@ class StopRequest:
 
     def requested(self, device: torch.device) -> bool:
         """Whether any rank got a signal (a collective under torchrun: call it on every rank)."""
+        return self.poll(device)[0]
+
+    def poll(self, device: torch.device, checkpoint_due: bool = False) -> tuple[bool, bool]:
+        """``(stop, checkpoint)`` agreed by every rank (one collective under torchrun): stop if any
+        rank got a signal, checkpoint if any rank's clock says so (wall clocks differ between ranks,
+        and a checkpoint gathers from all of them)."""
         if not (dist.is_available() and dist.is_initialized()):
-            return self.signal is not None
-        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
-            self.signal = int(flag.item())
-        return bool(flag.item())
+            return self.signal is not None, checkpoint_due
+        flags = torch.tensor([0 if self.signal is None else int(self.signal), int(checkpoint_due)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, due = flags.tolist()
+        if signum and self.signal is None:
+            self.signal = int(signum)
+        return bool(signum), bool(due)
 
 
 class CheckpointClock:
@@ -88,10 +95,14 @@ class CheckpointClock:
             raise UserError(f"train.checkpoint_every must be 0 (off), a number of steps or minutes like '10min'; "
                             f"got {every!r}")
         self._last = time.monotonic()
+        self._checked: Optional[int] = None  # the step of the previous call
 
     def due(self, step: int) -> bool:
+        """Whether a checkpoint is due at ``step``: a multiple of N steps was reached since the
+        previous call (calls may skip steps), or N minutes passed."""
         if self.steps is not None:
-            return step % self.steps == 0
+            previous, self._checked = self._checked, step
+            return step % self.steps == 0 if previous is None else step // self.steps > previous // self.steps
         if self.seconds is not None and time.monotonic() - self._last >= self.seconds:
             self._last = time.monotonic()
             return True
