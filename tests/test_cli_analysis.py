@@ -86,6 +86,41 @@ def test_stability_then_report_on_real_runs(runs, tmp_path, capsys):
         assert_png(out / name)
 
 
+def test_stability_of_runs_whose_checkpoint_was_deleted(runs, tmp_path, capsys):
+    """model.safetensors + steps.json rebuild the stepped model: the same numbers as from checkpoint.pt."""
+    stepped = tmp_path / "runs" / "resnet8-tsc-half"  # Δt ≈ 0.5, far from 1: dividing it out matters
+    assert main(["train", "--data", "fashion-mnist", "--train-subset", "128", "--test-subset", "128", "--epochs", "1",
+                 "--model", "cifar_resnet8", "--steps", "tsc:dt_init=0.5", "--no-progress", "--out", str(stepped)]) == 0
+    runs = [*runs, stepped]
+    copies = []
+    for run in runs:
+        shutil.copytree(run, tmp_path / run.name)
+        (tmp_path / run.name / "checkpoint.pt").unlink()
+        copies.append(tmp_path / run.name)
+    options = ["--images", "3", "--directions", "2", "--power-iters", "5", "--norm", "fft", "--no-gradient-flow"]
+    assert main(["stability", *map(str, runs), "--out", str(tmp_path / "a"), *options]) == 0
+    assert main(["stability", *map(str, copies), "--out", str(tmp_path / "b"), *options]) == 0
+    printed = capsys.readouterr().out
+    assert "note: resnet8-tsc has no checkpoint.pt; its stepped model was rebuilt from model.safetensors + steps.json" \
+        in printed
+    a, b = (json.loads((tmp_path / d / "stability.json").read_text())["runs"] for d in "ab")
+    assert [r["weights"] for r in a] == ["checkpoint.pt"] * 3
+    assert [r["weights"] for r in b] == ["model.safetensors + steps.json"] * 3
+    assert b[2]["evolution_time"] == pytest.approx(1.5, abs=0.1)
+    for x, y in zip(a, b):
+        assert (x["policy"], x["evolution_time"]) == (y["policy"], pytest.approx(y["evolution_time"], rel=1e-6))
+        for key in ("random_mean", "worst", "bound"):
+            assert x[key] == pytest.approx(y[key], rel=1e-3), key
+        for bx, by in zip(x["per_block"], y["per_block"]):  # F itself (not only Δt ⊙ F) comes back
+            assert bx.keys() == by.keys()
+            for key in bx:
+                if isinstance(bx[key], str):
+                    assert bx[key] == by[key], key
+                    continue
+                assert torch.allclose(torch.tensor(bx[key], dtype=torch.float64),
+                                      torch.tensor(by[key], dtype=torch.float64), rtol=1e-3), key
+
+
 @pytest.mark.parametrize("command", ["report", "stability"])
 def test_commands_refuse_mixed_datasets(runs, tmp_path, capsys, command):
     other = tmp_path / "cifar-run"

@@ -102,3 +102,59 @@ def test_folded_model_scripts_exports_and_compiles():
         exported = torch.export.export(folded, (x,))
         torch.testing.assert_close(exported.module()(x), ref)
         torch.testing.assert_close(torch.compile(folded)(x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "seresnet50", "tv:resnet50"])
+def test_unfold_inverts_fold_and_keeps_the_function(name, tmp_path):
+    """model.safetensors + steps.json → the stepped model: same Δt, same outputs, same weights where Δt ≠ 0."""
+    import json
+
+    from tscnet.stepping.profile import profile_dict
+
+    model = _stepped(name, "channel")
+    gated = tscnet.get_policy(model).branches[0].se is not None
+    with torch.no_grad():  # two channels of block 0 switched off: the folded model keeps no F_c there
+        tscnet.get_policy(model).dt[:2] = 0.0 if not gated else 0.25
+    steps = tscnet.step_sizes(model)
+    (tmp_path / "steps.json").write_text(json.dumps(profile_dict(steps, name, "channel")))
+    folded = tscnet.fold_steps(model)
+    rebuilt = copy.deepcopy(_vanilla(name))
+    rebuilt.load_state_dict(folded.state_dict())
+    rebuilt = tscnet.unfold_steps(rebuilt, f"profile:{tmp_path}").eval()
+    assert all(torch.equal(a, b) for a, b in zip(tscnet.step_sizes(rebuilt), steps))
+    x = sample_batch("cifar10")[:4] if name.startswith("cifar") else sample_batch("imagenet", size=32)[:4]
+    with torch.no_grad():
+        assert rel_err(rebuilt(x), model(x)) < 1e-5
+    refolded = tscnet.fold_steps(rebuilt).state_dict()
+    assert all(torch.allclose(refolded[k], v, rtol=1e-5, atol=1e-7) for k, v in folded.state_dict().items())
+    # Away from the switched-off channels the original weights come back (γ, β, W or SE columns).
+    original = {k: v for k, v in model.state_dict().items() if not k.startswith("step_policy")}
+    unfolded = {k: v for k, v in rebuilt.state_dict().items() if not k.startswith("step_policy")}
+    assert original.keys() == unfolded.keys()
+    changed_by_fold = [k for k, v in folded.state_dict().items() if not torch.equal(v, original[k])]
+    assert changed_by_fold, "the steps must change some weights when folded"
+    branch = tscnet.get_policy(rebuilt).branches[0]
+    target = branch.norm if branch.norm is not None else branch.conv
+    zeroed = {k for k, v in rebuilt.named_parameters() if v is target.weight or v is target.bias}
+    for key in changed_by_fold:
+        a, b = original[key], unfolded[key]
+        if key in zeroed and not gated:  # channels 0 and 1 of block 0: zero in the folded and the unfolded model
+            assert torch.equal(b[:2], torch.zeros_like(b[:2]))
+            a, b = a[2:], b[2:]
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), key
+
+
+def test_unfold_needs_steps_that_do_not_depend_on_the_weights():
+    model = copy.deepcopy(_vanilla("cifar_resnet20"))
+    unfolded = tscnet.unfold_steps(model, "fixed:0.5")
+    assert all(torch.equal(dt, torch.full_like(dt, 0.5)) for dt in tscnet.step_sizes(unfolded))
+    assert tscnet.unfold_steps(copy.deepcopy(_vanilla("cifar_resnet20")), "none") is not None
+
+
+def test_fold_refuses_a_zero_step_through_a_gate():
+    """SE reads BN_c(x) before the step: with Δt_c = 0 the folded block would feed it 0 instead."""
+    model = _stepped("seresnet50", "channel")
+    with torch.no_grad():
+        tscnet.get_policy(model).dt[3] = 0.0
+    with pytest.raises(ValueError, match=r"cannot fold Δt = 0 exactly through the gate .*SEModule.*channels \[3\]"):
+        tscnet.fold_steps(model)

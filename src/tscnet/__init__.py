@@ -19,10 +19,11 @@ from .stepping import (
     parse_policy,
     policy_names,
     step_sizes,
+    unfold_steps,
 )
 
 __version__ = "0.1.0"
 __all__ = [
     "PolicySpec", "attach_steps", "convert_sync_batchnorm", "create_model", "evolution_time", "fold_steps", "get_policy",
-    "list_models", "parse_policy", "policy_names", "step_sizes",
+    "list_models", "parse_policy", "policy_names", "step_sizes", "unfold_steps",
 ]

@@ -16,11 +16,13 @@ __all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_
 CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller Θ of the weights
 
 
-def load_runs(paths: Iterable[Path], with_model: bool = True) -> list[Run]:
-    """Read each run folder (the last checkpoint's model with ``with_model``); one dataset only."""
+def load_runs(paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False) -> list[Run]:
+    """Read each run folder (the last checkpoint's model with ``with_model``; with ``unfold_ok`` a
+    finished run without checkpoint.pt gives its folded weights with the steps divided back out);
+    one dataset only."""
     runs = []
     for path in dict.fromkeys(Path(p).resolve() for p in paths):  # each folder once, order kept
-        run = load_run(path, with_model=with_model)
+        run = load_run(path, with_model=with_model, unfold_ok=unfold_ok)
         if not run.metrics:
             raise UserError(f"run {path} has no finished epoch (empty metrics.jsonl)")
         runs.append(run)

@@ -41,7 +41,7 @@ def run_stability(run: Run, images: torch.Tensor, directions: int = 8, method: s
         "evolution_time": bound.evolution_time, "test_error": run.final.get("test_error"),
         "epochs": run.final.get("epoch"), "images": len(images), "directions": directions, "eps": amp.eps,
         **amp.medians(), "bound": bound.bound, "log10_bound": bound.log10_bound, "norm_method": method,
-        "per_block": bound.rows(),
+        "weights": run.weights, "per_block": bound.rows(),
     }
 
 
@@ -63,7 +63,7 @@ class StabilityStudy:
 def stability_study(run_dirs: Iterable[Path], out_dir: Path, images: int = 32, directions: int = 8,
                     method: str = "power", gradient_flow_plot: bool = True, **options) -> StabilityStudy:
     """Study every run, write the JSON, Markdown table and figures into ``out_dir``."""
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, unfold_ok=True)  # a finished run whose checkpoint.pt was deleted still counts
     x, y = test_batch(runs[0].config, images)
     rows = [run_stability(run, x, directions, method, **options) for run in runs]
     out_dir = Path(out_dir)

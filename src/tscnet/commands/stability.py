@@ -37,5 +37,8 @@ def run(args: argparse.Namespace) -> int:
                             directions=args.directions, method=args.norm, gradient_flow_plot=not args.no_gradient_flow,
                             eps=args.eps, power_iters=args.power_iters)
     print(format_stability_table(study.rows))
+    for row in study.rows:
+        if row["weights"] != "checkpoint.pt":
+            print(f"note: {row['run']} has no checkpoint.pt; its stepped model was rebuilt from {row['weights']}")
     print("wrote " + ", ".join(str(p) for p in study.files.values()))
     return 0

@@ -6,22 +6,27 @@ For each branch with step Δt (per output channel c):
 * last conv (pre-activation): ``W[c] ← Δt_c·W[c]``, ``b ← Δt·b``;
 * a gate after the BN (squeeze-and-excitation): the gate must see what it saw before, so the
   first layer that reads the pooled input gets ``A[:, c] ← A[:, c] / Δt_c``:
-  ``A·pool(Δt ⊙ x) / Δt = A·pool(x)`` for average pooling (and max pooling when Δt > 0).
+  ``A·pool(Δt ⊙ x) / Δt = A·pool(x)`` for average pooling (and max pooling when Δt > 0); a
+  Δt_c = 0 there cannot be folded (the gate still reads channel c) and raises.
 
 Gates that mix channels before their first linear map (ECA's 1-D conv, ...) cannot be folded
 exactly; folding them raises instead of returning a silently different model.
+
+:func:`unfold_steps` is the inverse: it rebuilds a stepped model from folded weights and the steps
+(a run's ``model.safetensors`` and ``steps.json``) by folding with 1/Δt.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import nn
 
 from ..registry import Registry, qualname
-from .attach import POLICY_ATTR, get_policy, unwrap_model
+from .attach import POLICY_ATTR, attach_steps, get_policy, unwrap_model
 from .branches import Branch
+from .policies import PolicySpec
 
 GateFolder = Callable[[nn.Module, torch.Tensor], None]
 _GATE_FOLDERS: Registry[GateFolder] = Registry("gate folder")
@@ -31,10 +36,11 @@ register_gate = _GATE_FOLDERS.register  # how to fold Δt through a gate class (
 def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -> None:
     if getattr(gate, "add_maxpool", False) and bool((dt <= 0).any()):
         raise ValueError(f"cannot fold non-positive steps through the max-pooled gate {qualname(gate)}")
-    # Where Δt_c = 0 the channel contributes nothing either way: keep its column as it is.
-    scale = torch.where(dt == 0, torch.ones_like(dt), dt)
+    if bool((dt == 0).any()):  # the gate reads BN_c(x), which the folded BN (γ_c = β_c = 0) no longer gives
+        raise ValueError(f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
+                         f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them")
     shape = (1, -1) + (1,) * (layer.weight.dim() - 2)
-    layer.weight.div_(scale.view(shape))
+    layer.weight.div_(dt.view(shape))
 
 
 @register_gate("timm.layers.squeeze_excite.SEModule")
@@ -83,3 +89,26 @@ def fold_steps(model: nn.Module) -> nn.Module:
             _fold_branch(branch, dt.detach().to(branch.conv.weight.dtype))
     delattr(folded, POLICY_ATTR)
     return folded
+
+
+def unfold_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
+    """Attach the constant ``steps`` to ``model``, which holds folded weights, and divide them out; in place.
+
+    The inverse of :func:`fold_steps` for each branch with step Δt: ``γ ← γ/Δt``, ``β ← β/Δt``
+    (last BN), ``W[c] ← W[c]/Δt_c`` (last conv of a pre-activation block), gate input columns
+    ``A[:, c] ← A[:, c]·Δt_c``; so ``fold_steps(unfold_steps(m, s))`` has ``m``'s weights up to
+    rounding and the model computes the same function. ``steps`` must not depend on the weights
+    (``profile:RUN`` with a run's final steps, ``fixed:V``, ...): a controller would compute other
+    steps from the changed weights. Where Δt_c = 0 the folded model no longer holds the channel's
+    F_c (it was multiplied by 0); the folded values (zero) are kept, which computes the same
+    Δt_c ⊙ F_c = 0.
+    """
+    attach_steps(model, steps)
+    policy = get_policy(model)
+    if policy is None:
+        return model
+    with torch.no_grad():
+        for branch, dt in zip(policy.branches, policy.compute()):
+            dt = dt.detach().to(branch.conv.weight.dtype)
+            _fold_branch(branch, torch.where(dt == 0, torch.ones_like(dt), dt.reciprocal()))
+    return model

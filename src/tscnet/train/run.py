@@ -192,6 +192,7 @@ class Run:
     config: dict
     metrics: list[dict]
     model: Optional[nn.Module]  # with its step policy, weights of the last checkpoint, eval mode
+    weights: str = CHECKPOINT_FILE  # where the model's weights came from
 
     @property
     def name(self) -> str:
@@ -202,12 +203,55 @@ class Run:
         return self.metrics[-1] if self.metrics else {}
 
 
-def load_run(run_dir: Path, with_model: bool = True, device: str = "cpu") -> Run:
-    """Read a run folder; with ``with_model`` rebuild the model and load its last checkpoint."""
+def load_run(run_dir: Path, with_model: bool = True, device: str = "cpu", unfold_ok: bool = False) -> Run:
+    """Read a run folder; with ``with_model`` rebuild the model and load its last checkpoint.
+
+    With ``unfold_ok``, a finished run whose checkpoint.pt is gone gives the stepped model rebuilt
+    from model.safetensors and steps.json (:func:`stepped_from_folded`): the same function and
+    steps, with the final steps frozen (``profile:RUN``) instead of the run's policy.
+    """
     run_dir = require_run(Path(run_dir))
     config = read_config(run_dir)
-    model = model_from_checkpoint(run_dir / CHECKPOINT_FILE, config, device)[0] if with_model else None
-    return Run(run_dir, config, read_metrics(run_dir), model)
+    model, weights = None, CHECKPOINT_FILE
+    if with_model and unfold_ok and not (run_dir / CHECKPOINT_FILE).exists() and (run_dir / FOLDED_FILE).exists():
+        model, weights = stepped_from_folded(run_dir, config, device), f"{FOLDED_FILE} + {STEPS_FILE}"
+    elif with_model:
+        model = model_from_checkpoint(run_dir / CHECKPOINT_FILE, config, device)[0]
+    return Run(run_dir, config, read_metrics(run_dir), model, weights)
+
+
+def model_from_folded(run_dir: Path, config: Optional[dict] = None, device: str = "cpu") -> nn.Module:
+    """The vanilla-architecture model of a finished run from its model.safetensors (steps folded in), eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..models import create_model
+
+    config = config or read_config(run_dir)
+    m = config["model"]
+    model = create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps="none")
+    path = Path(run_dir) / FOLDED_FILE
+    try:
+        model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        raise UserError(f"{path} does not hold the folded {m['name']} of this run: {str(error).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def stepped_from_folded(run_dir: Path, config: Optional[dict] = None, device: str = "cpu") -> nn.Module:
+    """A finished run's stepped model without its checkpoint: model.safetensors with the final Δt
+    of steps.json divided back out (:func:`tscnet.stepping.fold.unfold_steps`), steps frozen as
+    ``profile:RUN``; eval mode. It computes what the folded model computes, block by block."""
+    from ..stepping.fold import unfold_steps
+
+    config = config or read_config(run_dir)
+    model = model_from_folded(run_dir, config, device)
+    if str(config["model"]["steps"]) == "none":
+        return model
+    try:
+        return unfold_steps(model, f"profile:{Path(run_dir).resolve()}").eval()
+    except ValueError as error:  # missing, damaged or mismatched steps.json
+        raise UserError(f"cannot rebuild the stepped model of {run_dir} without {CHECKPOINT_FILE}: {error}") from None
 
 
 def model_from_checkpoint(path: Path, config: Optional[dict] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
