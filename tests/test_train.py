@@ -273,3 +273,14 @@ def test_eval_and_fold_work_from_the_folded_weights_when_the_checkpoint_is_gone(
     assert main(["fold", str(run), "--out", str(out)]) == 0
     again, saved = load_file(out), load_file(run / "model.safetensors")
     assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+
+
+def test_fit_from_python_checks_the_config_like_the_cli(tmp_path):
+    from tscnet.errors import UserError
+    from tscnet.train import fit
+
+    config = load_config("fashion_mnist_converged")
+    config["model"]["steps"], config["train"]["epochs"] = "tsc", 0
+    with pytest.raises(UserError, match="train.epochs must be a positive integer, got 0"):
+        fit(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
 from . import run as runfiles
-from .config import dump_config
+from .config import dump_config, validate_config
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
 from .monitor import check_log_setting, open_monitor
@@ -244,6 +244,7 @@ def fit(config: dict, out_dir, resume: bool = False) -> list[dict]:
     out_dir = Path(out_dir)
     if resume:
         config = runfiles.read_config(runfiles.require_run(out_dir))
+    validate_config(config)  # a dict built in Python gets the CLI's range checks, before anything is written
     ctx = setup(config["train"]["device"])
     try:
         return _fit(config, out_dir, resume, ctx)
