@@ -284,3 +284,15 @@ def test_fit_from_python_checks_the_config_like_the_cli(tmp_path):
     with pytest.raises(UserError, match="train.epochs must be a positive integer, got 0"):
         fit(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_cannot_be_folded_still_finishes(tmp_path):
+    """ECA mixes channels before its gate: no model.safetensors, but steps.json and the card are written."""
+    out = tmp_path / "eca"
+    with pytest.warns(UserWarning, match="no model.safetensors: cannot fold steps exactly through the gate .*Eca"):
+        code = main(["train", "--data", "fashion-mnist", "--model", "ecaresnet26t", "--steps", "tsc", "--train-subset",
+                     "32", "--test-subset", "32", "--batch-size", "32", "--epochs", "1", "--no-progress", "--out", str(out)])
+    assert code == 0 and not (out / "model.safetensors").exists()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["folded_weights"] is None and card["params_folded"] is None and card["epochs"] == 1
+    assert len(json.loads((out / "steps.json").read_text())["dt"]) == 8

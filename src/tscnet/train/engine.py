@@ -220,8 +220,13 @@ def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, hist
 
 
 def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1) -> None:
-    folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
-                                  {"model": config["model"]["name"], "steps": config["model"]["steps"]})
+    try:
+        folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
+                                      {"model": config["model"]["name"], "steps": config["model"]["steps"]})
+    except ValueError as error:  # a gate that mixes channels (ECA): the trained run stays complete, unfolded
+        folded = None
+        warnings.warn(f"no {runfiles.FOLDED_FILE}: {error}; {runfiles.CHECKPOINT_FILE} holds the trained model "
+                      f"with its steps", stacklevel=2)
     card = {
         "model": config["model"]["name"], "steps": str(config["model"]["steps"]),
         "data": config["data"]["name"], "num_classes": config["model"]["num_classes"],
@@ -229,8 +234,8 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], 
         "final": {k: history[-1][k] for k in ("test_top1", "test_top5", "test_error", "test_loss",
                                               "train_loss", "evolution_time")},
         "params_train": sum(p.numel() for p in model.parameters()),
-        "params_folded": sum(p.numel() for p in folded.parameters()),
-        "folded_weights": runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
+        "params_folded": None if folded is None else sum(p.numel() for p in folded.parameters()),
+        "folded_weights": None if folded is None else runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
         "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
     }
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
