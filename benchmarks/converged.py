@@ -28,7 +28,11 @@ runs finish. To stop at once, interrupt the whole process group (Ctrl-C, or ``ki
 for a background runner): the ``tscnet train`` children stop too and stay resumable from their last
 finished epoch. Killing only the runner leaves its children training; let them finish (the next
 invocation collects finished runs without training them) before starting the runner again.
-A run that fails (e.g. diverges) is reported, not committed; the next invocation resumes it.
+A run that diverges (the engine stops it when the loss becomes NaN or infinite) is a result, not a
+failure: its config and metrics are committed with ``"diverged"`` in ``cell.json`` and it counts at
+chance error (100 − 100 / classes %) in the report, marked †; it is not retried (training is
+deterministic: it would diverge again), and its ablations are not run (no final profile). A run
+that fails otherwise is reported, not committed; the next invocation resumes it.
 
 The report (``report.md``, ``summary.json``, PNGs in ``--results``) is built from the committed
 per-run results only: per model, final-epoch test error mean ± std and per seed, T, convergence
@@ -148,9 +152,36 @@ def plan(models: list[str], policies: list[str], seeds: Optional[list[int]]) -> 
     return cells
 
 
+DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
+
+
+def _cell_info(folder: Path) -> Optional[dict]:
+    try:
+        return json.loads((folder / CELL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def is_committed(results: Path, cell: Cell) -> bool:
     folder = results / cell.rel
-    return all((folder / name).is_file() for name in (*RESULT_FILES, CELL_FILE))
+    info = _cell_info(folder)
+    needed = DIVERGED_FILES if info and info.get("diverged") else RESULT_FILES
+    return info is not None and all((folder / name).is_file() for name in needed)
+
+
+def is_diverged(results: Path, cell: Cell) -> bool:
+    info = _cell_info(results / cell.rel) if is_committed(results, cell) else None
+    return bool(info and info.get("diverged"))
+
+
+def divergence(log: str) -> Optional[str]:
+    """The engine's one-line divergence error in a run's log (``loss became nan ...``), else ``None``."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line for line in lines if "error:" in line and "loss became" in line]
+    return errors[-1].split("error:", 1)[1].strip() if errors else None
 
 
 def _path_for_recipe(folder: Path) -> str:
@@ -182,6 +213,8 @@ def step_spec(cell: Cell, results: Path) -> str:
     folder = results / source.rel
     if not is_committed(results, source):
         raise UserError(f"{cell}: the results of {source} are not in {results} yet")
+    if is_diverged(results, source):
+        raise UserError(f"{cell}: its source {source} diverged, so there is no final profile to ablate")
     if cell.policy.startswith("profile-of"):
         return f"profile:{_path_for_recipe(folder)}"
     profile = read_profile(folder)
@@ -249,16 +282,21 @@ def git_commit(folders: list[Path], message: str, attempts: int = 5) -> bool:
     return False
 
 
-def collect(cell: Cell, run_dir: Path, results: Path, spec: str) -> Path:
-    """Copy the small results of finished run ``run_dir`` to ``results/<cell>``, atomically."""
+def collect(cell: Cell, run_dir: Path, results: Path, spec: str, diverged: Optional[str] = None) -> Path:
+    """Copy the small results of finished (or ``diverged``) run ``run_dir`` to ``results/<cell>``, atomically."""
     final = results / cell.rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        for name in RESULT_FILES:
-            shutil.copy2(run_dir / name, tmp / name)
+        for name in (DIVERGED_FILES if diverged else RESULT_FILES):
+            if (run_dir / name).is_file() or name != "metrics.jsonl" or not diverged:
+                shutil.copy2(run_dir / name, tmp / name)
+            else:  # diverged in its first epoch: no epoch finished
+                (tmp / name).write_text("")
         cell_info = {"model": cell.model, "policy": cell.policy, "seed": cell.seed, "steps": spec,
                      "source": str(cell.source.rel) if cell.source else None}
+        if diverged:
+            cell_info["diverged"] = diverged
         (tmp / CELL_FILE).write_text(json.dumps(cell_info, indent=2) + "\n")
         if final.exists():  # a partial copy from a killed runner (no cell.json): replace it
             shutil.rmtree(final)
@@ -271,7 +309,7 @@ def collect(cell: Cell, run_dir: Path, results: Path, spec: str) -> Path:
 
 def final_error(folder: Path) -> float:
     lines = [line for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return float(json.loads(lines[-1])["test_error"])
+    return float(json.loads(lines[-1])["test_error"]) if lines else float("nan")
 
 
 def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrides: list[str], workers: int = 2,
@@ -293,16 +331,17 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
           f"{len(pending)} to run ({workers} at a time, {threads} thread(s) each)", flush=True)
     running: dict[Future, tuple[Cell, Job, str, float]] = {}
     longest: dict[str, float] = {}
-    counts = {"trained": 0, "collected": 0, "failed": 0, "skipped": len(cells) - len(pending)}
+    counts = {"trained": 0, "collected": 0, "diverged": 0, "failed": 0, "skipped": len(cells) - len(pending)}
     failed: set[Cell] = set()
 
-    def finish(cell: Cell, job: Job, spec: str) -> None:
-        folder = collect(cell, job.out, results, spec)
+    def finish(cell: Cell, job: Job, spec: str, diverged: Optional[str] = None) -> None:
+        folder = collect(cell, job.out, results, spec, diverged)
         counts["collected"] += 1
-        error = final_error(folder)
-        print(f"done: {cell} — final test error {error:.2f} % → {folder}", flush=True)
+        outcome = f"DIVERGED ({diverged})" if diverged else f"final test error {final_error(folder):.2f} %"
+        print(f"done: {cell} — {outcome} → {folder}", flush=True)
         if commit:
-            git_commit([folder], f"converged: {cell.model} {cell.policy} seed{cell.seed} (error {error:.2f} %)")
+            what = "diverged" if diverged else f"error {final_error(folder):.2f} %"
+            git_commit([folder], f"converged: {cell.model} {cell.policy} seed{cell.seed} ({what})")
 
     def ready(cell: Cell) -> bool:
         return cell.source is None or is_committed(results, cell.source)
@@ -327,6 +366,10 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
                         if problem:
                             raise UserError(f"scratch run {job.out} has another recipe ({problem}); delete it")
                 except UserError as error:
+                    if cell.source is not None and is_diverged(results, cell.source):
+                        print(f"not run: {cell}: its source {cell.source} diverged", flush=True)
+                        counts["not_run_diverged_source"] = counts.get("not_run_diverged_source", 0) + 1
+                        continue
                     print(f"FAILED: {cell}: {error}", flush=True)
                     failed.add(cell)
                     counts["failed"] += 1
@@ -344,9 +387,13 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
                 cell, job, spec, began = running.pop(future)
                 _, code, log = future.result()
                 longest[cell.model] = max(longest.get(cell.model, 0.0), time.time() - began)
+                diverged = divergence(log) if code != 0 else None
                 if code == 0 and job.finished:
                     counts["trained"] += 1
                     finish(cell, job, spec)
+                elif diverged:  # a result: deterministic training would diverge again
+                    counts["diverged"] += 1
+                    finish(cell, job, spec, diverged)
                 else:
                     failed.add(cell)
                     counts["failed"] += 1
@@ -373,12 +420,21 @@ class Result:
     folder: Path
     config: dict
     metrics: list[dict]
-    profile: dict
+    profile: dict  # {} for a diverged run
     card: dict
+    diverged: Optional[str] = None  # the engine's message, for a run that diverged
+
+    @property
+    def chance(self) -> float:
+        return 100.0 - 100.0 / int(self.config["model"]["num_classes"])
 
     @property
     def errors(self) -> list[float]:
-        return [float(m["test_error"]) for m in self.metrics]
+        """Test error per epoch; a diverged run is at chance from the epoch it diverged in to the end."""
+        errors = [float(m["test_error"]) for m in self.metrics]
+        if self.diverged:
+            errors += [self.chance] * (int(self.config["train"]["epochs"]) - len(errors))
+        return errors
 
     @property
     def error(self) -> float:
@@ -390,16 +446,17 @@ def load_results(results: Path) -> list[Result]:
     found = []
     for marker in sorted(Path(results).glob(f"*/*/seed*/{CELL_FILE}")):
         folder = marker.parent
-        if not all((folder / name).is_file() for name in RESULT_FILES):
+        info = _cell_info(folder)
+        diverged = info.get("diverged") if info else None
+        if info is None or not all((folder / name).is_file() for name in (DIVERGED_FILES if diverged else RESULT_FILES)):
             continue
-        info = json.loads(marker.read_text())
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        if not metrics:
+        if not metrics and not diverged:
             continue
+        read = (lambda name: {}) if diverged else (lambda name: json.loads((folder / name).read_text()))
         found.append(Result(Cell(info["model"], info["policy"], int(info["seed"])), folder,
-                            _read_yaml(folder / "config.yaml"), metrics,
-                            json.loads((folder / "steps.json").read_text()),
-                            json.loads((folder / "model_card.json").read_text())))
+                            _read_yaml(folder / "config.yaml"), metrics, read("steps.json"), read("model_card.json"),
+                            diverged))
     return found
 
 
@@ -434,15 +491,17 @@ def summarize(found: list[Result]) -> dict:
         for policy in _group_order(list(groups)):
             rs = groups[policy]
             errors = [r.error for r in rs]
-            drift = [abs(r.errors[-1] - r.errors[-4]) for r in rs if len(r.errors) >= 4]
+            drift = [abs(r.errors[-1] - r.errors[-4]) for r in rs if len(r.errors) >= 4 and not r.diverged]
+            times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged]
             rows[policy] = {
                 "policy": policy, "label": policy_label(policy),
                 "steps": sorted({str(r.config["model"]["steps"]) for r in rs}),
                 "seeds": [r.cell.seed for r in rs], "n": len(rs), "epochs": sorted({len(r.metrics) for r in rs}),
                 "test_errors": errors, "mean": statistics.fmean(errors),
                 "std": statistics.stdev(errors) if len(errors) > 1 else None,
-                "T": [float(r.profile["evolution_time"]) for r in rs],
-                "T_mean": statistics.fmean(float(r.profile["evolution_time"]) for r in rs),
+                "diverged": [r.cell.seed for r in rs if r.diverged],
+                "T": [None if r.diverged else float(r.profile["evolution_time"]) for r in rs],
+                "T_mean": statistics.fmean(times) if times else None,
                 "last3_change": statistics.fmean(drift) if drift else None,
                 "last3_change_per_seed": drift,
                 "runs": [str(r.folder) for r in rs],
@@ -475,8 +534,11 @@ def format_table(model_summary: dict) -> str:
         std = "" if r["std"] is None else f" ± {r['std']:.2f}"
         change = "—" if r["last3_change"] is None else f"{r['last3_change']:.2f}"
         label = f"`{r['policy']}`" + ("" if r["label"] == r["policy"] else f" ({r['label']})")
+        per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "")
+                             for e, seed in zip(r["test_errors"], r["seeds"]))
+        t_mean = "—" if r["T_mean"] is None else f"{r['T_mean']:.3f}"
         lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {r['mean']:.2f}{std} | "
-                     f"{', '.join(f'{e:.2f}' for e in r['test_errors'])} | {r['T_mean']:.3f} | {change} | "
+                     f"{per_seed} | {t_mean} | {change} | "
                      f"{_fmt_ci(r['vs_none'])} | {_fmt_ci(r['vs_best_peer'])} |")
     return "\n".join(lines)
 
@@ -501,16 +563,18 @@ def _figures(model: str, results: list[Result], out: Path) -> dict[str, Path]:
     files["curves_end"] = plot_series(tail, out / f"{model}_test_error_end.png", "test error (%)",
                                       f"{model}: test error over the last {last} epochs (mean ± std over seeds)",
                                       note=note, first=epochs - last + 1)
-    profiles = [Series.from_runs(p, [[float(np.mean(b)) for b in r.profile["dt"]] for r in groups[p]], dashed=dashed[p])
-                for p in order]
-    files["profiles"] = plot_series(profiles, out / f"{model}_dt_profile.png", "final mean_c Δt_d",
-                                    f"{model}: final step size of each block "
-                                    "(mean over channels; mean ± std over seeds)",
-                                    note=note, xlabel="residual block d (1 = first)")
-    learned = [p for p in order if parse_name(p) not in ("none", "fixed", "depth")]
+    finished = {p: [r for r in groups[p] if not r.diverged] for p in order}  # a diverged run has no final Δt
+    profiles = [Series.from_runs(p, [[float(np.mean(b)) for b in r.profile["dt"]] for r in finished[p]], dashed=dashed[p])
+                for p in order if finished[p]]
+    if profiles:
+        files["profiles"] = plot_series(profiles, out / f"{model}_dt_profile.png", "final mean_c Δt_d",
+                                        f"{model}: final step size of each block "
+                                        "(mean over channels; mean ± std over seeds)",
+                                        note=note, xlabel="residual block d (1 = first)")
+    learned = [p for p in order if parse_name(p) not in ("none", "fixed", "depth") and finished[p]]
     if learned:
-        panels = [(f"{p} (seed {groups[p][0].cell.seed})",
-                   [np.asarray(b, dtype=float) for b in groups[p][0].profile["dt"]]) for p in learned]
+        panels = [(f"{p} (seed {finished[p][0].cell.seed})",
+                   [np.asarray(b, dtype=float) for b in finished[p][0].profile["dt"]]) for p in learned]
         files["heatmap"] = plot_dt_heatmaps(panels, out / f"{model}_dt_heatmap.png")
     return files
 
@@ -547,7 +611,9 @@ def build_report(results: Path) -> Path:
         "excludes 0. Best peer: the controller-free peer (" + ", ".join(f"`{p}`" for p in PEERS) + ") with the "
         "lowest mean error for that model. Ablations of `tsc` (same model and seed): its final "
         "per-block, per-channel Δt frozen from the first step (`profile-of:tsc`), and a uniform fixed step "
-        "equal to its final T / D (`fixed-of:tsc`).\n",
+        "equal to its final T / D (`fixed-of:tsc`). A run that diverged (the engine stopped it at a NaN or "
+        "infinite loss) counts at chance error (100 − 100 / classes %) and is marked †; it has no T or Δt profile "
+        "and no ablations.\n",
     ]
     if mixed:
         sections.append("**WARNING: the runs do not share one recipe** (model, seed and placement aside):\n")
@@ -561,8 +627,9 @@ def build_report(results: Path) -> Path:
         figures[model] = {k: v.name for k, v in files.items()}
         sections += [f"## {model}\n", format_table(model_summary) + "\n",
                      f"![test error per epoch]({files['curves'].name})\n",
-                     f"![test error over the last epochs]({files['curves_end'].name})\n",
-                     f"![final Δt per block]({files['profiles'].name})\n"]
+                     f"![test error over the last epochs]({files['curves_end'].name})\n"]
+        if "profiles" in files:
+            sections.append(f"![final Δt per block]({files['profiles'].name})\n")
         if "heatmap" in files:
             sections.append(f"![final Δt per block and channel]({files['heatmap'].name})\n")
     path = results / "report.md"

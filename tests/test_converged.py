@@ -188,3 +188,25 @@ def test_max_hours_zero_starts_nothing_and_other_recipes_are_refused(study, tmp_
     other = [a if a != "train.epochs=4" else "train.epochs=5" for a in TINY]
     assert converged.main([*other, "--runs", str(study["runs"]), "--results", str(study["results"])]) == 2
     assert "train.epochs: 4 there, 5 in this recipe" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_a_result_at_chance_and_is_not_retried(tmp_path, capsys):
+    """lr = 1e6 sends the loss to NaN: the run is committed as diverged, its ablations are not run."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["--models", "cifar_resnet8", "--policies", "none", "tsc", "profile-of:tsc", "--seeds", "0",
+            "--set", "data.train_subset=128", "--set", "data.test_subset=64", "--set", "data.batch_size=64",
+            "--set", "train.epochs=2", "--set", "optim.lr=1e6", "--set", "sched.warmup_epochs=0",
+            "--runs", str(runs), "--results", str(results)]
+    assert converged.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "DIVERGED (" in printed and "not run: cifar_resnet8 profile-of:tsc seed0: its source" in printed
+    for tag in ("none", "tsc"):
+        info = json.loads((_cell(results, tag, 0) / "cell.json").read_text())
+        assert "loss became" in info["diverged"]
+    assert not _cell(results, "profile-of-tsc", 0).exists()
+    summary = json.loads((results / "summary.json").read_text())["models"]["cifar_resnet8"]
+    row = next(r for r in summary["rows"] if r["policy"] == "tsc")
+    assert row["test_errors"] == [90.0] and row["diverged"] == [0] and row["T_mean"] is None
+    assert "90.00†" in (results / "report.md").read_text()
+    assert converged.main(argv) == 0  # nothing is retried
+    assert "starting:" not in capsys.readouterr().out
