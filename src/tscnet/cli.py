@@ -11,6 +11,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 from typing import Optional, Sequence
 
 ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report"]
@@ -52,12 +53,26 @@ def _version() -> str:
     return __version__
 
 
+def _one_line_warning(command: str):
+    """tscnet's own warnings as ``tscnet <command>: warning: ...``; other libraries' as usual."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}tscnet{os.sep}" not in str(filename):
+            return default(message, category, filename, lineno, file, line)
+        print(f"tscnet {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import UserError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args._run(args) or 0)
     except (UserError, *_USER_ERRORS) as error:
         if os.environ.get("TSCNET_DEBUG"):
             raise
