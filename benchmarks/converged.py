@@ -24,10 +24,12 @@ Order: seed-major (seed 0 of every model and policy, then seed 1, ...), so an in
 has the same seeds for every policy; within a seed the sources of ablations (``tsc``) first, the
 ablations as soon as their source's results exist. ``--max-hours H``: no run is started after H
 hours, nor one that would end after them by the longest run of its model seen so far; running
-runs finish. To stop at once, interrupt the whole process group (Ctrl-C, or ``kill -INT -- -PGID``
-for a background runner): the ``tscnet train`` children stop too and stay resumable from their last
-finished epoch. Killing only the runner leaves its children training; let them finish (the next
-invocation collects finished runs without training them) before starting the runner again.
+runs finish. To stop now, send the runner SIGINT or SIGTERM (Ctrl-C, or ``kill -INT PID`` for a
+background runner, its process group works too): it starts no further run and passes the signal on
+to the running ``tscnet train`` children, which write a mid-epoch checkpoint and exit; the next
+invocation resumes them. A runner killed with SIGKILL leaves its children training (each has its own
+process group); let them finish (the next invocation collects finished runs without training them)
+before starting the runner again.
 A run that diverges (the engine stops it when the loss becomes NaN or infinite) is a result, not a
 failure: its config and metrics are committed with ``"diverged"`` in ``cell.json`` and it counts at
 chance error (100 − 100 / classes %) in the report, marked †; it is not retried (training is
@@ -65,7 +67,7 @@ from tscnet.errors import UserError
 from tscnet.stepping import parse_policy
 from tscnet.stepping.profile import read_profile
 from tscnet.train import load_config
-from tscnet.train.sweep import Job, run_job
+from tscnet.train.sweep import Job, SweepStop, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "fashion_mnist_converged"
@@ -331,7 +333,8 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
           f"{len(pending)} to run ({workers} at a time, {threads} thread(s) each)", flush=True)
     running: dict[Future, tuple[Cell, Job, str, float]] = {}
     longest: dict[str, float] = {}
-    counts = {"trained": 0, "collected": 0, "diverged": 0, "failed": 0, "skipped": len(cells) - len(pending)}
+    counts = {"trained": 0, "collected": 0, "diverged": 0, "failed": 0, "stopped": 0,
+              "skipped": len(cells) - len(pending)}
     failed: set[Cell] = set()
 
     def finish(cell: Cell, job: Job, spec: str, diverged: Optional[str] = None) -> None:
@@ -351,9 +354,9 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
             return True
         return time.time() + longest.get(cell.model, 0.0) <= deadline
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with SweepStop() as stop, ThreadPoolExecutor(max(1, workers)) as pool:
         while True:
-            while len(running) < workers:
+            while len(running) < workers and stop.signal is None:
                 cell = next((c for c in pending if ready(c) and fits(c)), None)
                 if cell is None:
                     break
@@ -379,7 +382,7 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
                     finish(cell, job, spec)
                     continue
                 print(f"{'resuming' if job.started else 'starting'}: {cell} (steps {spec}) in {job.out}", flush=True)
-                running[pool.submit(run_job, job, threads, ROOT)] = (cell, job, spec, time.time())
+                running[pool.submit(run_job, job, threads, ROOT, stop)] = (cell, job, spec, time.time())
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -394,6 +397,9 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
                 elif diverged:  # a result: deterministic training would diverge again
                     counts["diverged"] += 1
                     finish(cell, job, spec, diverged)
+                elif stop.signal is not None:  # checkpointed (or never started): the next call resumes it
+                    counts["stopped"] += 1
+                    print(f"stopped: {cell} ({stop.signal}); resumable from {job.out}", flush=True)
                 else:
                     failed.add(cell)
                     counts["failed"] += 1
@@ -404,7 +410,11 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
         print(f"not run: {cell}: its source {cell.source} {why}", flush=True)
     late = [c for c in pending if ready(c)]
     if late:
-        print(f"not started: {len(late)} cells (--max-hours {max_hours} reached); run again to continue", flush=True)
+        why = f"stopped by {stop.signal}" if stop.signal else f"--max-hours {max_hours} reached"
+        print(f"not started: {len(late)} cells ({why}); run again to continue", flush=True)
+    if stop.signal:
+        print(f"stopped by {stop.signal}: {counts['stopped']} run(s) checkpointed; run the same command again "
+              "to resume them", flush=True)
     counts["not_run"] = len(pending)
     print(f"study: {counts} in {(time.time() - start) / 3600:.2f} h", flush=True)
     return counts
@@ -690,7 +700,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts.get("stopped") else 0
 
 
 if __name__ == "__main__":

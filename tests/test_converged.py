@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,7 +151,7 @@ def test_report_flags_runs_of_different_recipes(study, tmp_path):
 def test_second_call_trains_nothing_and_resumes_unfinished_scratch_runs(study, monkeypatch, capsys):
     started = []
 
-    def fake_run_job(job, threads, cwd=None):
+    def fake_run_job(job, threads, cwd=None, stop=None):
         started.append(job)
         return job, 1, "log"
 
@@ -210,3 +212,36 @@ def test_a_diverged_run_is_a_result_at_chance_and_is_not_retried(tmp_path, capsy
     assert "90.00†" in (results / "report.md").read_text()
     assert converged.main(argv) == 0  # nothing is retried
     assert "starting:" not in capsys.readouterr().out
+
+
+def test_sigint_to_a_background_runner_stops_it_and_the_next_call_resumes(tmp_path):
+    """A runner started as ``nohup ... &`` starts with SIGINT ignored; ``kill -INT PID`` must still stop
+    it: no further run starts, the running trainer checkpoints mid-run, the exit is non-zero, and the
+    next call resumes that run where it stopped instead of starting it again."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["--models", "cifar_resnet8", "--policies", "none", "tsc", "--seeds", "0", "--workers", "1",
+            "--set", "data.train_subset=128", "--set", "data.test_subset=64", "--set", "data.batch_size=64",
+            "--set", "train.epochs=40", "--runs", str(runs), "--results", str(results)]
+    runner = subprocess.Popen([sys.executable, converged.__file__, *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    first = runs / "cifar_resnet8" / "none" / "seed0"
+    deadline = time.time() + 300
+    while not ((first / "metrics.jsonl").exists() and (first / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert runner.poll() is None and time.time() < deadline, runner.communicate()[0]
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=300)
+    assert runner.returncode == 1, out
+    assert "stopped: cifar_resnet8 none seed0 (SIGINT)" in out and "run the same command again" in out
+    assert "starting: cifar_resnet8 tsc seed0" not in out and not (runs / "cifar_resnet8" / "tsc").exists()
+    done = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= len(done) < 40 and (first / "checkpoint.pt").exists() and not (first / "model_card.json").exists()
+    assert not results.exists() or not list(results.rglob("cell.json"))
+
+    again = subprocess.run([sys.executable, converged.__file__, *argv], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming: cifar_resnet8 none seed0" in again.stdout
+    epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))  # the finished epochs were kept, not trained again
+    assert (_cell(results, "tsc", 0) / "cell.json").exists() and (_cell(results, "none", 0) / "cell.json").exists()
