@@ -1,24 +1,62 @@
 """The main job, end to end on real Fashion-MNIST (tiny settings), and the command line itself."""
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tscnet.cli import main
+from tscnet.commands.demo import STUDY_FINDINGS
 
 
-def test_demo_trains_both_policies_and_writes_table_and_curves(tmp_path, capsys):
+def test_demo_trains_its_policies_and_writes_table_and_curves(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--train-subset", "512",
                  "--test-subset", "500", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "none" in printed and "tsc" in printed
-    assert (out / "cifar_resnet8-none" / "model_card.json").exists()
-    assert (out / "cifar_resnet8-tsc" / "model_card.json").exists()
+    assert "none" in printed and "tsc" in printed and "depth:1" in printed
+    for run in ("cifar_resnet8-none", "cifar_resnet8-tsc", "cifar_resnet8-depth1"):
+        assert (out / run / "model_card.json").exists()
+    assert STUDY_FINDINGS in printed
     assert (out / "report.md").exists() and (out / "training_curves.png").stat().st_size > 10_000
     # a second demo never writes over the first
     assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--train-subset", "256",
                  "--test-subset", "256", "--no-progress", "--policies", "none"]) == 0
     assert (tmp_path / "demo-2" / "cifar_resnet8-none" / "metrics.jsonl").exists()
+
+
+def test_the_demo_quotes_the_committed_converged_study():
+    """Every number the demo prints about the full study is the committed report's, to 2 decimals."""
+    summary = json.loads((Path(__file__).parents[1] / "benchmarks/results/converged/summary.json").read_text())
+    text = STUDY_FINDINGS.replace("\n", " ")
+    checked = 0
+    for model, rest in re.findall(r"(cifar_resnet\d+), (.*?)(?=cifar_resnet\d+, |$)", text):
+        rows = {row["policy"]: row for row in summary["models"][model]["rows"]}
+        seeds = re.match(r"(\d+) seeds|seed (\d+) only", rest)
+        if seeds.group(1):  # "<policy> mean ± std" over all of the model's seeds
+            for policy, mean, std in re.findall(r"([\w:.=-]+) (\d+\.\d\d) ± (\d+\.\d\d)", rest):
+                assert rows[policy]["n"] == int(seeds.group(1)), (model, policy)
+                assert (mean, std) == (f"{rows[policy]['mean']:.2f}", f"{rows[policy]['std']:.2f}"), (model, policy)
+                checked += 1
+            for policy, diff, low, high in re.findall(r"([\w:.=-]+) - none: ([+-]\d+\.\d\d) pp "
+                                                      r"\[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\]", rest):
+                test = rows[policy]["vs_none"]
+                assert [diff, low, high] == [f"{v:+.2f}" for v in (test["diff"], *test["ci95"])], (model, policy)
+                checked += 1
+            low, high = re.search(r"Every other policy ends within (\d+\.\d\d)-(\d+\.\d\d) %", rest).groups()
+            others = [row["mean"] for policy, row in rows.items() if policy != "depth:1"]
+            assert (low, high) == (f"{min(others):.2f}", f"{max(others):.2f}")
+            for policy, t in re.findall(r"([\w:.=-]+) (?:has )?T = (\d+)", rest):
+                assert f"{rows[policy]['T_mean']:.0f}" == t, (model, policy)
+                checked += 1
+        else:  # "<policy> error" of one seed
+            seed = int(seeds.group(2))
+            for policy, error in re.findall(r"([\w:.=-]+) (\d+\.\d\d)", rest):
+                row = rows[policy]
+                assert error == f"{row['test_errors'][row['seeds'].index(seed)]:.2f}", (model, policy)
+                checked += 1
+    assert checked >= 12
 
 
 def test_demo_refuses_a_bad_policy_before_training(tmp_path, capsys):
