@@ -484,6 +484,23 @@ def welch(a: list[float], b: list[float]) -> Optional[dict]:
     return {"diff": diff, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue)}
 
 
+def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
+    """Paired t-test over the seeds both have (same seed: same initial weights and batches):
+    mean_s (a_s − b_s), its 95 % CI and the p-value."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if statistics.stdev(diffs) == 0:
+        return {"diff": mean, "ci95": [mean, mean], "p": 0.0 if mean else 1.0, "seeds": seeds}
+    test = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+    ci = test.confidence_interval(0.95)
+    return {"diff": mean, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue), "seeds": seeds}
+
+
 def _group_order(policies: list[str]) -> list[str]:
     known = [p for p in POLICIES if p in policies]
     return known + sorted(p for p in policies if p not in known)
@@ -523,6 +540,11 @@ def summarize(found: list[Result]) -> dict:
                               if "none" in rows and policy != "none" else None)
             row["vs_best_peer"] = (welch(row["test_errors"], rows[best]["test_errors"])
                                    if best is not None and policy != best else None)
+            source, row["vs_source"] = ablation_source(policy), None
+            if source in rows:
+                mine, theirs = (dict(zip(rows[p]["seeds"], rows[p]["test_errors"])) for p in (policy, source))
+                row["vs_source"] = {"source": source, "paired": paired(mine, theirs),
+                                    "welch": welch(row["test_errors"], rows[source]["test_errors"])}
         out[model] = {"best_peer": best, "rows": list(rows.values())}
     return out
 
@@ -550,6 +572,21 @@ def format_table(model_summary: dict) -> str:
         lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {r['mean']:.2f}{std} | "
                      f"{per_seed} | {t_mean} | {change} | "
                      f"{_fmt_ci(r['vs_none'])} | {_fmt_ci(r['vs_best_peer'])} |")
+    return "\n".join(lines)
+
+
+def format_ablations(model_summary: dict) -> Optional[str]:
+    """The ablations against the run they were built from, or None when there are none."""
+    rows = [r for r in model_summary["rows"] if r["vs_source"]]
+    if not rows:
+        return None
+    lines = ["| ablation | source | seeds | Δ vs source, paired by seed [95 % CI] | Δ vs source, Welch [95 % CI] |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        test = r["vs_source"]
+        seeds = "—" if test["paired"] is None else ", ".join(map(str, test["paired"]["seeds"]))
+        lines.append(f"| `{r['policy']}` | `{test['source']}` | {seeds} | {_fmt_ci(test['paired'])} | "
+                     f"{_fmt_ci(test['welch'])} |")
     return "\n".join(lines)
 
 
@@ -621,8 +658,9 @@ def build_report(results: Path) -> Path:
         "excludes 0. Best peer: the controller-free peer (" + ", ".join(f"`{p}`" for p in PEERS) + ") with the "
         "lowest mean error for that model. Ablations of `tsc` (same model and seed): its final "
         "per-block, per-channel Δt frozen from the first step (`profile-of:tsc`), and a uniform fixed step "
-        "equal to its final T / D (`fixed-of:tsc`). A run that diverged (the engine stopped it at a NaN or "
-        "infinite loss) counts at chance error (100 − 100 / classes %) and is marked †; it has no T or Δt profile "
+        "equal to its final T / D (`fixed-of:tsc`); each is also compared with its source run seed by seed "
+        "(paired t-test, `scipy.stats.ttest_rel`, over the seeds both have). A run that diverged (the engine "
+        "stopped it at a NaN or infinite loss) counts at chance error (100 − 100 / classes %) and is marked †; it has no T or Δt profile "
         "and no ablations.\n",
     ]
     if mixed:
@@ -635,8 +673,12 @@ def build_report(results: Path) -> Path:
     for model, model_summary in summary.items():
         files = _figures(model, [r for r in found if r.cell.model == model], results)
         figures[model] = {k: v.name for k, v in files.items()}
-        sections += [f"## {model}\n", format_table(model_summary) + "\n",
-                     f"![test error per epoch]({files['curves'].name})\n",
+        sections += [f"## {model}\n", format_table(model_summary) + "\n"]
+        ablations = format_ablations(model_summary)
+        if ablations:
+            sections += ["Ablations against the run each was built from (same model and seed; negative = the "
+                         "ablation is better):\n", ablations + "\n"]
+        sections += [f"![test error per epoch]({files['curves'].name})\n",
                      f"![test error over the last epochs]({files['curves_end'].name})\n"]
         if "profiles" in files:
             sections.append(f"![final Δt per block]({files['profiles'].name})\n")
@@ -651,7 +693,9 @@ def build_report(results: Path) -> Path:
         "method": {"error": "final-epoch test error %, mean ± sample std over seeds",
                    "ci": "Welch t-test 95 % CI of mean(policy) - mean(reference), "
                          "scipy.stats.ttest_ind(equal_var=False)",
-                   "convergence": "mean over seeds of |err_E - err_{E-3}|", "peers": PEERS},
+                   "convergence": "mean over seeds of |err_E - err_{E-3}|", "peers": PEERS,
+                   "vs_source": "ablation - its source run: paired t-test over common seeds "
+                                "(scipy.stats.ttest_rel) and Welch"},
         "recipe": [json.loads(text) for text in recipes], "recipe_cells": list(recipes.values()),
         "models": rel, "figures": figures,
     }, indent=2) + "\n")

@@ -134,6 +134,16 @@ def test_report_tables_and_welch_intervals_recompute_from_the_runs(study):
         assert row["vs_none"]["diff"] == pytest.approx(diff)
         assert row["vs_best_peer"] == row["vs_none"]
         assert f"`{policy}`" in report
+        if policy.endswith("-of:tsc"):  # the ablation against its own source run, seed by seed
+            assert row["vs_source"]["source"] == "tsc" and row["vs_source"]["paired"]["seeds"] == [0, 1]
+            diffs = [a - b for a, b in zip(errors[policy], errors["tsc"])]
+            assert row["vs_source"]["paired"]["diff"] == pytest.approx(statistics.fmean(diffs))
+            if statistics.stdev(diffs):
+                ci = stats.ttest_rel(errors[policy], errors["tsc"]).confidence_interval(0.95)
+                assert row["vs_source"]["paired"]["ci95"] == pytest.approx([ci.low, ci.high])
+            assert f"| `{policy}` | `tsc` | 0, 1 | " in report
+        else:
+            assert row["vs_source"] is None
 
 
 def test_report_flags_runs_of_different_recipes(study, tmp_path):
