@@ -36,6 +36,14 @@ chance error (100 − 100 / classes %) in the report, marked †; it is not retr
 deterministic: it would diverge again), and its ablations are not run (no final profile). A run
 that fails otherwise is reported, not committed; the next invocation resumes it.
 
+Another recipe or data set goes into its own results folder (a results folder holds one recipe;
+mixing is refused) and, by default, its own scratch folder ``runs/<name of --results>``. To see
+whether the verdict carries over to other data, for example CIFAR-10 from your files:
+
+    python benchmarks/converged.py --set data.name=cifar10 --set data.data_dir=~/data/cifar \
+        --results benchmarks/results/converged_cifar10 --models cifar_resnet20 \
+        --policies none tsc depth:1 profile-of:tsc fixed-of:tsc --seeds 0 1 2
+
 The report (``report.md``, ``summary.json``, PNGs in ``--results``) is built from the committed
 per-run results only: per model, final-epoch test error mean ± std and per seed, T, convergence
 (mean over seeds of |err_E − err_{E−3}|) and Welch 95 % confidence intervals of each policy's
@@ -314,13 +322,8 @@ def final_error(folder: Path) -> float:
     return float(json.loads(lines[-1])["test_error"]) if lines else float("nan")
 
 
-def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrides: list[str], workers: int = 2,
-              threads: int = 1, max_hours: Optional[float] = None, commit: bool = False) -> dict:
-    """Train every uncommitted cell (ablations once their source is committed); returns counts."""
-    runs, results = runs.resolve(), results.resolve()
-    start = time.time()
-    deadline = None if max_hours is None else start + 3600.0 * max_hours
-    # Committed results must come from this recipe: refuse to mix recipes in one results folder.
+def check_recipe(cells: list[Cell], results: Path, recipe: str, overrides: list[str]) -> None:
+    """Committed results must come from this recipe: refuse to mix recipes in one results folder."""
     for cell in cells:
         if is_committed(results, cell):
             problem = config_difference(cell_config(cell, results, recipe, overrides),
@@ -328,6 +331,15 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
             if problem:
                 raise UserError(f"committed results {results / cell.rel} were trained with another recipe "
                                 f"({problem}); use another --results folder or remove them")
+
+
+def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrides: list[str], workers: int = 2,
+              threads: int = 1, max_hours: Optional[float] = None, commit: bool = False) -> dict:
+    """Train every uncommitted cell (ablations once their source is committed); returns counts."""
+    runs, results = runs.resolve(), results.resolve()
+    start = time.time()
+    deadline = None if max_hours is None else start + 3600.0 * max_hours
+    check_recipe(cells, results, recipe, overrides)
     pending = [c for c in cells if not is_committed(results, c)]
     print(f"{len(cells) - len(pending)} of {len(cells)} cells already have results in {results}; "
           f"{len(pending)} to run ({workers} at a time, {threads} thread(s) each)", flush=True)
@@ -367,7 +379,8 @@ def run_study(cells: list[Cell], runs: Path, results: Path, recipe: str, overrid
                     if job.started:
                         problem = config_difference(config, _read_yaml(job.out / "config.yaml"))
                         if problem:
-                            raise UserError(f"scratch run {job.out} has another recipe ({problem}); delete it")
+                            raise UserError(f"scratch run {job.out} has another recipe ({problem}); "
+                                            "use another --runs folder or delete it")
                 except UserError as error:
                     if cell.source is not None and is_diverged(results, cell.source):
                         print(f"not run: {cell}: its source {cell.source} diverged", flush=True)
@@ -714,7 +727,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--policies", nargs="+", default=POLICIES)
     p.add_argument("--seeds", nargs="+", type=int, help="seeds for every model (default: "
                    + "; ".join(f"{m} {' '.join(map(str, s))}" for m, s in MODELS.items()) + ")")
-    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "converged", help="scratch run folders (git-ignored)")
+    p.add_argument("--runs", type=Path, help="scratch run folders (git-ignored; default runs/<name of --results>)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "converged",
                    help="committed per-run results and the report")
     p.add_argument("--workers", type=int, default=2)
@@ -724,10 +737,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the committed results")
     p.add_argument("--dry-run", action="store_true", help="list the cells in run order with their state; run nothing")
     args = p.parse_args(argv)
+    # Another results folder (another recipe, another data set) gets its own scratch runs.
+    args.runs = args.runs or ROOT / "runs" / args.results.resolve().name
     try:
         counts = {"failed": 0}
         if args.dry_run:
             cells = plan(args.models, args.policies, args.seeds)
+            check_recipe(cells, args.results.resolve(), args.recipe, args.set)
             for cell in cells:
                 print(f"{cell_state(cell, args.runs, args.results):<26} {cell}")
             return 0

@@ -200,6 +200,10 @@ def test_max_hours_zero_starts_nothing_and_other_recipes_are_refused(study, tmp_
     other = [a if a != "train.epochs=4" else "train.epochs=5" for a in TINY]
     assert converged.main([*other, "--runs", str(study["runs"]), "--results", str(study["results"])]) == 2
     assert "train.epochs: 4 there, 5 in this recipe" in capsys.readouterr().err
+    # a dry run on other data says so too, instead of listing the other recipe's results as done
+    mnist = [*TINY, "--set", "data.name=mnist"]
+    assert converged.main([*mnist, "--results", str(study["results"]), "--dry-run"]) == 2
+    assert "data.name: 'fashion-mnist' there, 'mnist' in this recipe" in capsys.readouterr().err
 
 
 def test_a_diverged_run_is_a_result_at_chance_and_is_not_retried(tmp_path, capsys):
