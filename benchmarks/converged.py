@@ -275,12 +275,16 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def git_commit(folders: list[Path], message: str, attempts: int = 5) -> bool:
-    """Commit exactly ``folders`` (``git add`` + ``git commit -- folders``) in their repository."""
+    """Commit exactly ``folders`` (``git add`` + ``git commit -- folders``) in their repository.
+
+    True when they are committed afterwards, also when there was nothing new to commit."""
     cwd = folders[0]
     while not cwd.is_dir():
         cwd = cwd.parent
     for attempt in range(attempts):
         add = _git(["add", "--", *map(str, folders)], cwd)
+        if add.returncode == 0 and _git(["diff", "--cached", "--quiet", "--", *map(str, folders)], cwd).returncode == 0:
+            return True  # already committed as they are (e.g. a report rebuilt from unchanged runs)
         done = add.returncode == 0 and _git(["commit", "-q", "-m", message, "--", *map(str, folders)], cwd)
         if done and done.returncode == 0:
             return True

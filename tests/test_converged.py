@@ -84,6 +84,24 @@ def test_study_runs_copies_and_commits_each_cell(study):
     assert first_tsc < first_ablation
 
 
+def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
+    repo, folder = tmp_path, tmp_path / "results" / "cell"
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert converged.git_commit([folder], "converged: first") is True
+    assert converged.git_commit([folder], "converged: nothing new") is True  # a report rebuilt from the same runs
+    assert _git(repo, "log", "--format=%s").splitlines() == ["converged: first"]
+    assert "WARNING" not in capsys.readouterr().out
+    (folder / "metrics.jsonl").write_text('{"epoch": 2}\n')
+    assert converged.git_commit([folder], "converged: second") is True
+    assert _git(repo, "log", "--format=%s").splitlines() == ["converged: second", "converged: first"]
+    assert converged.git_commit([tmp_path / "results" / "missing"], "converged: nothing there") is False
+    assert "WARNING: git commit" in capsys.readouterr().out
+
+
 def test_ablations_are_built_from_the_committed_tsc_results(study):
     results = study["results"]
     for seed in (0, 1):
