@@ -3,6 +3,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "converged"
 
@@ -13,17 +15,19 @@ def _section(text: str, title: str) -> str:
     return text[start:] if end < 0 else text[start:end]
 
 
-def test_benchmarks_tables_of_the_converged_study_are_the_reports():
+@pytest.mark.parametrize("title", ["### ResNet-20, 5 seeds", "### ResNet-56, 3 seeds"])
+def test_benchmarks_tables_of_the_converged_study_are_the_reports(title):
     report = (RESULTS / "report.md").read_text()
-    section = _section((ROOT / "BENCHMARKS.md").read_text(), "### ResNet-20, 5 seeds")
+    section = _section((ROOT / "BENCHMARKS.md").read_text(), title)
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert len(rows) >= 13  # 11 policies and 2 ablations
     for row in rows:
         assert row in report.splitlines(), row
 
 
-def test_readme_results_of_the_converged_study_are_the_reports():
-    summary = json.loads((RESULTS / "summary.json").read_text())["models"]["cifar_resnet20"]["rows"]
+@pytest.mark.parametrize("model", ["cifar_resnet20", "cifar_resnet56"])
+def test_readme_results_of_the_converged_study_are_the_reports(model):
+    summary = json.loads((RESULTS / "summary.json").read_text())["models"][model]["rows"]
 
     def fmt(x):
         return f"{x:+.2f}".replace("-", "−")
@@ -31,7 +35,7 @@ def test_readme_results_of_the_converged_study_are_the_reports():
     known = {(f"{r['mean']:.2f}", f"{r['std']:.2f}",
               "—" if r["vs_none"] is None else f"{fmt(r['vs_none']['diff'])} [{fmt(r['vs_none']['ci95'][0])}, "
                                                 f"{fmt(r['vs_none']['ci95'][1])}]") for r in summary}
-    section = _section((ROOT / "README.md").read_text(), "| cifar_resnet20 | error % | vs `none`, pp |")
+    section = _section((ROOT / "README.md").read_text(), f"| {model} | error % | vs `none`, pp |")
     section = section.split("\n\n")[0]
     table = re.findall(r"^\| .* \| (\d+\.\d\d) ± (\d+\.\d\d) \| \**([^|*]+?)\** \|$", section, re.M)
     assert len(table) == len(section.splitlines()) - 2 >= 6

@@ -24,7 +24,13 @@ Welch 95 % CI of each difference; benchmarks/results/converged/report.md):
   tsc - none: -0.20 pp [-0.60, +0.21], a tie; depth:1 - none: +2.45 pp [+2.00, +2.90], worse.
   Every other policy ends within 9.49-10.01 %: nothing beyond noise is due to the controller. What
   hurts is a small total time T (the sum of the steps): depth:1 has T = 1, none T = 9.
-  cifar_resnet56, seed 0 only (3 seeds in progress): none 9.36, tsc 9.73, depth:1 13.42."""
+  cifar_resnet56, 3 seeds: none 9.61 ± 0.23, tsc 9.97 ± 0.52, depth:1 13.62 ± 0.18,
+    fixed:0.5 8.98 ± 0.23 (the best); profile-of:tsc 9.29 ± 0.25 (better than tsc itself).
+  tsc - none: +0.36 pp [-0.73, +1.46], a tie; depth:1 - none: +4.01 pp [+3.52, +4.49], worse;
+  fixed:0.5 - none: -0.63 pp [-1.15, -0.11], a lead (1 of 10 comparisons, uncorrected).
+  Every other policy ends within 8.98-9.97 %. The controller shrinks the steps early (T from 27
+  to 17) and lets them grow back: tsc has T = 20 at the end, none T = 27. Learning the steps
+  brings no gain; a constant half step does a little better than Δt = 1."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
