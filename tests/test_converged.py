@@ -25,15 +25,19 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
+def _init_repo(repo: Path) -> None:
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """One real study (8 tiny runs, 2 at a time) whose results land, committed, in a scratch git repo."""
     base = tmp_path_factory.mktemp("converged")
     repo = base / "repo"
     repo.mkdir()
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "test@example.com")
-    _git(repo, "config", "user.name", "test")
+    _init_repo(repo)
     (repo / "unrelated.txt").write_text("staged by someone else\n")
     _git(repo, "add", "unrelated.txt")
     runs, results = base / "runs", repo / "results"
@@ -86,9 +90,7 @@ def test_study_runs_copies_and_commits_each_cell(study):
 
 def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
     repo, folder = tmp_path, tmp_path / "results" / "cell"
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "test@example.com")
-    _git(repo, "config", "user.name", "test")
+    _init_repo(repo)
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
     assert converged.git_commit([folder], "converged: first") is True
