@@ -46,8 +46,9 @@ whether the verdict carries over to other data, for example CIFAR-10 from your f
 
 The report (``report.md``, ``summary.json``, PNGs in ``--results``) is built from the committed
 per-run results only: per model, final-epoch test error mean ± std and per seed, T, convergence
-(mean over seeds of |err_E − err_{E−3}|) and Welch 95 % confidence intervals of each policy's
-difference to ``none`` and to the best controller-free peer.
+(mean over seeds of |err_E − err_{E−3}|), Welch 95 % confidence intervals of each policy's
+difference to ``none`` and to the best controller-free peer, and the p-values of the comparisons with
+``none`` Holm-adjusted over the model's family of comparisons.
 
     python benchmarks/converged.py [--commit] [--max-hours H] [--models ...] [--policies ...]
                                    [--seeds ...] [--workers 2 --threads 1] [--report-only] [--dry-run]
@@ -518,6 +519,18 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
     return {"diff": mean, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue), "seeds": seeds}
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values. With the m p-values sorted, p_(1) ≤ … ≤ p_(m):
+    p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) · p_(j)); calling every p̃ < α significant keeps the chance of
+    any false call among the m at most α (scipy has no Holm; statsmodels would be a dependency for 6 lines)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(pvalues) - rank) * pvalues[i])
+        adjusted[i] = min(1.0, running)
+    return adjusted
+
+
 def _group_order(policies: list[str]) -> list[str]:
     known = [p for p in POLICIES if p in policies]
     return known + sorted(p for p in policies if p not in known)
@@ -562,6 +575,10 @@ def summarize(found: list[Result]) -> dict:
                 mine, theirs = (dict(zip(rows[p]["seeds"], rows[p]["test_errors"])) for p in (policy, source))
                 row["vs_source"] = {"source": source, "paired": paired(mine, theirs),
                                     "welch": welch(row["test_errors"], rows[source]["test_errors"])}
+        # One family per model: every policy's comparison with `none`, corrected together.
+        family = [row for row in rows.values() if row["vs_none"] is not None]
+        for row, p in zip(family, holm([row["vs_none"]["p"] for row in family])):
+            row["vs_none_p_holm"] = p
         out[model] = {"best_peer": best, "rows": list(rows.values())}
     return out
 
@@ -604,6 +621,23 @@ def format_ablations(model_summary: dict) -> Optional[str]:
         seeds = "—" if test["paired"] is None else ", ".join(map(str, test["paired"]["seeds"]))
         lines.append(f"| `{r['policy']}` | `{test['source']}` | {seeds} | {_fmt_ci(test['paired'])} | "
                      f"{_fmt_ci(test['welch'])} |")
+    return "\n".join(lines)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+
+
+def format_holm(model_summary: dict) -> Optional[str]:
+    """Each policy's comparison with `none`: Welch p-value and Holm-adjusted over the model's family."""
+    rows = [r for r in model_summary["rows"] if r.get("vs_none_p_holm") is not None]
+    if not rows:
+        return None
+    lines = [f"| policy | Δ vs `none` | p (Welch) | p, Holm-adjusted over these {len(rows)} |", "|---|---:|---:|---:|"]
+    for r in rows:
+        mark = " *" if r["vs_none_p_holm"] < 0.05 else ""
+        lines.append(f"| `{r['policy']}` | {r['vs_none']['diff']:+.2f} | {_fmt_p(r['vs_none']['p'])} | "
+                     f"{_fmt_p(r['vs_none_p_holm'])}{mark} |")
     return "\n".join(lines)
 
 
@@ -695,6 +729,11 @@ def build_report(results: Path) -> Path:
         if ablations:
             sections += ["Ablations against the run each was built from (same model and seed; negative = the "
                          "ablation is better):\n", ablations + "\n"]
+        corrected = format_holm(model_summary)
+        if corrected:
+            sections += ["Multiple comparisons: the table's intervals are per comparison. Corrected together "
+                         "(Holm–Bonferroni over every policy's comparison with `none` for this model; * marks "
+                         "an adjusted p below 0.05):\n", corrected + "\n"]
         sections += [f"![test error per epoch]({files['curves'].name})\n",
                      f"![test error over the last epochs]({files['curves_end'].name})\n"]
         if "profiles" in files:
@@ -710,6 +749,8 @@ def build_report(results: Path) -> Path:
         "method": {"error": "final-epoch test error %, mean ± sample std over seeds",
                    "ci": "Welch t-test 95 % CI of mean(policy) - mean(reference), "
                          "scipy.stats.ttest_ind(equal_var=False)",
+                   "p_holm": "vs_none_p_holm: Welch p-value vs none, Holm-Bonferroni adjusted over every "
+                             "policy's comparison with none for the model",
                    "convergence": "mean over seeds of |err_E - err_{E-3}|", "peers": PEERS,
                    "vs_source": "ablation - its source run: paired t-test over common seeds "
                                 "(scipy.stats.ttest_rel) and Welch"},

@@ -164,6 +164,17 @@ def test_report_tables_and_welch_intervals_recompute_from_the_runs(study):
             assert f"| `{policy}` | `tsc` | 0, 1 | " in report
         else:
             assert row["vs_source"] is None
+    family = [r for r in rows.values() if r["vs_none"] is not None]  # Holm: the smallest p times m, others ≥ p
+    smallest = min(family, key=lambda r: r["vs_none"]["p"])
+    assert smallest["vs_none_p_holm"] == pytest.approx(min(1.0, len(family) * smallest["vs_none"]["p"]))
+    assert all(1.0 >= r["vs_none_p_holm"] >= r["vs_none"]["p"] for r in family)
+    assert f"Holm-adjusted over these {len(family)}" in report
+
+
+def test_holm_adjusts_a_textbook_family():
+    # sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, 2·0.03, max(0.06, 1·0.04); returned in input order
+    assert converged.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert converged.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_report_flags_runs_of_different_recipes(study, tmp_path):
