@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 NAME = "demo"
-HELP = "train vanilla, TSC and Δt=1/D ResNet-20 side by side on Fashion-MNIST (about 5 minutes on 2 cores)"
+HELP = "train vanilla, TSC and Δt=1/D ResNet-20 side by side on Fashion-MNIST (about 3 minutes on 2 cores)"
 POLICIES = ["none", "tsc", "depth:1"]
 STUDY_FINDINGS = """\
 What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
