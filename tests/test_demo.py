@@ -44,6 +44,9 @@ def test_the_demo_quotes_the_committed_converged_study():
                 test = rows[policy]["vs_none"]
                 assert [diff, low, high] == [f"{v:+.2f}" for v in (test["diff"], *test["ci95"])], (model, policy)
                 checked += 1
+            for policy, p in re.findall(r"([\w:.=-]+) Holm p = (\d\.\d\d)", rest):
+                assert f"{rows[policy]['vs_none_p_holm']:.2f}" == p, (model, policy)
+                checked += 1
             low, high = re.search(r"Every other policy ends within (\d+\.\d\d)-(\d+\.\d\d) %", rest).groups()
             others = [row["mean"] for policy, row in rows.items() if policy != "depth:1"]
             assert (low, high) == (f"{min(others):.2f}", f"{max(others):.2f}")
