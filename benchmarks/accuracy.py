@@ -1,6 +1,6 @@
 """The accuracy grid: every step policy, same recipe and seeds, on Fashion-MNIST (2-core CPU).
 
-Trains models × policies × seeds with ``configs/fashion_mnist_grid.yaml`` (resumable: finished
+Trains models × policies × seeds with ``tscnet/configs/fashion_mnist_grid.yaml`` (resumable: finished
 runs are skipped, interrupted ones resumed), then writes the report: final-epoch test error
 mean ± std and evolution time T per model and policy, training curves and learned Δt profiles.
 

@@ -1,7 +1,7 @@
 """The converged study (issue 10): every step policy against its peers at a budget where networks converge.
 
 Cells are models × policies × seeds, all trained with one recipe (default
-``configs/fashion_mnist_converged.yaml``); the same seed gives every policy the same initial weights
+``tscnet/configs/fashion_mnist_converged.yaml``); the same seed gives every policy the same initial weights
 and batches. Two policies are ablations of a finished run of another policy with the same model
 and seed, built from that run's committed results:
 
@@ -766,7 +766,7 @@ def build_report(results: Path) -> Path:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default=RECIPE, help=f"recipe file or name in configs/ (default {RECIPE})")
+    p.add_argument("--recipe", default=RECIPE, help=f"recipe file or name in tscnet/configs/ (default {RECIPE})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--policies", nargs="+", default=POLICIES)

@@ -1,6 +1,6 @@
 """Depth and stability: the vanilla ResNet against ``tsc`` at increasing depth, same aggressive recipe.
 
-Trains ``none`` and ``tsc`` at depths 20, 56 and 110 (``configs/fashion_mnist_depth.yaml``: lr 0.1
+Trains ``none`` and ``tsc`` at depths 20, 56 and 110 (``tscnet/configs/fashion_mnist_depth.yaml``: lr 0.1
 from the first step, no warm-up, no decay; resumable), then runs the stability study on every run:
 final-epoch test error, whether training stayed finite, the measured random and worst-case
 perturbation amplification and the bound. Writes a table (Markdown + JSON) and plots.

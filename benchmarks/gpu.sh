@@ -162,7 +162,7 @@ step overhead_compiled 200 "$PYTHON" benchmarks/overhead.py "${COMPILE[@]}" "${C
   --policies $COMPILE_POLICIES --max-seconds 150 --out "$OUT_DIR/overhead_compiled.json"
 
 if [[ -n "$DATA" ]]; then
-  # Same recipe as the CPU grid (configs/fashion_mnist_grid.yaml) but on the full 60k training set;
+  # Same recipe as the CPU grid (src/tscnet/configs/fashion_mnist_grid.yaml) but on the full 60k training set;
   # resumable: a rerun skips finished runs and resumes interrupted ones.
   step grid 100000 "$PYTHON" benchmarks/accuracy.py --runs "$OUT_DIR/grid" --out "$OUT_DIR/accuracy" \
     --models $GRID_MODELS --policies $GRID_POLICIES --seeds $GRID_SEEDS \

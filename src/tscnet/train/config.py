@@ -1,7 +1,7 @@
 """Training recipes: nested dicts from YAML files, with ``--set key.sub=value`` overrides.
 
 The defaults below are the complete schema: a recipe or override naming a key outside it is an
-error that lists the valid keys. ``configs/*.yaml`` hold the recipes (He et al. 2016 for CIFAR,
+error that lists the valid keys. ``tscnet/configs/*.yaml`` (package data) hold the recipes (He et al. 2016 for CIFAR,
 Goyal et al. for ImageNet, and a few-minute Fashion-MNIST recipe for a 2-core CPU).
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import yaml
 
 from ..errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+# Recipes ship inside the package (package data), so an installed wheel finds them from any folder.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 DEFAULTS: dict[str, Any] = {
     "model": {"name": "cifar_resnet20", "steps": "none", "num_classes": None, "in_chans": None},
