@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.run import save_folded
+    from ..train.run import model_options, save_folded
     from .common import load_model
 
     out = Path(args.out)
@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"folder {out.parent} does not exist")
     model, config = load_model(args.source, folded_ok=True)  # a run without checkpoint.pt: already folded
     folded = save_folded(model, out, {"model": config["model"]["name"], "steps": config["model"]["steps"]})
+    extra = "".join(f", {key}={value!r}" for key, value in model_options(config).items())
     print(f"wrote {out}: {config['model']['name']} ({sum(p.numel() for p in folded.parameters()):,} parameters, "
           f"steps {config['model']['steps']} folded); load with "
           f"tscnet.create_model({config['model']['name']!r}, num_classes={config['model']['num_classes']}, "
-          f"in_chans={config['model']['in_chans']}).load_state_dict(safetensors.torch.load_file(...))")
+          f"in_chans={config['model']['in_chans']}{extra}).load_state_dict(safetensors.torch.load_file(...))")
     return 0

@@ -9,7 +9,7 @@ Names:
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 from torch import nn
 
@@ -47,6 +47,25 @@ def _timm(name: str, num_classes: int, in_chans: int, zero_init: bool, **kwargs)
     # would make dL/dΔt = 0 at the start, so it is off unless the model is vanilla.
     kwargs.setdefault("zero_init_last", zero_init)
     return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def _library_zero_init(name: str, policy: str, norm: Optional[str], init: Optional[str]) -> bool:
+    """timm's ``zero_init_last`` / torchvision's ``zero_init_residual`` for ``init``.
+
+    ``None`` keeps tscnet's default: the library's zero init for the vanilla model only (with steps
+    it would make dL/dΔt = 0 at the start); ``"he"`` is γ = 1, ``"zero_last"`` γ = 0. Norm-free
+    variants and Fixup exist only for tscnet's own CIFAR nets.
+    """
+    if norm not in (None, "batch"):
+        raise ValueError(f"norm {norm!r} is available only for tscnet's CIFAR ResNets, not {name}")
+    if init not in _LIBRARY_INITS:
+        raise ValueError(f"init {init!r} is not available for {name}: use one of "
+                         f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)")
+    zero = _LIBRARY_INITS[init]
+    return policy == "none" if zero is None else zero
+
+
+_LIBRARY_INITS: dict[Optional[str], Optional[bool]] = {None: None, "he": False, "zero_last": True}
 
 
 def list_models() -> list[str]:
@@ -87,10 +106,11 @@ def create_model(
         model = CIFAR_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     else:
         source, model_name = (prefix, rest) if sep else ("timm", name)
+        zero_init = _library_zero_init(name, spec.name, kwargs.pop("norm", None), kwargs.pop("init", None))
         try:
             if source not in _SOURCES:
                 raise KeyError(name)
-            model = _SOURCES[source](model_name, num_classes, in_chans, zero_init=spec.name == "none", **kwargs)
+            model = _SOURCES[source](model_name, num_classes, in_chans, zero_init=zero_init, **kwargs)
         except KeyError:
             close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""

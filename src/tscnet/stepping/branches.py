@@ -27,6 +27,8 @@ class Branch:
         se_attr: attribute holding a channel gate between the last BN and the add, or ``None``.
         site: where Δt is applied while training: ``"norm"``, ``"conv"`` or ``"slot"``.
         site_attr: attribute the site replaces.
+        refusal: why steps must not be attached to this block (``None``: they may); the block
+            still counts as a residual block with Δt ≡ 1 for analysis.
     """
 
     block: nn.Module
@@ -35,6 +37,7 @@ class Branch:
     se_attr: Optional[str] = None
     site: str = "norm"
     site_attr: str = ""
+    refusal: Optional[str] = None
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -64,7 +67,19 @@ def supported_blocks() -> list[str]:
 
 def _post_activation(conv_attr: str, norm_attr: str) -> Adapter:
     def adapter(block: nn.Module) -> Branch:
+        if getattr(block, norm_attr) is None:  # a norm-free branch ends in its conv: scale its filters
+            return Branch(block, conv_attr, None, site="conv", site_attr=conv_attr)
         return Branch(block, conv_attr, norm_attr, site="norm", site_attr=norm_attr)
+
+    return adapter
+
+
+def _fixup(conv_attr: str) -> Adapter:
+    def adapter(block: nn.Module) -> Branch:
+        return Branch(block, conv_attr, None, site="conv", site_attr=conv_attr, refusal=(
+            f"cannot attach steps to {type(block).__name__}: a Fixup branch already ends in its own learnable "
+            "scalar multiplier (a per-branch step); compare Fixup as a peer with steps 'none', or attach steps "
+            "to the norm-free net without Fixup (init 'he')"))
 
     return adapter
 
@@ -91,6 +106,8 @@ register_block("tscnet.models.cifar_resnet.BasicBlock")(_post_activation("conv2"
 register_block("tscnet.models.cifar_resnet.Bottleneck")(_post_activation("conv3", "bn3"))
 register_block("tscnet.models.cifar_resnet.PreActBasicBlock")(_pre_activation("conv2"))
 register_block("tscnet.models.cifar_resnet.PreActBottleneck")(_pre_activation("conv3"))
+register_block("tscnet.models.fixup.FixupBasicBlock")(_fixup("conv2"))
+register_block("tscnet.models.fixup.FixupBottleneck")(_fixup("conv3"))
 register_block("torchvision.models.resnet.BasicBlock")(_post_activation("conv2", "bn2"))
 register_block("torchvision.models.resnet.Bottleneck")(_post_activation("conv3", "bn3"))
 register_block("timm.models.resnet.BasicBlock")(_timm_block("conv2", "bn2"))

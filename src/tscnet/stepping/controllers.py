@@ -27,8 +27,14 @@ joint, gradients reach the weights. Our interpretation choices (the paper gives 
 details):
 
 * ``summary="l2"``: ``s_d[c] = ‖W_d[c]‖₂``, the L2 norm of each filter of the block's last conv;
-  ``"l2_bn"`` adds ``|γ_d[c]|``, the last BN's scale (post-activation branches only).
-* hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1, implicit feedback.
+  ``"l2_bn"`` adds ``|γ_d[c]|``, the last BN's scale (post-activation branches only);
+  ``"l2_sn"`` (the norm-aware controller) adds the branch's operator-norm estimate
+  ``log σ_d = Σ_j log σ(W_{d,j})`` (:mod:`~tscnet.stepping.power_iteration`, one power-iteration step
+  per training step): ``x_d = In_{w(d)}(s_d) + a · log σ_d`` with a learned vector ``a``, so the
+  controller sees the factor ``‖W_d‖₂`` of the stability bound ``Π_d (1 + ‖W_d‖₂ Δt_d)`` it can hold
+  in check;
+* hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1, implicit feedback. ``dt_init`` may also be
+  ``depth:P``: Δt_init = D^(−P) for D residual blocks (``depth:0.5`` starts at 1/√D).
 """
 from __future__ import annotations
 
@@ -41,18 +47,36 @@ from .branches import Branch
 from .lstm import BlockLSTM
 from .multi_tensor import filter_norms
 from .policies import StepPolicy, register_policy
+from .power_iteration import BranchSpectralNorms
 from .projections import HiddenToWidth, WidthToHidden
 
-SUMMARIES = ("l2", "l2_bn")
+SUMMARIES = ("l2", "l2_bn", "l2_sn")
 FEEDBACK = ("implicit", "explicit")
+
+
+class InitStep(str):
+    """The ``dt_init`` option: a number, or ``depth:P`` for D^(−P) with D residual blocks."""
+
+    description = "number or depth:P"
+
+    def __new__(cls, value) -> "InitStep":
+        text = str(value).strip()
+        float(text[len("depth:"):] if text.startswith("depth:") else text)  # ValueError: not a valid InitStep
+        return super().__new__(cls, text)
+
+    def resolve(self, blocks: int) -> float:
+        if self.startswith("depth:"):
+            return float(blocks) ** -float(self[len("depth:"):])
+        return float(self)
 
 
 class WeightController(StepPolicy):
     """Shared machinery: weight summaries, per-width projections, the bounded output."""
 
     def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
-                 dt_min: float = 0.01, dt_init: float = 1.0) -> None:
+                 dt_min: float = 0.01, dt_init: float | str = 1.0) -> None:
         super().__init__(branches)
+        dt_init = InitStep(dt_init).resolve(len(branches))
         if summary not in SUMMARIES:
             raise ValueError(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
         if summary == "l2_bn" and any(b.norm is None for b in branches):
@@ -66,6 +90,9 @@ class WeightController(StepPolicy):
         self.dt_init = float(dt_init)
         k = 2 if summary == "l2_bn" else 1
         self.inp = WidthToHidden([k * c for c in self.sizes], self.hidden)
+        # The norm-aware input: log σ_d enters the hidden space along a learned direction a.
+        self.spectral = BranchSpectralNorms(branches) if summary == "l2_sn" else None
+        self.spectral_in = nn.Parameter(torch.empty(self.hidden).uniform_(-1.0, 1.0)) if summary == "l2_sn" else None
         self.out = HiddenToWidth(self.hidden, self.sizes)
         p = (self.dt_init - self.dt_min) / (self.dt_max - self.dt_min)
         nn.init.zeros_(self.out.weight)
@@ -74,7 +101,7 @@ class WeightController(StepPolicy):
     def summaries(self) -> Tensor:
         """``s_d`` of every block, flat: ``‖W_d[c]‖₂`` (and ``|γ_d[c]|`` for ``l2_bn``, per block)."""
         norms = filter_norms([b.conv.weight for b in self.branches])
-        if self.summary == "l2":
+        if self.summary != "l2_bn":
             return norms
         scales = torch.cat([b.norm.weight for b in self.branches]).abs()
         return torch.cat([torch.cat(pair) for pair in zip(norms.split(self.sizes), scales.split(self.sizes))])
@@ -85,7 +112,10 @@ class WeightController(StepPolicy):
     def forward(self) -> Tensor:
         # The controller is tiny and data-independent: run it in full precision even under autocast.
         with torch.autocast(self.out.weight.device.type, enabled=False):
-            return self.to_step(self.logits(self.inp(self.summaries())))
+            x = self.inp(self.summaries())
+            if self.spectral is not None:
+                x = x + self.spectral().unsqueeze(1) * self.spectral_in
+            return self.to_step(self.logits(x))
 
     def logits(self, x: Tensor) -> Tensor:
         """``Out(h_d)`` of every block, flat, from the projected summaries ``x`` (D × hidden)."""
@@ -141,6 +171,6 @@ class LSTMController(WeightController):
         return super().extra_repr() + f", feedback={self.feedback_mode!r}"
 
 
-_OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": float, "summary": str}
+_OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": InitStep, "summary": str}
 register_policy("mlp", MLPController, **_OPTIONS)
 register_policy("tsc", LSTMController, **_OPTIONS, feedback=str)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -55,22 +55,39 @@ def lr_factor(t: float, epochs: int, cfg: dict) -> float:
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """SGD with momentum over every parameter, the step policy's included (its regulariser R is wd).
 
-    A step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm and CaiT exclude
-    LayerScale's 1-D ``gamma`` from weight decay) gets a second parameter group with that weight
-    decay; every other model has one group, as before.
+    Parameter groups, only where needed (otherwise one group, as before):
+
+    * a step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm and CaiT exclude
+      LayerScale's 1-D ``gamma`` from weight decay) gets that weight decay;
+    * a model with ``param_lr_scale()`` (``{name: multiplier}``; Fixup's scalars: 0.1, as in the
+      authors' code) trains those parameters at ``lr · multiplier``.
     """
     from ..stepping import get_policy
+    from ..stepping.attach import unwrap_model
 
     sgd = dict(lr=cfg["lr"], momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]),
                weight_decay=cfg["weight_decay"])
     policy = get_policy(model)
     own_decay = getattr(policy, "weight_decay", None)
-    if policy is None or own_decay is None or not any(True for _ in policy.parameters()):
+    policy_params = {id(p) for p in policy.parameters()} if policy is not None and own_decay is not None else set()
+    root = unwrap_model(model)
+    scales = root.param_lr_scale() if hasattr(root, "param_lr_scale") else {}
+    scale_of = {id(root.get_parameter(name)): multiplier for name, multiplier in scales.items()}
+    groups: dict[tuple[float, Optional[float]], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        key = (float(scale_of.get(id(p), 1.0)), float(own_decay) if id(p) in policy_params else None)
+        groups.setdefault(key, []).append(p)
+    if list(groups) == [(1.0, None)]:
         return torch.optim.SGD(model.parameters(), **sgd)
-    mine = {id(p) for p in policy.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in mine]
-    return torch.optim.SGD([{"params": rest}, {"params": list(policy.parameters()), "weight_decay": float(own_decay)}],
-                           **sgd)
+    param_groups = []
+    for (scale, decay), params in groups.items():
+        group: dict = {"params": params}
+        if scale != 1.0:
+            group["lr"] = cfg["lr"] * scale
+        if decay is not None:
+            group["weight_decay"] = decay
+        param_groups.append(group)
+    return torch.optim.SGD(param_groups, **sgd)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,

@@ -1,0 +1,61 @@
+"""Building blocks shared by the CIFAR ResNets: convs, optional norms, shortcuts."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+
+
+NormLayer = Optional[Callable[[int], nn.Module]]
+NORMS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "none": None}
+
+
+def make_norm(norm_layer: NormLayer, channels: int) -> Optional[nn.Module]:
+    """``norm_layer(channels)``, or ``None`` in a norm-free net."""
+    return None if norm_layer is None else norm_layer(channels)
+
+
+def maybe(module: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, or ``x`` where the optional module is absent."""
+    return x if module is None else module(x)
+
+
+class ShortcutA(nn.Module):
+    """Option-A shortcut: ``x[:, :, ::s, ::s]`` zero-padded from ``in_chs`` to ``out_chs`` channels."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.pad = out_chs - in_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        # Pad the channel dim symmetrically, as the reference CIFAR implementation does.
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+def make_shortcut(
+    kind: str, in_chs: int, out_chs: int, stride: int, norm_layer: NormLayer
+) -> Optional[nn.Module]:
+    """The shortcut of a block, or ``None`` for the identity (``norm_layer`` None: no BN after a projection)."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    if kind == "A":
+        return ShortcutA(in_chs, out_chs, stride)
+    if kind == "B":
+        layers = [conv1x1(in_chs, out_chs, stride)]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_chs))
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown shortcut {kind!r}: expected 'A' or 'B'")
