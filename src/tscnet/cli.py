@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report"]
+ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report", "study"]
 
 # Errors a user can fix: one line, exit status 2. Anything else is a bug and keeps its traceback.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)

@@ -1,0 +1,115 @@
+"""``tscnet study SPEC``: plan, run and report a policy comparison (models × arms × grid × seeds)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Optional
+
+NAME = "study"
+HELP = "compare step policies: run a study spec's cells (skipping finished ones) and write its report"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="study spec: a YAML file or a name in tscnet/configs/studies/")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the cells in run order with their state and estimated cost; run nothing")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the results")
+    parser.add_argument("--results", type=Path, help="results folder (default benchmarks/results/<name> in the tscnet "
+                        "checkout, else ./study-results/<name>)")
+    parser.add_argument("--runs", type=Path, help="scratch run folders (default runs/<name of the results folder>)")
+    parser.add_argument("--executor", help="where cells run: local (default) or slurm")
+    parser.add_argument("--workers", type=int, help="cells at once (default: the spec's executor.workers, else 2)")
+    parser.add_argument("--threads", type=int, help="CPU threads per cell (default: the spec's, else 1)")
+    parser.add_argument("--max-hours", type=float, help="start no cell after this many hours (nor one that would "
+                        "end later)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every cell, after the spec's set (repeatable)")
+    parser.add_argument("--models", nargs="+", help="only these models of the spec")
+    parser.add_argument("--policies", nargs="+", help="only these arms of the spec (an ablation's source is added)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the spec")
+
+
+def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
+    """``(kind, options)``: the spec's ``executor:`` (and for Slurm its ``slurm:``) with the flags on top."""
+    options = dict(spec.executor)
+    kind = args.executor or options.pop("kind", "local")
+    options.pop("kind", None)
+    if kind == "slurm":
+        options = {**spec.slurm, **options}
+    options.setdefault("workers", 2)
+    options.setdefault("threads", 1)
+    for flag in ("workers", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                from ..errors import UserError
+
+                raise UserError(f"--{flag} must be at least 1, got {value}")
+            options[flag] = value
+    return kind, options
+
+
+def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int) -> None:
+    """Print each cell's state and estimated cost, and the totals (training time; wall time at ``capacity``
+    cells at once)."""
+    from ..study.results import base_config, check_configs, check_recipe
+    from ..study.scheduler import CostModel, cell_state, format_hours
+
+    check_configs(spec, cells, extra)
+    check_recipe(spec, cells, layout, extra)
+    cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
+    width = max(len(str(c)) for c in cells)
+    total, counts, sources = 0.0, {}, set()
+    print(f"study {spec.name}: {len(cells)} cells; results {layout.results}; scratch runs {layout.runs}")
+    for cell in cells:
+        state = cell_state(spec, cell, layout)
+        counts[state] = counts.get(state, 0) + 1
+        seconds, source = cost.seconds(cell.model, base_config(spec, cell, extra))
+        todo = state in ("to run", "resumable", "waiting for its source")
+        if todo:
+            total += seconds
+            sources.add(source)
+        print(f"{state:<26} {str(cell):<{width}}  {'~' + format_hours(seconds) if todo else ''}")
+    print("; ".join(f"{n} {state}" for state, n in counts.items())
+          + (f"; ~{format_hours(total)} of training, ~{format_hours(total / capacity)} at {capacity} at a time "
+             f"(estimated from {', '.join(sorted(sources))})" if total else ""))
+
+
+def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
+            on_report: Optional[Callable[[list[Path], int], None]] = None) -> int:
+    """The command, with hooks: ``on_result(CellResult)`` after each collected cell, ``on_report(files,
+    n_runs)`` after the report is written (``benchmarks/study.py --commit`` commits there)."""
+    from ..errors import UserError
+    from ..study import build_report, create_executor, default_layout, load_spec, plan_cells, run_study
+    from ..study.report import load_results
+
+    spec = load_spec(args.spec)
+    layout = default_layout(spec, args.results, args.runs)
+    extra = tuple(args.set)
+    if args.report_only and args.dry_run:
+        raise UserError("--dry-run and --report-only exclude each other")
+    counts: dict = {}
+    if not args.report_only:
+        cells = plan_cells(spec, args.models, args.policies, args.seeds)
+        kind, options = executor_options(spec, args)
+        if args.dry_run:
+            dry_run(spec, cells, layout, extra, int(options.get("workers", 1)))
+            return 0
+        executor = create_executor(kind, **options)
+        counts = run_study(spec, cells, layout, executor, extra=extra, threads=int(options.get("threads", 1)),
+                           max_hours=args.max_hours, on_result=on_result)
+    elif not layout.results.is_dir():
+        raise UserError(f"--report-only: no results folder {layout.results}")
+    found = load_results(layout.results)
+    if found:
+        report = build_report(spec, layout.results)
+        print(f"report: {report.path}")
+        if on_report is not None:
+            on_report(report.files, len(found))
+    elif args.report_only:
+        raise UserError(f"--report-only: no collected cells under {layout.results}")
+    return 1 if counts.get("failed") or counts.get("signal") else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return execute(args)

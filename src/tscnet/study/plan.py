@@ -1,0 +1,181 @@
+"""The plan of a study: its cells (model × arm × grid point × seed), their order, folders and configs.
+
+Layout (``<results>`` and ``<runs>`` from :class:`Layout`)::
+
+    <results>/<model>/<arm tag>/seed<k>/              without a grid (the converged study's layout)
+    <results>/<model>/<arm tag>/<grid tag>/seed<k>/   with one, e.g. .../tsc/lr0.1/seed0
+    <runs>/...                                        the scratch run folders, same relative paths
+
+An arm's tag is :func:`~tscnet.study.spec.policy_tag` of a policy string (``fixed:0.5`` →
+``fixed0.5``) or a mapping arm's ``name``; a grid tag joins, for each key, its last component and
+the value (``optim.lr=0.1`` → ``lr0.1``; several keys with ``_``).
+
+Order: seed-major (seed 0 of every model, grid point and arm, then seed 1, ...), so an interrupted
+study has the same seeds for every arm; within a seed, model and grid point, the sources of
+ablations first, then the other ordinary arms, then the ablations.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..errors import UserError
+from .spec import Arm, StudySpec
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thawed(value: Any) -> Any:
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def grid_tag(point: Sequence[tuple[str, Any]]) -> str:
+    """``lr0.1`` for ``(("optim.lr", 0.1),)``; ``lr0.1_weight_decay0.0005`` for two keys; ``""`` for none."""
+    parts = [f"{key.rpartition('.')[2]}{_format_value(value)}" for key, value in point]
+    return "_".join(p.replace(":", "").replace("=", "").replace("/", "_").replace(" ", "") for p in parts)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the study: a model, an arm, a grid point (``(key, value)`` pairs) and a seed."""
+
+    model: str
+    arm: Arm
+    seed: int
+    grid: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def grid_values(self) -> dict[str, Any]:
+        return {key: _thawed(value) for key, value in self.grid}
+
+    @property
+    def grid_tag(self) -> str:
+        return grid_tag(self.grid)
+
+    @property
+    def rel(self) -> Path:
+        """The cell's folder relative to the results (and scratch runs) folder."""
+        base = Path(self.model) / self.arm.tag
+        return (base / self.grid_tag if self.grid else base) / f"seed{self.seed}"
+
+    def __str__(self) -> str:
+        grid = f" {self.grid_tag}" if self.grid else ""
+        return f"{self.model} {self.arm.name}{grid} seed{self.seed}"
+
+
+def source_cell(spec: StudySpec, cell: Cell) -> Optional[Cell]:
+    """The cell an ablation is built from (same model, seed and grid point), else ``None``."""
+    if cell.arm.source is None:
+        return None
+    return Cell(cell.model, spec.arm(cell.arm.source), cell.seed, cell.grid)
+
+
+def grid_points(grid: dict[str, list]) -> list[tuple[tuple[str, Any], ...]]:
+    """The cross product of a grid, first key slowest; ``[()]`` for no grid."""
+    keys = list(grid)
+    return [tuple((k, _frozen(v)) for k, v in zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def arm_order(spec: StudySpec) -> list[Arm]:
+    """Sources of ablations first, then the other ordinary arms, then the ablations (spec order within each)."""
+    sources = {a.source for a in spec.arms if a.ablation}
+    ordinary = [a for a in spec.arms if not a.ablation]
+    return ([a for a in ordinary if a.name in sources] + [a for a in ordinary if a.name not in sources]
+            + [a for a in spec.arms if a.ablation])
+
+
+def plan_cells(spec: StudySpec, models: Optional[list[str]] = None, arms: Optional[list[str]] = None,
+               seeds: Optional[list[int]] = None) -> list[Cell]:
+    """Every cell of ``spec`` in run order (see the module docstring); optionally only some models,
+    arms (by name; an ablation's source is added when missing) or seeds."""
+    models = models or spec.models
+    for model in models:
+        if model not in spec.models:
+            raise UserError(f"--models: {model!r} is not in the study ({', '.join(spec.models)})")
+    wanted = None
+    if arms:
+        names = [a.name for a in spec.arms]
+        for name in arms:
+            if name not in names:
+                raise UserError(f"--policies: {name!r} is not an arm of the study ({', '.join(names)})")
+        wanted = set(arms) | {spec.arm(a).source for a in arms if spec.arm(a).source}
+    ordered = [a for a in arm_order(spec) if wanted is None or a.name in wanted]
+    per_model = {m: [s for s in spec.seeds_for(m) if seeds is None or s in seeds] for m in models}
+    cells = []
+    for seed in sorted({s for ss in per_model.values() for s in ss}):
+        for model in models:
+            if seed in per_model[model]:
+                for point in grid_points(spec.grid_for(model)):
+                    cells += [Cell(model, arm, seed, point) for arm in ordered]
+    return cells
+
+
+def checkout_root() -> Optional[Path]:
+    """The tscnet source checkout this package runs from, when the working directory is inside it."""
+    root = Path(__file__).resolve().parents[3]
+    if not ((root / "pyproject.toml").is_file() and (root / "benchmarks").is_dir() and (root / "src" / "tscnet").is_dir()):
+        return None
+    try:
+        Path.cwd().resolve().relative_to(root)
+    except ValueError:
+        return None
+    return root
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a study's results, scratch runs and working directory are (absolute paths).
+
+    ``workdir`` is where runs start: an ablation's ``profile:PATH`` is written relative to it when the
+    source's results lie inside it (so a committed config reads the same on every machine).
+    """
+
+    results: Path
+    runs: Path
+    workdir: Path
+
+    def result_dir(self, cell: Cell) -> Path:
+        return self.results / cell.rel
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.runs / cell.rel
+
+    def log(self, cell: Cell) -> Path:
+        run = self.run_dir(cell)
+        return run.parent / f"{run.name}.log"
+
+    def recipe(self, cell: Cell) -> Path:
+        run = self.run_dir(cell)
+        return run.parent / f"{run.name}.recipe.yaml"
+
+    def for_recipe(self, folder: Path) -> str:
+        """``folder`` relative to :attr:`workdir` when inside it, else absolute."""
+        folder = folder.resolve()
+        try:
+            return str(folder.relative_to(self.workdir))
+        except ValueError:
+            return str(folder)
+
+
+def default_layout(spec: StudySpec, results: Optional[Path] = None, runs: Optional[Path] = None) -> Layout:
+    """``benchmarks/results/<name>`` and ``runs/<name>`` in the tscnet checkout (when the working
+    directory is inside it), else ``./study-results/<name>`` and ``./runs/<name>``; runs start in the
+    checkout's root or the working directory. Scratch runs default to ``runs/<name of results>``."""
+    root = checkout_root()
+    workdir = root or Path.cwd().resolve()
+    if results is None:
+        results = (root / "benchmarks" / "results" / spec.name) if root else workdir / "study-results" / spec.name
+    results = Path(os.path.abspath(results))
+    runs = Path(os.path.abspath(runs)) if runs is not None else workdir / "runs" / results.name
+    return Layout(results, runs, workdir)

@@ -1,0 +1,491 @@
+"""A study's report from its results folder only: ``report.md``, ``summary.json`` and PNG figures.
+
+Per model (and per grid point, with a grid): final-epoch test error mean ± sample std and per seed,
+T, convergence (mean over seeds of |err_E − err_{E−3}|), Welch 95 % intervals of each arm's
+difference to the baseline and to the best peer, ablations against their source (paired by seed
+and Welch), and the p-values of the comparisons with the baseline Holm-adjusted over that family.
+A diverged run counts at chance error (100 − 100 / classes %), marked †. Where cells recorded
+their platform (``platform.json`` or the model card), the report says which cells ran where.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import UserError
+from .plan import grid_tag
+from .results import CELL_FILE, DIVERGED_FILES, RESULT_FILES, definition, read_cell_info, read_metrics, read_yaml
+from .spec import StudySpec, ablation_kind
+from .stats import holm, paired, welch
+
+CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller (solid lines in the figures)
+FIXED = ("none", "fixed", "depth")  # policies whose Δt is a constant (no heatmap)
+
+
+@dataclass
+class Result:
+    """One collected cell, read back from its results folder."""
+
+    model: str
+    arm: str
+    steps: str  # the arm's policy (an ablation's "profile-of:SRC"), for figure styles
+    seed: int
+    grid: dict
+    folder: Path
+    config: dict
+    metrics: list[dict]
+    profile: dict  # {} for a diverged run
+    card: dict
+    info: dict
+    diverged: Optional[str] = None
+
+    @property
+    def grid_tag(self) -> str:
+        return grid_tag(tuple(self.grid.items()))
+
+    @property
+    def chance(self) -> float:
+        return 100.0 - 100.0 / int(self.config["model"]["num_classes"])
+
+    @property
+    def errors(self) -> list[float]:
+        """Test error per epoch; a diverged run is at chance from the epoch it diverged in to the end."""
+        errors = [float(m["test_error"]) for m in self.metrics]
+        if self.diverged:
+            errors += [self.chance] * (int(self.config["train"]["epochs"]) - len(errors))
+        return errors
+
+    @property
+    def error(self) -> float:
+        return self.errors[-1]
+
+    @property
+    def platform(self) -> Optional[str]:
+        """Where the run ran (``platform.json``, else the model card's ``platform``), ``None`` if unrecorded."""
+        record = None
+        try:
+            record = json.loads((self.folder / "platform.json").read_text())
+        except (OSError, ValueError):
+            record = self.card.get("platform") if isinstance(self.card, dict) else None
+        return platform_label(record) if record else None
+
+    def __str__(self) -> str:
+        grid = f" {self.grid_tag}" if self.grid else ""
+        return f"{self.model} {self.arm}{grid} seed{self.seed}"
+
+
+def platform_label(record: Any) -> str:
+    """A short label of a platform record: device (GPU name or CPU model), threads, torch version."""
+    if not isinstance(record, dict):
+        return str(record)
+    device = (record.get("gpu") or record.get("gpu_name") or record.get("device_name") or record.get("cpu")
+              or record.get("cpu_model") or record.get("processor") or record.get("device"))
+    parts = [str(device)] if device else []
+    threads = record.get("threads") or record.get("num_threads")
+    if threads:
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    if record.get("torch"):
+        parts.append(f"torch {record['torch']}")
+    return ", ".join(parts) if parts else json.dumps(record, sort_keys=True)
+
+
+def load_results(results: Path) -> list[Result]:
+    """Every collected cell under ``results`` (``<model>/<arm>/[<grid>/]seed<k>/`` with ``cell.json``)."""
+    found = []
+    markers = sorted([*Path(results).glob(f"*/*/seed*/{CELL_FILE}"), *Path(results).glob(f"*/*/*/seed*/{CELL_FILE}")])
+    for marker in markers:
+        folder = marker.parent
+        info = read_cell_info(folder)
+        if info is None:
+            continue
+        diverged = info.get("diverged")
+        if not all((folder / name).is_file() for name in (DIVERGED_FILES if diverged else RESULT_FILES)):
+            continue
+        metrics = read_metrics(folder)
+        if not metrics and not diverged:
+            continue
+
+        def read(name: str) -> dict:
+            try:
+                return json.loads((folder / name).read_text())
+            except (OSError, ValueError):
+                return {}
+
+        arm = info.get("arm", info["policy"])
+        steps = info["policy"] if ablation_kind(str(info["policy"])) else str(info.get("policy", arm))
+        found.append(Result(info["model"], arm, steps, int(info["seed"]), dict(info.get("grid") or {}), folder,
+                            read_yaml(folder / "config.yaml"), metrics, {} if diverged else read("steps.json"),
+                            read("model_card.json"), info, diverged))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def baseline_key(spec: StudySpec) -> str:
+    """The summary key of the comparison with the baseline: ``vs_none`` when it is ``none``, else ``vs_baseline``."""
+    return "vs_none" if spec.baseline == "none" else "vs_baseline"
+
+
+def arm_label(spec: StudySpec, name: str) -> str:
+    try:
+        return spec.arm(name).label
+    except KeyError:
+        kind = ablation_kind(name)
+        source = name.partition(":")[2]
+        return (f"{source}'s final Δt profile, frozen" if kind == "profile-of"
+                else f"fixed Δt = T/D of {source}" if kind == "fixed-of" else name)
+
+
+def arm_source(spec: StudySpec, result: Result) -> Optional[str]:
+    try:
+        return spec.arm(result.arm).source
+    except KeyError:
+        return result.steps.partition(":")[2] if ablation_kind(result.steps) else None
+
+
+def _order(names: list[str], known: list[str]) -> list[str]:
+    first = [n for n in known if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
+    """One model (and grid point): ``{"best_peer", "rows"}``, a row per arm with the report's statistics."""
+    by_arm: dict[str, list[Result]] = {}
+    for r in group:
+        by_arm.setdefault(r.arm, []).append(r)
+    key = baseline_key(spec)
+    rows = {}
+    for arm in _order(list(by_arm), [a.name for a in spec.arms]):
+        rs = sorted(by_arm[arm], key=lambda r: r.seed)
+        errors = [r.error for r in rs]
+        drift = [abs(r.errors[-1] - r.errors[-4]) for r in rs if len(r.errors) >= 4 and not r.diverged]
+        times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged]
+        rows[arm] = {
+            "policy": arm, "label": arm_label(spec, arm),
+            "steps": sorted({str(r.config["model"]["steps"]) for r in rs}),
+            "seeds": [r.seed for r in rs], "n": len(rs), "epochs": sorted({len(r.metrics) for r in rs}),
+            "test_errors": errors, "mean": statistics.fmean(errors),
+            "std": statistics.stdev(errors) if len(errors) > 1 else None,
+            "diverged": [r.seed for r in rs if r.diverged],
+            "T": [None if r.diverged else float(r.profile["evolution_time"]) for r in rs],
+            "T_mean": statistics.fmean(times) if times else None,
+            "last3_change": statistics.fmean(drift) if drift else None,
+            "last3_change_per_seed": drift,
+            "runs": [str(r.folder) for r in rs],
+        }
+    sources = {r.arm: arm_source(spec, r) for r in group}
+    peers = [p for p in spec.peers if p in rows]
+    best = min(peers, key=lambda p: rows[p]["mean"]) if peers else None
+    base = spec.baseline
+    for arm, row in rows.items():
+        row[key] = (welch(row["test_errors"], rows[base]["test_errors"]) if base in rows and arm != base else None)
+        row["vs_best_peer"] = (welch(row["test_errors"], rows[best]["test_errors"])
+                               if best is not None and arm != best else None)
+        source, row["vs_source"] = sources.get(arm), None
+        if source in rows:
+            mine, theirs = (dict(zip(rows[p]["seeds"], rows[p]["test_errors"])) for p in (arm, source))
+            row["vs_source"] = {"source": source, "paired": paired(mine, theirs),
+                                "welch": welch(row["test_errors"], rows[source]["test_errors"])}
+    # One family per model and grid point: every arm's comparison with the baseline, corrected together.
+    family = [row for row in rows.values() if row[key] is not None]
+    for row, p in zip(family, holm([row[key]["p"] for row in family])):
+        row[f"{key}_p_holm"] = p
+    return {"best_peer": best, "rows": list(rows.values())}
+
+
+def fmt_ci(test: Optional[dict]) -> str:
+    if test is None:
+        return "—"
+    low, high = test["ci95"]
+    mark = " *" if low > 0 or high < 0 else ""
+    return f"{test['diff']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}"
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+
+
+def format_table(spec: StudySpec, summary: dict) -> str:
+    best, key = summary["best_peer"], baseline_key(spec)
+    lines = [f"| policy | seeds | final test error % (mean ± std) | per seed | T (mean) | last-3-epoch change | "
+             f"Δ vs `{spec.baseline}` [95 % CI] | Δ vs best peer `{best}` [95 % CI] |",
+             "|---|---|---|---|---:|---:|---|---|"]
+    for r in summary["rows"]:
+        std = "" if r["std"] is None else f" ± {r['std']:.2f}"
+        change = "—" if r["last3_change"] is None else f"{r['last3_change']:.2f}"
+        label = f"`{r['policy']}`" + ("" if r["label"] == r["policy"] else f" ({r['label']})")
+        per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "")
+                             for e, seed in zip(r["test_errors"], r["seeds"]))
+        t_mean = "—" if r["T_mean"] is None else f"{r['T_mean']:.3f}"
+        lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {r['mean']:.2f}{std} | "
+                     f"{per_seed} | {t_mean} | {change} | {fmt_ci(r[key])} | {fmt_ci(r['vs_best_peer'])} |")
+    return "\n".join(lines)
+
+
+def format_ablations(summary: dict) -> Optional[str]:
+    """The ablations against the run they were built from, or None when there are none."""
+    rows = [r for r in summary["rows"] if r["vs_source"]]
+    if not rows:
+        return None
+    lines = ["| ablation | source | seeds | Δ vs source, paired by seed [95 % CI] | Δ vs source, Welch [95 % CI] |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        test = r["vs_source"]
+        seeds = "—" if test["paired"] is None else ", ".join(map(str, test["paired"]["seeds"]))
+        lines.append(f"| `{r['policy']}` | `{test['source']}` | {seeds} | {fmt_ci(test['paired'])} | "
+                     f"{fmt_ci(test['welch'])} |")
+    return "\n".join(lines)
+
+
+def format_holm(spec: StudySpec, summary: dict) -> Optional[str]:
+    """Each arm's comparison with the baseline: Welch p-value and Holm-adjusted over the family."""
+    key = baseline_key(spec)
+    rows = [r for r in summary["rows"] if r.get(f"{key}_p_holm") is not None]
+    if not rows:
+        return None
+    lines = [f"| policy | Δ vs `{spec.baseline}` | p (Welch) | p, Holm-adjusted over these {len(rows)} |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        mark = " *" if r[f"{key}_p_holm"] < 0.05 else ""
+        lines.append(f"| `{r['policy']}` | {r[key]['diff']:+.2f} | {fmt_p(r[key]['p'])} | "
+                     f"{fmt_p(r[f'{key}_p_holm'])}{mark} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _kind(steps: str) -> str:
+    return steps.partition(":")[0]
+
+
+def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], out: Path) -> dict[str, Path]:
+    """Test error per epoch, over the last epochs, final Δt per block and the Δt heatmaps of one group."""
+    from ..analysis.plots import Series, plot_dt_heatmaps, plot_series
+
+    groups: dict[str, list[Result]] = {}
+    for r in sorted(group, key=lambda r: r.seed):
+        groups.setdefault(r.arm, []).append(r)
+    order = _order(list(groups), [a.name for a in spec.arms])
+    steps = {a: groups[a][0].steps for a in order}
+    dashed = {a: _kind(steps[a]) not in CONTROLLERS for a in order}
+    files = {}
+    curves = [Series.from_runs(a, [r.errors for r in groups[a]], dashed=dashed[a]) for a in order]
+    note = "solid: Δt from a controller; dashed: without"
+    files["curves"] = plot_series(curves, out / f"{name}_test_error.png", "test error (%)",
+                                  f"{title}: test error per epoch (mean ± std over seeds)", note=note)
+    epochs = min(s.values.shape[1] for s in curves)
+    last = min(epochs, max(4, epochs // 2))  # the end of training, where the policies separate (or not)
+    tail = [Series(s.label, s.values[:, epochs - last: epochs], s.dashed) for s in curves]
+    files["curves_end"] = plot_series(tail, out / f"{name}_test_error_end.png", "test error (%)",
+                                      f"{title}: test error over the last {last} epochs (mean ± std over seeds)",
+                                      note=note, first=epochs - last + 1)
+    finished = {a: [r for r in groups[a] if not r.diverged and r.profile] for a in order}
+    profiles = [Series.from_runs(a, [[float(np.mean(b)) for b in r.profile["dt"]] for r in finished[a]],
+                                 dashed=dashed[a]) for a in order if finished[a]]
+    if profiles:
+        files["profiles"] = plot_series(profiles, out / f"{name}_dt_profile.png", "final mean_c Δt_d",
+                                        f"{title}: final step size of each block "
+                                        "(mean over channels; mean ± std over seeds)",
+                                        note=note, xlabel="residual block d (1 = first)")
+    learned = [a for a in order if _kind(steps[a]) not in FIXED and finished[a]]
+    if learned:
+        panels = [(f"{a} (seed {finished[a][0].seed})",
+                   [np.asarray(b, dtype=float) for b in finished[a][0].profile["dt"]]) for a in learned]
+        files["heatmap"] = plot_dt_heatmaps(panels, out / f"{name}_dt_heatmap.png")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class Report:
+    path: Path
+    summary: dict
+    files: list[Path] = field(default_factory=list)  # report.md, summary.json and every figure
+
+
+def _recipes(spec: StudySpec, found: list[Result]) -> dict[str, list[str]]:
+    """The recipe of each run (model, seed, grid keys, the arm's own overrides and placement aside)
+    as canonical JSON → the runs with it."""
+    from ..train.config import DEFAULTS
+
+    defined = []
+    for r in found:
+        recipe = definition(r.config, r.config)
+        recipe.pop("model")
+        recipe["train"].pop("seed")
+        own = [item.partition("=")[0].strip() for item in r.info.get("set", [])]
+        for key in [*r.grid, *own]:
+            section, _, name = key.partition(".")
+            recipe.get(section, {}).pop(name, None)
+        defined.append(recipe)
+    # A key some runs' configs lack (saved before the schema had it) reads as its default there: left
+    # out where every run that has it holds the default, filled in with the default otherwise.
+    keys = {(s, k) for recipe in defined for s, values in recipe.items() for k in values}
+    for section, key in keys:
+        if all(key in recipe.get(section, {}) for recipe in defined):
+            continue
+        default = DEFAULTS.get(section, {}).get(key)
+        drop = all(recipe[section][key] == default for recipe in defined if key in recipe.get(section, {}))
+        for recipe in defined:
+            if drop:
+                recipe.get(section, {}).pop(key, None)
+            else:
+                recipe.setdefault(section, {}).setdefault(key, default)
+    recipes: dict[str, list[str]] = {}
+    for r, recipe in zip(found, defined):
+        recipes.setdefault(json.dumps(recipe, sort_keys=True), []).append(str(r))
+    return recipes
+
+
+def _method(spec: StudySpec, grid: bool) -> str:
+    base = spec.baseline
+    text = (
+        "**Method.** Final-epoch test error (never the best epoch), mean ± sample std over seeds; the same "
+        "seed gives every policy the same initial weights and batches. *T* = Σ_d mean_c Δt_d at the end. "
+        "*Last-3-epoch change*: mean over seeds of |err_E − err_{E−3}| (convergence: small means flat). "
+        "*Δ*: difference of mean final errors (policy − reference, percentage points; negative = better "
+        "than the reference) with the 95 % confidence interval of Welch's unequal-variance t-test "
+        "(`scipy.stats.ttest_ind(equal_var=False).confidence_interval(0.95)`); * marks an interval that "
+        "excludes 0. Best peer: the controller-free peer (" + ", ".join(f"`{p}`" for p in spec.peers) + ") with "
+        f"the lowest mean error for that model{' and grid point' if grid else ''}. ")
+    if base != "none":
+        text += f"Baseline: `{base}`. "
+    sources: dict[str, list] = {}
+    for arm in spec.arms:
+        if arm.ablation:
+            sources.setdefault(arm.source, []).append(arm)
+    what = {"profile-of": "its final per-block, per-channel Δt frozen from the first step",
+            "fixed-of": "a uniform fixed step equal to its final T / D"}
+    for source, arms in sources.items():
+        parts = [f"{what[a.ablation]} (`{a.name}`)" for a in arms]
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", and " + parts[-1]
+        text += (f"Ablations of `{source}` (same model{', grid point' if grid else ''} and seed): {listed}; "
+                 f"{'each is' if len(parts) > 1 else 'it is'} also compared with its source run seed by seed "
+                 "(paired t-test, `scipy.stats.ttest_rel`, over the seeds both have). ")
+    text += ("A run that diverged (the engine stopped it at a NaN or infinite loss) counts at chance error "
+             "(100 − 100 / classes %) and is marked †; it has no T or Δt profile and no ablations.\n")
+    return text
+
+
+def _platforms(found: list[Result]) -> Optional[str]:
+    """Which cells ran where, or ``None`` when no cell recorded its platform."""
+    where: dict[str, list[str]] = {}
+    for r in found:
+        where.setdefault(r.platform or "unrecorded", []).append(str(r))
+    if set(where) == {"unrecorded"}:
+        return None
+    lines = ["**Platforms.** Runs are bit-exact on one machine, not across CPU or GPU types; a re-run elsewhere "
+             "matches in distribution, not digit for digit. Where each cell ran:\n"]
+    for label, cells in sorted(where.items(), key=lambda kv: (kv[0] == "unrecorded", kv[0])):
+        lines.append(f"- {label} ({len(cells)}): {', '.join(cells)}")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(spec: StudySpec, results: Path) -> Report:
+    """Write ``report.md``, ``summary.json`` and the figures into ``results`` from its collected cells."""
+    results = Path(results)
+    found = load_results(results)
+    if not found:
+        raise UserError(f"no collected results under {results}")
+    grid = any(r.grid for r in found)
+    models = _order(sorted({r.model for r in found}), spec.models)
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in sorted(found, key=lambda r: (models.index(r.model), _grid_sort(r.grid))):
+        groups.setdefault((r.model, r.grid_tag), []).append(r)
+    recipes = _recipes(spec, found)
+    title = spec.report.get("title", f"Study {spec.name}")
+    written_by = spec.report.get("written_by", f"tscnet study {spec.name}")
+    layout = spec.report.get("layout", "`<model>/<policy>/<grid>/seed<k>/`" if grid else "`<model>/<policy>/seed<k>/`")
+    aside = "model, seed" + (", " + ", ".join(f"`{k}`" for k in spec.grid_keys) if spec.grid_keys else "")
+    sections = [
+        f"# {title}: {len(found)} runs on {found[0].config['data']['name']}\n",
+        f"Written by `{written_by}` from the committed per-run results in this folder "
+        f"({layout}: config, metrics per epoch, final Δt profile, model card). "
+        "Every number below is recomputed from those files.\n",
+        _method(spec, grid),
+    ]
+    if len(recipes) > 1:
+        sections.append(f"**WARNING: the runs do not share one recipe** ({aside} and placement aside):\n")
+        sections += [f"- `{text}`: {', '.join(cells)}" for text, cells in recipes.items()] + [""]
+    else:
+        sections.append(f"Recipe (identical for every cell; {aside} and placement aside): `{next(iter(recipes))}`\n")
+    platforms = _platforms(found)
+    if platforms:
+        sections.append(platforms)
+    summaries: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
+    files: list[Path] = []
+    for (model, tag), group in groups.items():
+        summary = summarize_group(spec, group)
+        values = group[0].grid
+        name = f"{model}_{tag}" if tag else model
+        heading = f"{model}, " + ", ".join(f"{k} = {v}" for k, v in values.items()) if tag else model
+        made = group_figures(spec, name, heading, group, results)
+        files += list(made.values())
+        if tag:
+            summaries.setdefault(model, {"grid": {}})["grid"][tag] = {"values": values, **summary}
+            figures.setdefault(model, {})[tag] = {k: v.name for k, v in made.items()}
+        else:
+            summaries[model] = summary
+            figures[model] = {k: v.name for k, v in made.items()}
+        sections += [f"## {heading}\n", format_table(spec, summary) + "\n"]
+        ablations = format_ablations(summary)
+        if ablations:
+            sections += ["Ablations against the run each was built from (same model and seed; negative = the "
+                         "ablation is better):\n", ablations + "\n"]
+        corrected = format_holm(spec, summary)
+        if corrected:
+            sections += ["Multiple comparisons: the table's intervals are per comparison. Corrected together "
+                         f"(Holm–Bonferroni over every policy's comparison with `{spec.baseline}` for this "
+                         f"{'model and grid point' if tag else 'model'}; * marks an adjusted p below 0.05):\n",
+                         corrected + "\n"]
+        sections += [f"![test error per epoch]({made['curves'].name})\n",
+                     f"![test error over the last epochs]({made['curves_end'].name})\n"]
+        if "profiles" in made:
+            sections.append(f"![final Δt per block]({made['profiles'].name})\n")
+        if "heatmap" in made:
+            sections.append(f"![final Δt per block and channel]({made['heatmap'].name})\n")
+    path = results / "report.md"
+    path.write_text("\n".join(sections))
+
+    def relative(summary: dict) -> dict:
+        return {**summary, "rows": [{**row, "runs": [os.path.relpath(f, results) for f in row["runs"]]}
+                                    for row in summary["rows"]]}
+
+    rel = {model: ({"grid": {t: relative(s) for t, s in summary["grid"].items()}} if "grid" in summary
+                   else relative(summary)) for model, summary in summaries.items()}
+    key = baseline_key(spec)
+    document = {
+        "method": {"error": "final-epoch test error %, mean ± sample std over seeds",
+                   "ci": "Welch t-test 95 % CI of mean(policy) - mean(reference), "
+                         "scipy.stats.ttest_ind(equal_var=False)",
+                   "p_holm": f"{key}_p_holm: Welch p-value vs {spec.baseline}, Holm-Bonferroni adjusted over every "
+                             f"policy's comparison with {spec.baseline} for the model"
+                             + (" and grid point" if grid else ""),
+                   "convergence": "mean over seeds of |err_E - err_{E-3}|", "peers": spec.peers,
+                   "vs_source": "ablation - its source run: paired t-test over common seeds "
+                                "(scipy.stats.ttest_rel) and Welch"},
+        "recipe": [json.loads(text) for text in recipes], "recipe_cells": list(recipes.values()),
+        "models": rel, "figures": figures,
+    }
+    if platforms:
+        document["platforms"] = {str(r): r.platform or "unrecorded" for r in found}
+    (results / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    return Report(path, document, [path, results / "summary.json", *files])
+
+
+def _grid_sort(values: dict) -> tuple:
+    return tuple((k, v if isinstance(v, (int, float)) else str(v)) for k, v in values.items())

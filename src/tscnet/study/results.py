@@ -1,0 +1,277 @@
+"""A study's results folder: each finished cell's small files plus ``cell.json``, and reading them back.
+
+A cell folder (``<results>/<cell.rel>``) holds ``cell.json`` (model, arm, policy, steps, set, grid,
+seed, source; ``diverged`` with the reason when the run diverged) and the run's small files:
+``config.yaml``, ``metrics.jsonl``, ``steps.json``, ``model_card.json`` and, when the run wrote them,
+``platform.json`` and ``diverged.json`` — never checkpoints or weights. A folder is written
+atomically (a temporary folder renamed into place), so a folder with ``cell.json`` is complete.
+
+Divergence is a result: a run that stopped at a non-finite loss (the engine's ``loss became ...``
+error in its log, or its ``diverged.json``) or that finished at chance level (final test error
+≥ 0.95 · (100 − 100 / classes) %) is recorded as diverged and counts at chance error.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ..errors import UserError
+from .plan import Cell, Layout, source_cell
+from .spec import StudySpec
+
+CELL_FILE = "cell.json"
+RESULT_FILES = ("config.yaml", "metrics.jsonl", "steps.json", "model_card.json")  # a finished run's
+DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
+OPTIONAL_FILES = ("platform.json", "diverged.json")  # copied when the run wrote them
+DIVERGED_RUN_FILE = "diverged.json"
+CHANCE_FRACTION = 0.95
+# Keys that place a run, not define it: a resumed or skipped cell may differ in these.
+PLACEMENT = {("data", "data_dir"), ("data", "workers"), ("data", "eval_batch_size"), ("train", "device"),
+             ("train", "progress")}
+
+
+def read_cell_info(folder: Path) -> Optional[dict]:
+    """``cell.json`` of a results folder, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        info = json.loads((Path(folder) / CELL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def is_collected(folder: Path) -> bool:
+    """A complete results folder: ``cell.json`` and the files a finished (or diverged) run leaves."""
+    info = read_cell_info(folder)
+    if info is None:
+        return False
+    needed = DIVERGED_FILES if info.get("diverged") else RESULT_FILES
+    return all((Path(folder) / name).is_file() for name in needed)
+
+
+def diverged_reason(folder: Path) -> Optional[str]:
+    """The divergence message of a collected cell, else ``None``."""
+    info = read_cell_info(folder) if is_collected(folder) else None
+    return info.get("diverged") if info else None
+
+
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    try:
+        text = (Path(folder) / "metrics.jsonl").read_text()
+    except OSError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def chance_error(config: dict) -> float:
+    """Chance-level test error of a run's config: 100 − 100 / classes (%)."""
+    classes = config.get("model", {}).get("num_classes") or 10
+    return 100.0 - 100.0 / int(classes)
+
+
+def log_divergence(log: Path) -> Optional[str]:
+    """The engine's one-line divergence error in a run's log (``loss became nan ...``), else ``None``."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line for line in lines if "error:" in line and "loss became" in line]
+    return errors[-1].split("error:", 1)[1].strip() if errors else None
+
+
+def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
+    """Why an ended run counts as diverged, else ``None``: its ``diverged.json``, the engine's error in
+    its log, or (finished) a final test error at chance level."""
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / DIVERGED_RUN_FILE).read_text())
+        return str(info.get("message") or f"loss became {info.get('loss')} at step {info.get('step')}")
+    except (OSError, ValueError, AttributeError):
+        pass
+    message = log_divergence(log) if log is not None else None
+    if message:
+        return message
+    if (run_dir / "model_card.json").is_file():
+        metrics = read_metrics(run_dir)
+        try:
+            config = read_yaml(run_dir / "config.yaml")
+        except OSError:
+            return None
+        if metrics and "test_error" in metrics[-1]:
+            error, chance = float(metrics[-1]["test_error"]), chance_error(config)
+            if error >= CHANCE_FRACTION * chance:
+                return (f"final test error {error:.2f} % is at chance level "
+                        f"(≥ {CHANCE_FRACTION:g} × {chance:.2f} %)")
+    return None
+
+
+def cell_info(spec: StudySpec, cell: Cell, steps: str, overrides: list[str], diverged: Optional[str] = None) -> dict:
+    """The ``cell.json`` of ``cell``: the converged study's keys first, in its order (``policy`` is the
+    arm's label for a string arm, its ``steps`` for a mapping arm; ``steps`` the resolved
+    ``model.steps``), then ``arm``, the arm's ``set``, every override after the recipe (``overrides``,
+    grid values aside), ``grid`` (``{key: value}``, with a grid) and ``diverged`` (why, when it did)."""
+    source = source_cell(spec, cell)
+    info: dict[str, Any] = {"model": cell.model, "policy": cell.arm.steps if cell.arm.mapping else cell.arm.name,
+                            "seed": cell.seed, "steps": steps, "source": str(source.rel) if source else None,
+                            "arm": cell.arm.name, "set": list(cell.arm.set), "overrides": list(overrides)}
+    if cell.grid:
+        info["grid"] = cell.grid_values
+    if diverged:
+        info["diverged"] = diverged
+    return info
+
+
+def collect(run_dir: Path, final: Path, info: dict) -> Path:
+    """Copy the small results of finished (or diverged) run ``run_dir`` with ``info`` as ``cell.json``
+    to ``final``, atomically; returns ``final``."""
+    run_dir, final = Path(run_dir), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    diverged = bool(info.get("diverged"))
+    try:
+        for name in RESULT_FILES + OPTIONAL_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+            elif name == "metrics.jsonl" and diverged:  # diverged in its first epoch: no epoch finished
+                (tmp / name).write_text("")
+            elif name in (DIVERGED_FILES if diverged else RESULT_FILES):
+                raise UserError(f"{run_dir} has no {name}; it cannot be collected")
+        (tmp / CELL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if final.exists():  # a partial copy from a killed runner (no cell.json): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def final_error(folder: Path) -> float:
+    metrics = read_metrics(folder)
+    return float(metrics[-1]["test_error"]) if metrics else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: what a cell trains, and whether a run on disk is that
+
+
+def step_spec(spec: StudySpec, cell: Cell, layout: Layout) -> str:
+    """The ``model.steps`` of ``cell``; an ablation's comes from its source's collected results:
+    ``profile:<source results>`` (its final Δt, frozen) or ``fixed:<T / D of the source>``."""
+    from ..stepping.profile import read_profile
+
+    source = source_cell(spec, cell)
+    if source is None:
+        return cell.arm.steps
+    folder = layout.result_dir(source)
+    if not is_collected(folder):
+        raise UserError(f"{cell}: the results of {source} are not in {layout.results} yet")
+    if diverged_reason(folder):
+        raise UserError(f"{cell}: its source {source} diverged, so there is no final profile to ablate")
+    if cell.arm.ablation == "profile-of":
+        return f"profile:{layout.for_recipe(folder)}"
+    profile = read_profile(folder)
+    return f"fixed:{profile['evolution_time'] / len(profile['dt'])!r}"
+
+
+def cell_overrides(spec: StudySpec, cell: Cell, extra: tuple[str, ...] = ()) -> list[str]:
+    """The overrides of ``cell`` after the recipe: the spec's ``set``, ``extra`` (the command line's),
+    an ablation's source arm's ``set``, the arm's own ``set``. Grid values come after these."""
+    source = spec.arm(cell.arm.source) if cell.arm.source else None
+    return [*spec.set, *extra, *(source.set if source else ()), *cell.arm.set]
+
+
+def base_config(spec: StudySpec, cell: Cell, extra: tuple[str, ...] = ()) -> dict:
+    """``cell``'s recipe with an ablation's steps left unresolved (for estimates and early checks)."""
+    from ..train.config import load_config, set_value
+
+    config = load_config(spec.recipe, cell_overrides(spec, cell, extra), validate=False)
+    for key, value in cell.grid_values.items():
+        set_value(config, key, value)
+    config["model"].update(name=cell.model, steps=cell.arm.steps)
+    config["train"].update(seed=cell.seed, progress=False)
+    return config
+
+
+def check_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = ()) -> None:
+    """Every cell's recipe (ablations' steps aside) is valid: a bad key or value fails before anything runs."""
+    from ..train.config import validate_config
+
+    seen = set()
+    for cell in cells:
+        key = (cell.model, cell.arm.name if not cell.arm.ablation else cell.arm.source, cell.grid)
+        if key in seen:
+            continue
+        seen.add(key)
+        config = base_config(spec, cell, extra)
+        if cell.arm.ablation:
+            config["model"]["steps"] = "none"
+        validate_config(config)
+
+
+def cell_config(spec: StudySpec, cell: Cell, layout: Layout, extra: tuple[str, ...] = ()) -> dict:
+    """The resolved recipe of ``cell`` (what its run trains)."""
+    from ..train.config import load_config, set_value, validate_config
+
+    config = load_config(spec.recipe, cell_overrides(spec, cell, extra), validate=False)
+    for key, value in cell.grid_values.items():
+        set_value(config, key, value)
+    config["model"].update(name=cell.model, steps=step_spec(spec, cell, layout))
+    config["train"].update(seed=cell.seed, progress=False)
+    return validate_config(config)
+
+
+def definition(config: dict, filled: dict) -> dict:
+    """``config`` without placement keys; ``model.num_classes``/``in_chans`` as the run filled them in."""
+    config = copy.deepcopy(config)
+    for section, key in PLACEMENT:
+        config.get(section, {}).pop(key, None)
+    for key in ("num_classes", "in_chans"):
+        if config["model"].get(key) is None:
+            config["model"][key] = filled["model"].get(key)
+    return config
+
+
+def config_difference(want: dict, have: dict) -> Optional[str]:
+    """``None`` if run config ``have`` defines the same run as ``want``, else the first difference.
+
+    A key missing on one side (a run saved before the key was added to the schema) reads as its
+    schema default there."""
+    from ..train.config import DEFAULTS
+
+    a, b = definition(want, have), definition(have, have)
+
+    def value(config: dict, section: str, key: str) -> Any:
+        if key in config.get(section, {}):
+            return config[section][key]
+        return DEFAULTS.get(section, {}).get(key)
+
+    for section in sorted(set(a) | set(b)):
+        for key in sorted(set(a.get(section, {})) | set(b.get(section, {}))):
+            if (section, key) in PLACEMENT:
+                continue
+            x, y = value(a, section, key), value(b, section, key)
+            if x != y:
+                return f"{section}.{key}: {y!r} there, {x!r} in this recipe"
+    return None
+
+
+def check_recipe(spec: StudySpec, cells: list[Cell], layout: Layout, extra: tuple[str, ...] = ()) -> None:
+    """Collected results must come from this study's recipe: refuse to mix recipes in one results folder."""
+    for cell in cells:
+        folder = layout.result_dir(cell)
+        if is_collected(folder):
+            problem = config_difference(cell_config(spec, cell, layout, extra), read_yaml(folder / "config.yaml"))
+            if problem:
+                raise UserError(f"results {folder} were trained with another recipe ({problem}); "
+                                "use another --results folder or remove them")

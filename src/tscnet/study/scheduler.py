@@ -1,0 +1,391 @@
+"""Run a study's cells through an executor: skip what has results, resume what was interrupted,
+collect what finished, record what diverged, stop cleanly on a signal, and say how far it is.
+
+For each cell, in plan order (ablations once their source's results exist):
+
+* results exist (``<results>/<cell>/cell.json``): skipped;
+* its scratch run finished but was not collected (the study was stopped in between): collected;
+* its scratch run diverged but was not collected: collected as diverged;
+* its scratch run is unfinished: resumed (``tscnet train --resume``);
+* otherwise: started.
+
+A run that diverged is a result (``diverged`` in ``cell.json``), never retried, and its ablations
+are not run. A run that fails otherwise is reported, not collected; the next invocation resumes it.
+
+Stopping: SIGINT or SIGTERM to the study (Ctrl-C, ``kill -INT PID``, or to its process group)
+starts no further cell and is forwarded to every running cell (each signal once), whose trainer
+writes a mid-epoch checkpoint and exits; the next invocation resumes them. ``max_hours``: no cell
+is started after that many hours, nor one that would end after them by the longest run of its
+model seen so far.
+
+Progress: a line whenever a cell starts or ends and every ``progress_every`` seconds:
+``progress: D/N done (x diverged), R running, Q queued, F failed; ~H h left``, where the time left
+is Σ (estimated seconds of queued cells) + Σ (what is left of running cells), divided by the
+executor's capacity (see :class:`CostModel`).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import UserError
+from ..train.config import dump_config
+from .executors.base import Executor, Task
+from .plan import Cell, Layout, source_cell
+from .results import (base_config, cell_config, check_configs, cell_info, cell_overrides, check_recipe, collect, config_difference,
+                      diverged_reason, final_error, is_collected, read_metrics, read_yaml, run_divergence)
+from .spec import StudySpec
+
+# Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):
+# evaluation, start-up and checkpoints, measured on the converged study (6.5 min per 20-epoch
+# ResNet-20 run of 14.4 s training epochs: 1.35).
+WALL_PER_TRAIN_TIME = 1.35
+DEFAULT_IMAGES_PER_S = 300.0  # a guess (ResNet-20, one CPU thread) when no run of the model has finished
+DEFAULT_TRAIN_IMAGES = 50_000
+
+
+@dataclass
+class CellResult:
+    """What :func:`run_study` hands its ``on_result`` callback for each collected cell."""
+
+    cell: Cell
+    folder: Path
+    diverged: Optional[str]
+    error: float  # final test error (%), NaN when no epoch finished
+    seconds: Optional[float] = None  # wall time of this invocation's run (None: collected without running)
+
+    def describe(self) -> str:
+        return f"DIVERGED ({self.diverged})" if self.diverged else f"final test error {self.error:.2f} %"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+
+
+@dataclass
+class CostModel:
+    """Estimated wall seconds of a cell: ``epochs × images per epoch / images per second × 1.35``.
+
+    Images per second per model come from finished runs of that model (``images_per_s`` in their
+    ``metrics.jsonl``, in the results and scratch folders), and are replaced by wall times measured
+    in this invocation as runs finish; without any, :data:`DEFAULT_IMAGES_PER_S` (``source`` says
+    which was used).
+    """
+
+    speed: dict[str, float] = field(default_factory=dict)  # model -> training images per second
+    images: dict[str, float] = field(default_factory=dict)  # model -> training images per epoch seen
+    measured: dict[str, list[float]] = field(default_factory=dict)  # model -> wall seconds per epoch
+
+    @classmethod
+    def from_folders(cls, folders: list[Path]) -> "CostModel":
+        speeds: dict[str, list[float]] = {}
+        images: dict[str, list[float]] = {}
+        seen: set[Path] = set()
+        for folder in folders:
+            if not Path(folder).is_dir():
+                continue
+            for card_file in Path(folder).rglob("model_card.json"):
+                if card_file.resolve() in seen:
+                    continue
+                seen.add(card_file.resolve())
+                try:
+                    model = json.loads(card_file.read_text())["model"]
+                    rows = [r for r in read_metrics(card_file.parent) if r.get("images_per_s")]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if rows:
+                    speeds.setdefault(model, []).append(statistics.median(r["images_per_s"] for r in rows))
+                    images.setdefault(model, []).append(statistics.median(r["images_per_s"] * r["epoch_time"]
+                                                                          for r in rows if r.get("epoch_time")))
+        return cls({m: statistics.median(v) for m, v in speeds.items()},
+                   {m: statistics.median(v) for m, v in images.items() if v})
+
+    def epoch_seconds(self, model: str, config: dict) -> tuple[float, str]:
+        """``(estimated wall seconds per epoch, where the estimate comes from)``."""
+        if self.measured.get(model):
+            return statistics.median(self.measured[model]), "measured here"
+        images = config.get("data", {}).get("train_subset") or self.images.get(model, DEFAULT_TRAIN_IMAGES)
+        if model in self.speed:
+            return images / self.speed[model] * WALL_PER_TRAIN_TIME, "finished runs of the model"
+        return images / DEFAULT_IMAGES_PER_S * WALL_PER_TRAIN_TIME, f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s"
+
+    def seconds(self, model: str, config: dict, done_epochs: int = 0) -> tuple[float, str]:
+        per_epoch, source = self.epoch_seconds(model, config)
+        epochs = max(0, int(config.get("train", {}).get("epochs", 1)) - done_epochs)
+        return per_epoch * epochs, source
+
+    def record(self, model: str, seconds: float, epochs: int) -> None:
+        if epochs > 0:
+            self.measured.setdefault(model, []).append(seconds / epochs)
+
+
+def format_hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+def cell_state(spec: StudySpec, cell: Cell, layout: Layout) -> str:
+    """``results``, ``diverged``, ``trained, not collected``, ``resumable``, ``to run``,
+    ``waiting for its source`` or ``not run: source diverged``."""
+    folder = layout.result_dir(cell)
+    if is_collected(folder):
+        return "diverged" if diverged_reason(folder) else "results"
+    run = layout.run_dir(cell)
+    if (run / "model_card.json").is_file():
+        return "trained, not collected"
+    if (run / "config.yaml").is_file():
+        return "resumable"
+    source = source_cell(spec, cell)
+    if source is None:
+        return "to run"
+    if diverged_reason(layout.result_dir(source)):
+        return "not run: source diverged"
+    return "to run" if is_collected(layout.result_dir(source)) else "waiting for its source"
+
+
+def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: int = 0) -> Task:
+    """The :class:`Task` of ``cell``: writes its recipe next to its run folder and builds the command
+    ``python -m tscnet.cli train --no-progress --out RUN (--config RECIPE | --resume)``."""
+    run, recipe = layout.run_dir(cell), layout.recipe(cell)
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(dump_config(config))
+    resume = (run / "config.yaml").is_file()
+    command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(run)]
+    command += ["--resume"] if resume else ["--config", str(recipe)]
+    return Task(name=str(cell), config=config, command=command, recipe=recipe, run_dir=run, log=layout.log(cell),
+                cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
+
+
+class StopSignals:
+    """Context manager: while active, SIGINT/SIGTERM to this process are recorded, not raised.
+
+    :attr:`signal` is the first one's name (``None`` while none came); :meth:`take` returns the
+    signals received since its last call, for the scheduler to forward. Handlers are installed even
+    where the shell ignored SIGINT (background jobs of a non-interactive shell), so ``kill -INT``
+    stops a ``nohup``-ed study. Outside the main thread nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self._received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signal = self.signal or signal.Signals(signum).name
+        self._received.append(signum)
+
+    def take(self) -> list[int]:
+        taken, self._received = self._received, []
+        return taken
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    task: Task
+    handle: Any
+    began: float
+    epochs_before: int
+
+
+def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, *,
+              extra: tuple[str, ...] = (), threads: int = 1, gpus: int = 0, max_hours: Optional[float] = None,
+              on_result: Optional[Callable[[CellResult], None]] = None, poll_interval: float = 1.0,
+              progress_every: float = 300.0, out: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict:
+    """Run every cell of ``cells`` without results through ``executor``; returns counts
+    (``skipped, trained, collected, diverged, failed, stopped, not_run``).
+
+    ``extra``: overrides after the spec's ``set`` (the command line's ``--set``). ``on_result`` is
+    called with a :class:`CellResult` as soon as a cell's results folder is written (e.g. to commit
+    it); an exception there stops nothing (it is printed).
+    """
+    start = time.time()
+    deadline = None if max_hours is None else start + 3600.0 * max_hours
+    check_configs(spec, cells, extra)
+    check_recipe(spec, cells, layout, extra)
+    pending = [c for c in cells if not is_collected(layout.result_dir(c))]
+    counts = {"skipped": len(cells) - len(pending), "trained": 0, "collected": 0, "diverged": 0, "failed": 0,
+              "stopped": 0, "not_run": 0}
+    out(f"study {spec.name}: {counts['skipped']} of {len(cells)} cells already have results in {layout.results}; "
+        f"{len(pending)} to run ({executor.describe()})")
+    cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
+    planned = {cell: base_config(spec, cell, extra) for cell in pending}  # for the time estimates
+    longest: dict[str, float] = {}
+    failed: set[Cell] = set()
+    running: list[_Running] = []
+    last_progress = 0.0
+
+    def finish(cell: Cell, steps: str, overrides: list[str], diverged: Optional[str],
+               seconds: Optional[float]) -> None:
+        info = cell_info(spec, cell, steps, overrides, diverged)
+        folder = collect(layout.run_dir(cell), layout.result_dir(cell), info)
+        counts["collected"] += 1
+        counts["diverged"] += bool(diverged)
+        result = CellResult(cell, folder, diverged, final_error(folder), seconds)
+        out(f"done: {cell} — {result.describe()} → {folder}")
+        if on_result is not None:
+            try:
+                on_result(result)
+            except Exception as error:  # a failing hook (e.g. git) must not lose the study
+                out(f"WARNING: the result hook failed for {cell}: {type(error).__name__}: {error}")
+
+    def ready(cell: Cell) -> bool:
+        source = source_cell(spec, cell)
+        return source is None or is_collected(layout.result_dir(source))
+
+    def fits(cell: Cell) -> bool:
+        return deadline is None or time.time() + longest.get(cell.model, 0.0) <= deadline
+
+    def progress(force: bool = False) -> None:
+        nonlocal last_progress
+        now = time.time()
+        if not force and now - last_progress < progress_every:
+            return
+        last_progress = now
+        left = sum(cost.seconds(cell.model, planned[cell])[0] for cell in pending)
+        for r in running:
+            total, _ = cost.seconds(r.cell.model, r.task.config, r.epochs_before)
+            left += max(0.0, total - (now - r.began))
+        done = counts["skipped"] + counts["collected"]
+        diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
+        out(f"progress: {done}/{len(cells)} done{diverged}, {len(running)} running, "
+            f"{len(pending)} queued, {counts['failed']} failed; "
+            f"~{format_hours(left / max(1, executor.capacity))} left")
+
+    def launch(cell: Cell) -> None:
+        overrides = cell_overrides(spec, cell, extra)
+        try:
+            config = cell_config(spec, cell, layout, extra)
+            run = layout.run_dir(cell)
+            if (run / "config.yaml").is_file():
+                problem = config_difference(config, read_yaml(run / "config.yaml"))
+                if problem:
+                    raise UserError(f"scratch run {run} has another recipe ({problem}); "
+                                    "use another --runs folder or delete it")
+        except UserError as error:
+            source = source_cell(spec, cell)
+            if source is not None and diverged_reason(layout.result_dir(source)):
+                out(f"not run: {cell}: its source {source} diverged")
+                counts["not_run_diverged_source"] = counts.get("not_run_diverged_source", 0) + 1
+                return
+            out(f"FAILED: {cell}: {error}")
+            failed.add(cell)
+            counts["failed"] += 1
+            return
+        steps = config["model"]["steps"]
+        run, log = layout.run_dir(cell), layout.log(cell)
+        if (run / "model_card.json").is_file():  # trained before, not yet collected
+            finish(cell, steps, overrides, run_divergence(run), None)
+            return
+        if (run / "config.yaml").is_file():
+            diverged = run_divergence(run, log)
+            if diverged:  # diverged before, not yet collected: a result, not retried
+                finish(cell, steps, overrides, diverged, None)
+                return
+        task = make_task(cell, config, layout, threads, gpus)
+        try:
+            handle = executor.start(task)
+        except UserError as error:
+            out(f"FAILED: {cell}: {error}")
+            failed.add(cell)
+            counts["failed"] += 1
+            return
+        out(f"{'resuming' if task.resume else 'starting'}: {cell} (steps {steps}) in {run}")
+        running.append(_Running(cell, task, handle, time.time(), len(read_metrics(run))))
+
+    def ended(r: _Running, code: int, stopping: Optional[str]) -> None:
+        seconds = time.time() - r.began
+        longest[r.cell.model] = max(longest.get(r.cell.model, 0.0), seconds)
+        run = r.task.run_dir
+        steps, overrides = r.task.config["model"]["steps"], cell_overrides(spec, r.cell, extra)
+        finished = code == 0 and (run / "model_card.json").is_file()
+        diverged = run_divergence(run, None if finished else r.task.log)
+        if finished or diverged:
+            counts["trained"] += 1
+            epochs = len(read_metrics(run)) - r.epochs_before
+            if finished and not r.task.resume:
+                cost.record(r.cell.model, seconds, epochs)
+            finish(r.cell, steps, overrides, diverged, seconds)
+        elif stopping is not None:
+            counts["stopped"] += 1
+            out(f"stopped: {r.cell} ({stopping}); resumable from {run}")
+        else:
+            failed.add(r.cell)
+            counts["failed"] += 1
+            out(f"FAILED ({code}): {r.cell} — see {r.task.log}")
+
+    with StopSignals() as stop:
+        try:
+            while True:
+                for signum in stop.take():
+                    if len(running):
+                        out(f"{signal.Signals(signum).name}: starting no further cell; {len(running)} running "
+                            "cell(s) checkpoint and stop (run the same command again to resume them)")
+                    for r in running:
+                        executor.stop(r.handle, signum)
+                started = False
+                while len(running) < executor.capacity and stop.signal is None:
+                    cell = next((c for c in pending if ready(c) and fits(c)), None)
+                    if cell is None:
+                        break
+                    pending.remove(cell)
+                    before = len(running)
+                    launch(cell)
+                    started = started or len(running) > before
+                if started:
+                    progress(force=True)
+                if not running:
+                    break
+                time.sleep(poll_interval)
+                for r in list(running):
+                    code = executor.poll(r.handle)
+                    if code is not None:
+                        running.remove(r)
+                        ended(r, code, stop.signal)
+                        progress(force=True)
+                progress()
+        finally:
+            if running:  # an exception in the loop: do not leave children without a parent that waits
+                for r in running:
+                    executor.stop(r.handle, signal.SIGTERM)
+            executor.close()
+    for cell in [c for c in pending if not ready(c)]:
+        source = source_cell(spec, cell)
+        why = "failed" if source in failed else "was not run"
+        out(f"not run: {cell}: its source {source} {why}")
+    late = [c for c in pending if ready(c)]
+    if late:
+        why = f"stopped by {stop.signal}" if stop.signal else f"--max-hours {max_hours} reached"
+        out(f"not started: {len(late)} cells ({why}); run again to continue")
+    if stop.signal:
+        out(f"stopped by {stop.signal}: {counts['stopped']} run(s) checkpointed; run the same command again "
+            "to resume them")
+    counts["not_run"] = len(pending)
+    counts["signal"] = stop.signal
+    out(f"study {spec.name}: {json.dumps(counts)} in {format_hours(time.time() - start)}")
+    return counts
