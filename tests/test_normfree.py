@@ -191,3 +191,17 @@ def test_norm_aware_input_costs_a_fixed_number_of_ops_plus_one_per_conv(one_thre
     # Every conv weight gets one more gradient: a slice of the stacked weights and its accumulation.
     assert extra[56] - extra[20] == 2 * (convs[56] - convs[20]), extra
     assert extra[20] - 2 * convs[20] <= 200, extra
+
+
+@pytest.mark.parametrize("net", ["basic20", "preact20", "bottleneck29"])
+def test_stability_bound_covers_norm_free_nets(net, one_thread):
+    from tscnet.analysis.lipschitz import stability_bound
+
+    bounds = {}
+    for policy in ("fixed:1", "depth:0.5"):
+        model = tscnet.attach_steps(_norm_free(net), policy)
+        bounds[policy] = stability_bound(model, (3, 32, 32), method="fft")
+    # Same weights, smaller steps: every factor ‖S_j‖ + L_j Δt_j shrinks, and so does the product.
+    assert all(0 < b.lipschitz < math.inf for b in bounds["fixed:1"].blocks)
+    assert bounds["depth:0.5"].log10_bound < bounds["fixed:1"].log10_bound
+    assert [b.lipschitz for b in bounds["depth:0.5"].blocks] == [b.lipschitz for b in bounds["fixed:1"].blocks]

@@ -119,12 +119,12 @@ def _pre_activation(n: int) -> BlockOpsFn:
     """``y + conv_n(relu(bn_n(…conv_1(relu(bn_1(y))))))``, shortcut on ``relu(bn_1(y))``."""
 
     def fn(block: nn.Module) -> BlockOps:
-        pre = Segment(None, block.bn1)
-        branch = [pre] + [Segment(getattr(block, f"conv{i}"), getattr(block, f"bn{i + 1}")) for i in range(1, n)]
+        pre = () if block.bn1 is None else (Segment(None, block.bn1),)  # a norm-free block has no pre-BN
+        branch = [*pre] + [Segment(getattr(block, f"conv{i}"), getattr(block, f"bn{i + 1}")) for i in range(1, n)]
         branch.append(Segment(getattr(block, f"conv{n}")))
         shortcut, kind = _projection(block.shortcut)
         # The shortcut reads the pre-activation too (He et al., "Identity Mappings").
-        return BlockOps(tuple(branch), shortcut if block.shortcut is None else (pre,) + shortcut, kind)
+        return BlockOps(tuple(branch), shortcut if block.shortcut is None else pre + shortcut, kind)
 
     return fn
 
