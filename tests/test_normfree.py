@@ -193,14 +193,14 @@ def test_norm_aware_input_costs_a_fixed_number_of_ops_plus_one_per_conv(one_thre
     assert extra[20] - 2 * convs[20] <= 200, extra
 
 
-@pytest.mark.parametrize("net", ["basic20", "preact20", "bottleneck29"])
+@pytest.mark.parametrize("net", ["basic20", "preact20"])
 def test_stability_bound_covers_norm_free_nets(net, one_thread):
     from tscnet.analysis.lipschitz import stability_bound
 
     bounds = {}
     for policy in ("fixed:1", "depth:0.5"):
         model = tscnet.attach_steps(_norm_free(net), policy)
-        bounds[policy] = stability_bound(model, (3, 32, 32), method="fft")
+        bounds[policy] = stability_bound(model, (3, 16, 16), method="fft")
     # Same weights, smaller steps: every factor ‖S_j‖ + L_j Δt_j shrinks, and so does the product.
     assert all(0 < b.lipschitz < math.inf for b in bounds["fixed:1"].blocks)
     assert bounds["depth:0.5"].log10_bound < bounds["fixed:1"].log10_bound
