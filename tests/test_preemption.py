@@ -14,9 +14,11 @@ from tscnet.train import read_metrics
 
 from run_utils import assert_same_run
 
-# 512 images at batch 64: 8 steps an epoch, 2 epochs.
+# 512 images at batch 64: 8 steps an epoch, 2 epochs; 4 evaluation batches. The loss windows of
+# steps 3, 12 and 16 span a resume point and (12, 16) the epoch boundary.
 ARGS = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--steps", "tsc", "--no-progress",
-        "--train-subset", "512", "--test-subset", "256", "--epochs", "2", "--batch-size", "64"]
+        "--train-subset", "512", "--test-subset", "256", "--epochs", "2", "--batch-size", "64",
+        "--set", "data.eval_batch_size=64", "--set", "train.loss_steps=[3,8,12,16]"]
 
 
 def _state(out):
@@ -33,8 +35,10 @@ def straight(tmp_path_factory, one_thread):
 @pytest.mark.parametrize("point, where", [
     ("step@3", "during epoch 1"),   # mid-epoch
     ("step@12", "during epoch 2"),  # mid-epoch, after an epoch boundary
-    ("step@8", "after epoch 1"),    # on the epoch's last step: the epoch is evaluated and saved whole
-    ("eval@1", "after epoch 1"),    # during evaluation
+    ("step@8", "during the evaluation of epoch 1"),  # on the epoch's last step: stops in its evaluation
+    ("eval@1", "during the evaluation of epoch 1"),  # as evaluation starts
+    ("eval@1.2", "during the evaluation of epoch 1"),  # after 2 of its 4 batches
+    ("eval@2.3", "during the evaluation of epoch 2"),  # the last epoch's
     ("save@1", "after epoch 1"),    # while the checkpoint is being written
 ])
 def test_signal_stops_with_a_checkpoint_and_resume_is_exact(point, where, straight, tmp_path, monkeypatch, capsys,
@@ -46,11 +50,16 @@ def test_signal_stops_with_a_checkpoint_and_resume_is_exact(point, where, straig
     assert len(err.splitlines()) == 1 and f"stopped by SIGTERM {where}" in err, err
     assert f"tscnet train --resume --out {out}" in err
     saved = _state(out)
-    if where.startswith("during"):
-        assert saved["progress"]["batch"] > 0  # a mid-epoch checkpoint
+    if where.startswith("during epoch"):
+        assert 0 < saved["progress"]["batch"] < 8 and saved["progress"]["trained"] is None  # a mid-epoch checkpoint
+    if "evaluation" in where:  # the epoch trained whole, not evaluated: resume evaluates it, trains no step again
+        epoch = int(where.split()[-1])
+        assert saved["epoch"] == epoch - 1 and saved["progress"]["batch"] == 8
+        assert saved["scheduler"]["last_epoch"] == 8 * epoch and saved["progress"]["trained"]["train_loss"] > 0
     monkeypatch.delenv("TSCNET_TEST_SIGNAL")
     assert main(ARGS + ["--out", str(out), "--resume"]) == 0
     assert_same_run(straight, out)
+    assert set(read_metrics(out)[1]["loss_at_step"]) == {"12", "16"}
 
 
 def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):

@@ -29,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "sched": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "step_size": 30,
               "warmup_epochs": 0.0, "warmup_start": 0.1},
     "train": {"epochs": 10, "seed": 0, "device": "auto", "amp": "auto", "channels_last": "auto",
-              "compile": False, "progress": True, "checkpoint_every": None, "log": "none"},
+              "compile": False, "progress": True, "checkpoint_every": None, "log": "none",
+              "loss_steps": [100, 300]},
 }
 
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
@@ -203,6 +204,9 @@ RULES: dict[str, tuple[Any, str]] = {
     "train.device": (_name, "auto, cpu, cuda or cuda:N"),
     "train.amp": (lambda v: v is False or v in AMP_SETTINGS, f"one of {', '.join(AMP_SETTINGS)}"),
     "train.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    # The mean training loss of the 20 steps ending at each listed global step (metrics' loss_at_step).
+    "train.loss_steps": (lambda v: isinstance(v, list) and all(_positive_int(s) for s in v),
+                         "a list of positive step numbers such as [100, 300] ([] for none)"),
 }
 
 

@@ -4,7 +4,13 @@ One CPU, one GPU or many (``torchrun --nproc_per_node=N -m tscnet.cli train ...`
 on CPU, nccl on GPU; ``data.batch_size`` is the global batch; rank 0 writes). Each epoch ends with
 an atomic checkpoint, so ``resume=True`` continues a killed run exactly (on CPU, bit for bit).
 SIGTERM/SIGINT, or ``train.checkpoint_every``, write a mid-epoch checkpoint that ``resume`` continues
-from the next step (:mod:`.preemption`); ``train.log=tensorboard`` adds live monitoring (:mod:`.monitor`).
+from the next step (:mod:`.preemption`); a signal during the evaluation stops it within a batch, and
+``resume`` redoes it. ``train.log=tensorboard`` adds live monitoring (:mod:`.monitor`).
+
+The host reads the device every 20 steps (and at the steps of ``train.loss_steps``): there it
+checks the loss, and a run whose loss became NaN or infinite stops with the global step at which
+it did (found from the last 20 losses, kept on the device), keeps its last finite checkpoint and
+writes ``diverged.json``. ``platform.json`` records where the run ran (:mod:`.machine`).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import math
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -27,8 +33,10 @@ from ..data import create_loaders
 from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
+from . import machine
 from . import run as runfiles
 from .config import dump_config, validate_config
+from .console import EpochLog
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
 from .monitor import check_log_setting, open_monitor
@@ -37,7 +45,19 @@ from .preemption import CheckpointClock, StopRequest, TrainingStopped, inject_si
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint is kept.
+
+    ``details``: where (``step`` global from 1, ``epoch`` and ``batch`` from 1) and the ``loss``.
+    """
+
+    def __init__(self, message: str, details: Optional[dict] = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+DIVERGED_FILE = "diverged.json"
+SYNC_EVERY = 20  # steps between host reads of the device: the loss check, the bar, the loss window
+EVAL_POLL_EVERY = 5  # evaluation batches between the ranks' agreement on a stop (torchrun only)
 
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -115,22 +135,82 @@ def _write_metrics(out_dir: Path, history: list[dict]) -> None:
     runfiles.atomic_write_bytes(out_dir / runfiles.METRICS_FILE, text.encode())
 
 
+class RecentLosses:
+    """The training loss of the last :data:`SYNC_EVERY` steps, on the device: one slot written per
+    step (no host sync). Read at the sync points when the loss sum turned non-finite (which step
+    did it first), and at the steps of ``train.loss_steps`` (the mean of the 20 steps ending there).
+    Saved with every checkpoint, since a window can span epochs and a resume."""
+
+    def __init__(self, device: torch.device, saved: Optional[torch.Tensor] = None) -> None:
+        self.values = (torch.full((SYNC_EVERY,), math.nan, device=device) if saved is None
+                       else saved.to(device=device, dtype=torch.float32))
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        self.values[(step - 1) % SYNC_EVERY] = loss.detach()
+
+    def mean(self, step: int, ctx: Context) -> Optional[float]:
+        """The mean loss of steps ``max(1, step - 19) .. step`` over all ranks (None if not finite)."""
+        n = min(step, SYNC_EVERY)
+        total = self.values[:n].double().sum()  # slots 0..n-1 are exactly those steps
+        if ctx.world_size > 1:
+            torch.distributed.all_reduce(total)
+        value = float(total) / (n * ctx.world_size)
+        return value if math.isfinite(value) else None
+
+    def first_bad(self, after: int, upto: int, ctx: Context, finite: bool) -> Optional[tuple[int, float]]:
+        """``(step, loss)`` of the first step in ``after+1 .. upto`` (at most 20 steps) whose loss was
+        not finite on some rank, with that step's mean loss over the ranks; None if every loss was
+        finite. ``finite``: this rank's running sum is (all ranks call this together)."""
+        values = None if finite else self.values.tolist()
+        bad = next((s for s in range(after + 1, upto + 1)
+                    if values is not None and not math.isfinite(values[(s - 1) % SYNC_EVERY])), None)
+        if ctx.world_size > 1:  # the ranks agree on the step and average its loss
+            agreed = torch.tensor([upto + 1 if bad is None else bad], device=self.values.device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            bad = None if int(agreed) > upto else int(agreed)
+            if bad is None:
+                return None
+            loss = self.values[(bad - 1) % SYNC_EVERY].double().clone()
+            torch.distributed.all_reduce(loss)
+            return bad, float(loss) / ctx.world_size
+        if bad is None:
+            if not finite:  # the float64 sum overflowed on finite losses: call it the last step
+                return upto, math.inf
+            return None
+        return bad, values[(bad - 1) % SYNC_EVERY]
+
+
 def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Context, amp_dtype,
                  channels_last: bool, label_smoothing: float, desc: str, progress: bool, *, start: "EpochProgress",
-                 stop: StopRequest, clock: CheckpointClock, save_midway, monitor=None) -> Optional[dict]:
+                 stop: StopRequest, clock: CheckpointClock, save_midway, recent: RecentLosses, loss_steps: set,
+                 first_step: int, monitor=None) -> Optional[dict]:
     """Train one epoch from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
 
-    Returns the epoch's metrics, or ``None`` when a signal stopped it mid-way (after
-    ``save_midway(progress)`` wrote the checkpoint).
+    ``first_step``: global steps done before the epoch. Returns the epoch's metrics, or ``None``
+    when a signal stopped it mid-way (after ``save_midway(progress)`` wrote the checkpoint).
+    Raises :class:`TrainingDiverged` at the first sync point after the loss became non-finite.
     """
     model.train()
     sums = MetricSums(ctx.device)
     if start.sums is not None:
         sums.load_state(start.sums)
-    bar = tqdm(total=len(loader), initial=start.batch, desc=desc, unit="batch",
-               disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+    loss_at = dict(start.loss_at_step)
+    log = EpochLog(len(loader), start.batch, desc, progress and ctx.is_main)
     begin, seen = time.perf_counter() - start.elapsed, start.seen
+    checked = first_step + start.batch  # the loss was finite up to this global step
+
+    def check(step: int) -> None:
+        """Raise if a loss since the last check was not finite (a host sync; every rank calls it)."""
+        bad = recent.first_bad(checked, step, ctx, sums.loss_is_finite())
+        if bad is not None:
+            log.close()
+            at, loss = bad
+            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({desc}, batch {at - first_step})",
+                                   {"step": at, "batch": at - first_step, "loss": loss,
+                                    "loss_at_step": loss_at})
+
     for i, (images, target) in enumerate(loader, start=start.batch):
+        step = first_step + i + 1
         images = images.to(ctx.device, non_blocking=True)
         target = target.to(ctx.device, non_blocking=True)
         if channels_last:
@@ -147,35 +227,49 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
         scaler.update()
         scheduler.step()
         sums.update(logits.float(), target, loss)
+        recent.record(step, loss)
         seen += target.numel() * ctx.world_size
+        if step in loss_steps:  # a host read at these steps only
+            loss_at[str(step)] = recent.mean(step, ctx)
         # Syncing costs on a GPU: check for divergence and refresh the bar every 20 batches.
-        if i % 20 == 19 or i + 1 == len(loader):
-            if not sums.loss_is_finite():
-                bar.close()
-                raise TrainingDiverged(f"loss became {float(loss):.4g} in {desc}, batch {i + 1}")
+        if i % SYNC_EVERY == SYNC_EVERY - 1 or i + 1 == len(loader):
+            check(step)
+            checked = step
             m = sums.compute()
-            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['top1']:.1f}%",
-                            img_s=f"{seen / (time.perf_counter() - begin):.0f}", refresh=False)
+            log.sync(i + 1, m["loss"], m["top1"], seen, time.perf_counter() - begin)
             if monitor is not None:
                 monitor.step(scheduler.last_epoch, m["loss"], m["top1"], scheduler.get_last_lr()[0])
-        bar.update(1)
+        log.advance()
         inject_signal("step", scheduler.last_epoch)
         # Under torchrun agreeing is a collective, and on a GPU its host sync would stall the
         # queue every step: there, ranks agree at the bar's sync points only.
-        if ctx.world_size == 1 or ctx.device.type != "cuda" or i % 20 == 19:
+        if ctx.world_size == 1 or ctx.device.type != "cuda" or i % SYNC_EVERY == SYNC_EVERY - 1:
             stopping, due = stop.poll(ctx.device, clock.due(scheduler.last_epoch))
         else:
             stopping = due = False
         if i + 1 < len(loader) and (stopping or due):
-            save_midway(EpochProgress(i + 1, _gathered(sums, ctx), seen, time.perf_counter() - begin))
+            if checked != step:
+                check(step)
+                checked = step
+            # A checkpoint holds finite weights only: a step can blow them up with a finite loss (the
+            # next loss is then NaN, and the run stops there, keeping the previous checkpoint).
+            if not _finite(model, optimizer, ctx):
+                if not stopping:
+                    continue
+                log.close()
+                raise TrainingDiverged(f"the weights became non-finite at step {step} ({desc}, batch {i + 1}) "
+                                       f"with loss {float(loss):.4g}",
+                                       {"step": step, "batch": i + 1, "loss": float(loss), "loss_at_step": loss_at})
+            save_midway(EpochProgress(i + 1, _gathered(sums, ctx), seen, time.perf_counter() - begin, loss_at))
             if stopping:
-                bar.close()
+                log.close()
                 return None
-    bar.close()
+    log.close()
     elapsed = time.perf_counter() - begin
     sums.reduce()
     m = sums.compute()
-    return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed}
+    return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed,
+            "loss_at_step": loss_at}
 
 
 @dataclass
@@ -186,20 +280,42 @@ class EpochProgress:
     sums: Optional[torch.Tensor] = None  # this rank's MetricSums.state() (all ranks' in a checkpoint)
     seen: int = 0
     elapsed: float = 0.0
+    loss_at_step: dict = field(default_factory=dict)  # the epoch's train.loss_steps values so far
+    trained: Optional[dict] = None  # the epoch's training metrics: trained whole, stopped in its evaluation
 
     def to_dict(self) -> dict:
-        return {"batch": self.batch, "sums": self.sums, "seen": self.seen, "elapsed": self.elapsed}
+        return {"batch": self.batch, "sums": self.sums, "seen": self.seen, "elapsed": self.elapsed,
+                "loss_at_step": self.loss_at_step, "trained": self.trained}
 
     @classmethod
     def for_rank(cls, saved: Optional[dict], rank: int) -> "EpochProgress":
         if not saved:
             return cls()
-        return cls(int(saved["batch"]), saved["sums"][rank], int(saved["seen"]), float(saved["elapsed"]))
+        sums = None if saved["sums"] is None else saved["sums"][rank]
+        return cls(int(saved["batch"]), sums, int(saved["seen"]), float(saved["elapsed"]),
+                   dict(saved.get("loss_at_step") or {}), saved.get("trained"))
+
+
+def _finite(model: nn.Module, optimizer, ctx: Context) -> bool:
+    """Whether every weight, buffer and optimizer state is finite (on every rank; one host sync)."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    tensors += [t for state in optimizer.state.values() for t in state.values()
+                if torch.is_tensor(t) and t.is_floating_point()]
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float() if tensors else torch.ones(())
+    ok = ok.to(ctx.device).reshape(1)
+    if ctx.world_size > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok)
 
 
 def _gathered(sums: MetricSums, ctx: Context) -> torch.Tensor:
     """Every rank's metric sums, one row per rank (each rank resumes its own)."""
-    state = sums.state().to(ctx.device)
+    return _rows(sums.state(), ctx)
+
+
+def _rows(state: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Every rank's ``state``, one row per rank, on the CPU (a collective under torchrun)."""
+    state = state.to(ctx.device)
     if ctx.world_size == 1:
         return state.cpu().unsqueeze(0)
     rows = [torch.empty_like(state) for _ in range(ctx.world_size)]
@@ -208,18 +324,20 @@ def _gathered(sums: MetricSums, ctx: Context) -> torch.Tensor:
 
 
 def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, history: list[dict], config: dict,
-                progress: Optional[EpochProgress] = None) -> dict:
-    """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint)."""
+                recent: torch.Tensor, progress: Optional[EpochProgress] = None) -> dict:
+    """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint);
+    ``recent``: every rank's last 20 losses (:class:`RecentLosses`, one row per rank)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
         "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
         "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
-        "progress": None if progress is None else progress.to_dict(),
+        "progress": None if progress is None else progress.to_dict(), "recent_losses": recent,
     }
 
 
-def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1) -> None:
+def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1,
+            platforms: Optional[list] = None) -> None:
     try:
         folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
                                       {"model": config["model"]["name"], "steps": config["model"]["steps"]})
@@ -237,6 +355,7 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], 
         "params_folded": None if folded is None else sum(p.numel() for p in folded.parameters()),
         "folded_weights": None if folded is None else runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
         "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
+        "platform": platforms or [],  # where it ran: platform.json (tscnet.train.machine)
     }
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
@@ -287,6 +406,8 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
     history: list[dict] = []
     start_epoch, progress = 0, EpochProgress()
     ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
+    recent = RecentLosses(ctx.device)
+    kept = "no checkpoint was written"  # what a divergence leaves behind
     if resume and ckpt_path.exists():
         ckpt = runfiles.load_checkpoint(ckpt_path, map_location=ctx.device)
         runfiles.check_checkpoint_matches(ckpt, config, ckpt_path)
@@ -298,8 +419,18 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         progress = EpochProgress.for_rank(ckpt.get("progress"), ctx.rank)  # a mid-epoch checkpoint
+        if ckpt.get("recent_losses") is not None:  # else a checkpoint from before: windows across it are null
+            recent = RecentLosses(ctx.device, ckpt["recent_losses"][ctx.rank])
+        kept = _kept(ckpt_path, start_epoch, progress.batch)
         if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
             _write_metrics(out_dir, history)
+    steps_per_epoch = len(train_loader)
+    platforms = []
+    if ctx.is_main:
+        platforms = machine.record(out_dir, machine.describe(ctx.device, ctx.world_size),
+                                   start_epoch * steps_per_epoch + progress.batch, start_epoch)
+    loss_steps = set(tc["loss_steps"])
+    eval_batches = _fewest(len(test_loader), ctx)
     train_model = ctx.wrap(model)
     if backend is not None:
         train_model = torch.compile(train_model, backend=backend)
@@ -308,49 +439,104 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         for epoch in range(start_epoch, epochs):
             train_loader.set_epoch(epoch, progress.batch)
             row = {"epoch": epoch + 1}
+            desc = f"epoch {epoch + 1}/{epochs}"
 
             def save_midway(now: EpochProgress, done: int = epoch) -> None:
+                """A checkpoint inside epoch ``done + 1`` (every rank calls it: the loss windows are gathered)."""
+                nonlocal kept
+                rows = _rows(recent.values, ctx)
                 if ctx.is_main:
-                    runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, scaler, done, history, config, now),
-                                         ckpt_path)
+                    runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, scaler, done, history, config, rows,
+                                                     now), ckpt_path)
+                kept = _kept(ckpt_path, done, now.batch)
+
+            def eval_stop(k: int, done: int = epoch) -> bool:
+                """After ``k`` evaluation batches: stop for a signal? (ranks agree every few batches)"""
+                inject_signal("eval", f"{done + 1}.{k}")
+                if ctx.world_size == 1:
+                    return stop.signal is not None
+                return k % EVAL_POLL_EVERY == 0 and k <= eval_batches and stop.requested(ctx.device)
 
             try:
-                with warnings.catch_warnings():
-                    if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
-                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                    trained = _train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
-                                           channels_last, config["optim"]["label_smoothing"],
-                                           f"epoch {epoch + 1}/{epochs}", tc["progress"], start=progress, stop=stop,
-                                           clock=clock, save_midway=save_midway, monitor=monitor)
+                if progress.trained is not None:  # stopped during this epoch's evaluation: trained already
+                    trained = progress.trained
+                else:
+                    with warnings.catch_warnings():
+                        if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
+                            warnings.filterwarnings("ignore",
+                                                    message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                        trained = _train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
+                                               channels_last, config["optim"]["label_smoothing"], desc,
+                                               tc["progress"], start=progress, stop=stop, clock=clock,
+                                               save_midway=save_midway, recent=recent, loss_steps=loss_steps,
+                                               first_step=epoch * steps_per_epoch, monitor=monitor)
                 progress = EpochProgress()
                 if trained is None:
                     raise TrainingStopped(_stopped(stop, f"during epoch {epoch + 1}", ckpt_path, out_dir))
                 row.update(trained)
                 inject_signal("eval", epoch + 1)
-                row.update(evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last))
+                tested = evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last, stop=eval_stop)
+                if tested is None:  # a signal: keep the trained epoch, redo its evaluation on resume
+                    save_midway(EpochProgress(steps_per_epoch, None, 0, 0.0, trained["loss_at_step"], trained))
+                    raise TrainingStopped(_stopped(stop, f"during the evaluation of epoch {epoch + 1}", ckpt_path,
+                                                   out_dir))
+                row.update(tested)
                 if not math.isfinite(row["test_loss"]):
-                    raise TrainingDiverged(f"test loss became {row['test_loss']} after epoch {epoch + 1}")
+                    step = (epoch + 1) * steps_per_epoch
+                    raise TrainingDiverged(f"test loss became {row['test_loss']:.4g} after {desc} (step {step})",
+                                           {"step": step, "batch": steps_per_epoch, "loss": row["test_loss"],
+                                            "loss_at_step": trained["loss_at_step"]})
             except TrainingDiverged as error:
-                kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept in {ckpt_path}" if history
-                        else "no checkpoint was written")
-                raise TrainingDiverged(f"{error}; {kept}; lower optim.lr or add sched.warmup_epochs") from None
+                _diverged(out_dir, error, epoch + 1, history, kept, ctx)
             ctx.check_in_sync(model, epoch + 1)
             dt_mean = [float(s.mean()) for s in step_sizes(model)]
             row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
             history.append(row)
             inject_signal("save", epoch + 1)
+            rows = _rows(recent.values, ctx)
             if ctx.is_main:
-                state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config)
+                state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config, rows)
                 runfiles.atomic_save(state, ckpt_path)
                 _write_metrics(out_dir, history)
                 tqdm.write(_epoch_line(row, epochs))
+            kept = _kept(ckpt_path, epoch + 1)
             if monitor is not None:
                 monitor.epoch(row, step_sizes(model))
-            if epoch + 1 < epochs and stop.requested(ctx.device):  # a signal during evaluation or the checkpoint
+            if epoch + 1 < epochs and stop.requested(ctx.device):  # a signal during the checkpoint
                 raise TrainingStopped(_stopped(stop, f"after epoch {epoch + 1}", ckpt_path, out_dir))
     if ctx.is_main and history:
-        _finish(out_dir, model, config, history, ctx.world_size)
+        _finish(out_dir, model, config, history, ctx.world_size, platforms)
     return history
+
+
+def _fewest(n: int, ctx: Context) -> int:
+    """The smallest ``n`` over the ranks (evaluation shards may differ by a batch)."""
+    if ctx.world_size == 1:
+        return n
+    fewest = torch.tensor([n], device=ctx.device)
+    torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
+    return int(fewest)
+
+
+def _kept(ckpt_path: Path, epochs_done: int, batch: int = 0) -> str:
+    where = f"epoch {epochs_done}" if not batch else f"epoch {epochs_done + 1}, batch {batch}"
+    return f"the last good checkpoint ({where}) is kept in {ckpt_path}"
+
+
+def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[dict], kept: str,
+              ctx: Context) -> None:
+    """Write ``diverged.json`` and raise the one-line divergence error."""
+    message = f"training diverged: {error}; {kept}; lower optim.lr or add sched.warmup_epochs"
+    details = error.details
+    if ctx.is_main:
+        loss_at = {k: v for row in history for k, v in row.get("loss_at_step", {}).items()}
+        loss_at.update(details.get("loss_at_step", {}))
+        loss = details.get("loss", math.nan)
+        record = {"step": details.get("step"), "epoch": epoch, "batch": details.get("batch"),
+                  "loss": loss if math.isfinite(loss) else str(loss),  # strict JSON has no NaN: "nan", "inf"
+                  "message": message, "loss_at_step": loss_at}
+        runfiles.atomic_write_bytes(out_dir / DIVERGED_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    raise TrainingDiverged(message, {**details, "epoch": epoch}) from None
 
 
 def _stopped(stop: StopRequest, where: str, ckpt_path: Path, out_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """Classification metrics, computed in one place: summed on device, reduced across ranks."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -47,11 +47,15 @@ class MetricSums:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (%) and error (%) of ``model`` over ``loader`` (all ranks)."""
+             channels_last: bool = False, stop: Optional[Callable[[int], bool]] = None) -> Optional[dict[str, float]]:
+    """Test loss, top-1 and top-5 (%) and error (%) of ``model`` over ``loader`` (all ranks).
+
+    ``stop(k)`` is asked after each batch (``k`` batches done); when it says so the evaluation is
+    abandoned and ``None`` returned (a signal: the training engine checkpoints and exits at once).
+    """
     model.eval()
     sums = MetricSums(device)
-    for images, target in loader:
+    for k, (images, target) in enumerate(loader, start=1):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         if channels_last:
@@ -60,6 +64,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
             logits = model(images)
         logits = logits.float()
         sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
+        if stop is not None and stop(k):
+            return None
     sums.reduce()
     out = sums.compute("test_")
     out["test_error"] = 100.0 - out["test_top1"]

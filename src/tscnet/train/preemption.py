@@ -10,8 +10,12 @@ Under torchrun every rank agrees on the step at which to stop (the flag is all-r
 
 ``TSCNET_TEST_SIGNAL=POINT@N`` (tests only) makes the process send itself a real SIGTERM at a
 named point: ``step@N`` after global step N, ``eval@N`` as epoch N's evaluation starts,
-``save@N`` as epoch N's checkpoint is about to be written; ``TSCNET_TEST_SIGNAL_RANK=R`` limits
-it to torchrun rank R.
+``eval@N.K`` after K batches of epoch N's evaluation, ``save@N`` as epoch N's checkpoint is about
+to be written; ``TSCNET_TEST_SIGNAL_RANK=R`` limits it to torchrun rank R.
+
+A signal during an evaluation stops it within a batch (under torchrun, within a few: the ranks
+agree every few batches); the checkpoint then holds the trained epoch, and ``resume`` redoes the
+evaluation only.
 """
 from __future__ import annotations
 
@@ -116,7 +120,7 @@ def _positive(text: str) -> bool:
         return False
 
 
-def inject_signal(point: str, n: int) -> None:
+def inject_signal(point: str, n: Union[int, str]) -> None:
     """Send this process SIGTERM if ``TSCNET_TEST_SIGNAL`` names ``point@n`` (fault injection for tests)."""
     rank = os.environ.get("TSCNET_TEST_SIGNAL_RANK")
     if os.environ.get("TSCNET_TEST_SIGNAL") == f"{point}@{n}" and rank in (None, os.environ.get("RANK", "0")):

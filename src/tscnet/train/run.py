@@ -7,7 +7,9 @@
     RUN/checkpoint.pt      the last epoch's state (atomic write; ``torch.load(weights_only=True)``)
     RUN/model.safetensors  the folded, vanilla-architecture weights (at the end)
     RUN/steps.json         the final Δt of every block and channel (at the end; ``profile:RUN`` reads it)
-    RUN/model_card.json    model, policy, data, final metrics, commit (at the end, written last)
+    RUN/platform.json      where it ran: torch, CPU model or GPU, threads, host (one entry per machine)
+    RUN/diverged.json      only if the loss became NaN/inf: step, epoch, batch, loss, message
+    RUN/model_card.json    model, policy, data, final metrics, commit, platform (at the end, written last)
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ METRIC_KEYS = (
     "evolution_time",   # T = Σ_d mean_c Δt_d
     "dt_mean",          # [mean_c Δt_d for each block d]
     "epoch_time", "images_per_s",
+    "loss_at_step",     # {"100": mean train loss of steps 81..100, ...} for train.loss_steps in this epoch
 )
 
 
