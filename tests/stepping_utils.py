@@ -31,6 +31,19 @@ def randomize_steps(model: nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
+def write_random_profile(model: nn.Module, path, seed: int = 0):
+    """A ``steps.json`` of random steps in [0.2, 1.8] for every block and channel of ``model``; returns ``path``."""
+    import json
+
+    from tscnet.stepping import find_branches
+    from tscnet.stepping.profile import profile_dict
+
+    g = torch.Generator().manual_seed(seed)
+    steps = [torch.rand(b.channels, generator=g) * 1.6 + 0.2 for b in find_branches(model)]
+    path.write_text(json.dumps(profile_dict(steps, type(model).__name__, "profile")))
+    return path
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import tscnet
@@ -167,7 +168,7 @@ def test_models_cast_to_half_precision_train_and_fold(policy, dtype):
 def test_slot_site_under_autocast_rounds_the_product_not_the_step():
     site = StepScale()
     dt = torch.tensor([1.0 + 2**-9, 0.75 + 2**-10, 1.5]).view(1, -1, 1, 1)  # not bf16-representable
-    site.bind(type("Policy", (), {"site_args": lambda self, i: dt})(), 0)
+    site.bind(type("Policy", (nn.Module,), {"site_args": lambda self, i, x: dt})(), 0)
     x = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = site(x)

@@ -128,8 +128,9 @@ def test_unfold_inverts_fold_and_keeps_the_function(name, tmp_path):
     refolded = tscnet.fold_steps(rebuilt).state_dict()
     assert all(torch.allclose(refolded[k], v, rtol=1e-5, atol=1e-7) for k, v in folded.state_dict().items())
     # Away from the switched-off channels the original weights come back (γ, β, W or SE columns).
-    original = {k: v for k, v in model.state_dict().items() if not k.startswith("step_policy")}
-    unfolded = {k: v for k, v in rebuilt.state_dict().items() if not k.startswith("step_policy")}
+    prefix = tscnet.stepping.policy_name(model) + "."
+    original = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    unfolded = {k: v for k, v in rebuilt.state_dict().items() if not k.startswith(prefix)}
     assert original.keys() == unfolded.keys()
     changed_by_fold = [k for k, v in folded.state_dict().items() if not torch.equal(v, original[k])]
     assert changed_by_fold, "the steps must change some weights when folded"

@@ -89,7 +89,7 @@ def test_profile_policy_loads_a_file_or_run_folder_exactly_and_freezes_it(tmp_pa
         model = tscnet.create_model("cifar_resnet20", steps=f"profile:{source}")
         policy = tscnet.get_policy(model)
         assert not list(policy.parameters())
-        assert "step_policy.dt" in model.state_dict()  # checkpoints keep the steps they trained with
+        assert "layer1.0.bn2.step_policy.dt" in model.state_dict()  # checkpoints keep the steps they trained with
         for got, want in zip(tscnet.step_sizes(model), steps):
             assert torch.equal(got, want)  # bit for bit: full float precision in the file
 

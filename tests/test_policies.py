@@ -42,8 +42,9 @@ def test_unit_step_policies_start_as_the_vanilla_model(policy, name):
         vanilla.train(mode == "train"), stepped.train(mode == "train")
         torch.testing.assert_close(stepped(x), vanilla(x), rtol=1e-5, atol=1e-5)
     # Running statistics move identically through the stepped BN.
-    for (k, a), (_, b) in zip(vanilla.state_dict().items(), stepped.state_dict().items()):
-        torch.testing.assert_close(a, b, msg=k)
+    stepped_state = stepped.state_dict()
+    for k, a in vanilla.state_dict().items():
+        torch.testing.assert_close(a, stepped_state[k], msg=k)
 
 
 def test_state_dict_keeps_vanilla_names_plus_policy():
@@ -51,7 +52,9 @@ def test_state_dict_keeps_vanilla_names_plus_policy():
     stepped = tscnet.create_model("cifar_resnet20", steps="tsc")
     extra = set(stepped.state_dict()) - set(vanilla.state_dict())
     assert set(vanilla.state_dict()) <= set(stepped.state_dict())
-    assert extra and all(k.startswith("step_policy.") for k in extra)
+    # The policy lives in the first block's step site, under one prefix.
+    assert tscnet.stepping.policy_name(stepped) == "layer1.0.bn2.step_policy"
+    assert extra and all(k.startswith("layer1.0.bn2.step_policy.") for k in extra)
     assert not any(k.endswith(("gamma", "beta")) for k in stepped.state_dict())
 
 
@@ -178,7 +181,8 @@ def test_replace_steps_keeps_weights_and_swaps_the_policy(name):
     model = tscnet.attach_steps(copy.deepcopy(vanilla), "tsc")
     with torch.no_grad():
         randomize_steps(model)  # Δt ≠ 1, so a stale binding would change the output
-    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("step_policy.")}
+    prefix = tscnet.stepping.policy_name(model) + "."
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(prefix)}
     replace_steps(model, "fixed:0.5")
     assert str(tscnet.get_policy(model).spec) == "fixed:0.5"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())

@@ -1,14 +1,15 @@
 """Step sizes on residual branches: sites, policies, controllers, attach and fold."""
 from . import controllers  # noqa: F401  (registers the "mlp" and "tsc" policies)
-from .attach import (attach_steps, branches_of, convert_sync_batchnorm, evolution_time, get_policy, replace_steps,
-                     step_sizes)
+from .attach import (attach_steps, branches_of, convert_sync_batchnorm, evolution_time, get_policies, get_policy,
+                     policy_name, replace_steps, step_sizes)
 from .branches import Branch, find_branches, register_block, supported_blocks
 from .fold import fold_steps, register_gate, unfold_steps
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy, policy_names, register_policy
 
 __all__ = [
     "Branch", "PolicySpec", "StepPolicy", "attach_steps", "branches_of", "build_policy", "convert_sync_batchnorm",
-    "evolution_time", "find_branches", "fold_steps", "get_policy", "parse_policy", "policy_names",
+    "evolution_time", "find_branches", "fold_steps", "get_policies", "get_policy", "parse_policy", "policy_name",
+    "policy_names",
     "register_block", "register_gate", "register_policy", "replace_steps", "step_sizes", "supported_blocks",
     "unfold_steps",
 ]

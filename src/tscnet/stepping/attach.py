@@ -1,8 +1,17 @@
 """Attach step policies to a model, and read its steps back.
 
 ``attach_steps(model, "tsc")`` turns every residual block ``y + F(y)`` of a supported model into
-``y + Δt_d ⊙ F(y)`` in place: it registers the policy as ``model.step_policy`` and replaces one
-module per branch by a step site (:mod:`tscnet.stepping.sites`), keeping every parameter name.
+``y + Δt_d ⊙ F(y)`` in place: it replaces one module per branch by a step site
+(:mod:`tscnet.stepping.sites`), keeping every parameter name, and registers the policy as a child
+of the first block's site (``layer1.0.bn2.step_policy`` in a ResNet-18).
+
+Why there: a backbone is taken apart in many ways (timm ``features_only``, torchvision's
+``IntermediateLayerGetter`` and FX feature extractors, a detector's ``backbone.body``), and all of
+them keep the network's first blocks, call the top-level children in order, trace the forward
+with ``torch.fx`` or deep-copy the model. Inside the first block's site the policy is kept by
+each of them, is never called with an input (no container calls a site's children), and is part
+of the module tree that FX and ``copy.deepcopy`` walk. Its parameters sit under one prefix,
+:func:`policy_name` ``+ "."``, next to the vanilla model's unchanged keys.
 """
 from __future__ import annotations
 
@@ -13,9 +22,10 @@ from torch import nn
 
 from .branches import Branch, find_branches
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
-from .sites import SITES, StepBatchNorm2d, StepSyncBatchNorm
+from .sites import POLICY_ATTR, SITES, StepBatchNorm2d, StepSite, StepSyncBatchNorm
 
-POLICY_ATTR = "step_policy"
+__all__ = ["POLICY_ATTR", "attach_steps", "branches_of", "convert_sync_batchnorm", "evolution_time", "get_policies",
+           "get_policy", "policy_name", "replace_steps", "step_sizes", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -26,41 +36,82 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def get_policy(model: nn.Module) -> Optional[StepPolicy]:
-    """The step policy attached to ``model`` (unwrapping DDP / compile wrappers), or ``None``.
-
-    Raises:
-        RuntimeError: a step site was replaced behind the policy's back (e.g. by
-            ``nn.SyncBatchNorm.convert_sync_batchnorm``), so some blocks would silently lose Δt.
-    """
-    policy = getattr(unwrap_model(model), POLICY_ATTR, None)
-    if not isinstance(policy, StepPolicy):
-        return None
+def _check_sites(policy: StepPolicy) -> None:
+    """Raise if a step site of ``policy`` was replaced behind its back (its block would lose Δt)."""
     for index, (branch, site) in enumerate(zip(policy.branches, policy.sites)):
         if getattr(branch.block, branch.site_attr) is not site:
             raise RuntimeError(
                 f"the step site of block {index} ({type(branch.block).__name__}.{branch.site_attr}) was replaced "
                 f"by a {type(getattr(branch.block, branch.site_attr)).__name__}, so its step Δt is gone; "
                 "use tscnet.convert_sync_batchnorm(model) instead of nn.SyncBatchNorm.convert_sync_batchnorm")
-    return policy
+
+
+def get_policies(model: nn.Module) -> dict[str, StepPolicy]:
+    """Every step policy inside ``model`` (one per :func:`attach_steps` call), by qualified name.
+
+    Raises:
+        RuntimeError: a step site was replaced behind the policy's back (e.g. by
+            ``nn.SyncBatchNorm.convert_sync_batchnorm``), or ``model`` holds step sites but not
+            their policy (a part cut from a stepped network without its first block).
+    """
+    model = unwrap_model(model)
+    policies = {name: m for name, m in model.named_modules() if isinstance(m, StepPolicy)}
+    for policy in policies.values():
+        _check_sites(policy)
+    if not policies:
+        site = next((name for name, m in model.named_modules() if isinstance(m, StepSite)), None)
+        if site is not None:
+            raise RuntimeError(f"{type(model).__name__} holds the step site {site} but not its step policy, which "
+                               "lives in the first stepped block's site: use the whole stepped network (or a part "
+                               "that keeps its first block)")
+    return policies
+
+
+def get_policy(model: nn.Module) -> Optional[StepPolicy]:
+    """The step policy attached to ``model`` (unwrapping DDP / compile wrappers), or ``None``.
+
+    Raises:
+        RuntimeError: see :func:`get_policies`.
+        ValueError: ``model`` holds several policies (steps attached to several of its parts).
+    """
+    policies = get_policies(model)
+    if len(policies) > 1:
+        raise ValueError(f"{type(unwrap_model(model)).__name__} holds {len(policies)} step policies "
+                         f"({', '.join(policies)}): steps were attached to several parts; ask each part")
+    return next(iter(policies.values()), None)
+
+
+def policy_name(model: nn.Module) -> Optional[str]:
+    """Qualified name of the policy module inside ``model`` (its state-dict keys start with it + ``"."``)."""
+    names = list(get_policies(model))
+    if len(names) > 1:
+        get_policy(model)  # raises the error naming them
+    return names[0] if names else None
 
 
 def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") -> nn.Module:
     """Insert step sites and the policy ``steps`` into ``model`` in place; returns ``model``.
 
     Attach after loading pretrained weights: parameter names are unchanged, the policy adds
-    ``step_policy.*``. ``steps="none"`` leaves the model untouched.
+    ``<first site>.step_policy.*`` (:func:`policy_name`). ``steps="none"`` leaves the model
+    untouched. ``model`` may be a whole network, a backbone or a wrapper around one (timm
+    ``features_only``, torchvision ``IntermediateLayerGetter``, a detector or its backbone).
     """
-    if get_policy(model) is not None:
+    if any(isinstance(m, StepSite) for m in unwrap_model(model).modules()):
         raise ValueError("model already has steps attached; fold_steps() it or build a fresh model")
     spec = parse_policy(steps)
+    if spec.name == "none":  # nothing to insert, so nothing to check (Fixup nets are vanilla here)
+        return model
     branches = find_branches(model)
+    refused = next((b.refusal for b in branches if b.refusal), None)
+    if refused:
+        raise TypeError(refused)
     policy = build_policy(spec, branches)
     if policy is None:
         return model
     for branch in branches:
         setattr(branch.block, branch.site_attr, SITES[branch.site].wrap(getattr(branch.block, branch.site_attr)))
-    _bind(model, policy, spec)
+    _bind(policy, spec)
     return model
 
 
@@ -74,12 +125,12 @@ def replace_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.M
     if old is None:
         return attach_steps(model, steps)
     spec = parse_policy(steps)
-    _bind(model, build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches), spec)
+    _bind(build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches), spec)
     return model
 
 
-def _bind(model: nn.Module, policy: StepPolicy, spec: PolicySpec) -> None:
-    """Point every branch's step site at ``policy`` and register it as ``model.step_policy``."""
+def _bind(policy: StepPolicy, spec: PolicySpec) -> None:
+    """Point every branch's step site at ``policy``; the first site holds it as its child ``step_policy``."""
     weight = policy.branches[0].conv.weight
     policy.to(device=weight.device, dtype=weight.dtype)  # a model cast to half/bf16 gets a policy to match
     sites = [getattr(branch.block, branch.site_attr) for branch in policy.branches]
@@ -87,7 +138,6 @@ def _bind(model: nn.Module, policy: StepPolicy, spec: PolicySpec) -> None:
         site.bind(policy, index)
     policy.__dict__["sites"] = sites
     policy.spec = str(spec)
-    setattr(unwrap_model(model), POLICY_ATTR, policy)
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
@@ -105,7 +155,7 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for branch in norm_sites:
         setattr(branch.block, branch.site_attr, StepSyncBatchNorm.wrap(getattr(branch.block, branch.site_attr)))
-    _bind(model, policy, parse_policy(policy.spec))
+    _bind(policy, parse_policy(policy.spec))
     return model
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry, qualname
-from .attach import POLICY_ATTR, attach_steps, get_policy, unwrap_model
+from .attach import attach_steps, get_policies, get_policy, unwrap_model
 from .branches import Branch
 from .policies import PolicySpec
 
@@ -78,16 +78,13 @@ def fold_steps(model: nn.Module) -> nn.Module:
     it with ``strict=True``; in eval mode it computes the same function as ``model``.
     """
     folded = copy.deepcopy(unwrap_model(model))
-    policy = get_policy(folded)
-    if policy is None:
-        return folded
     with torch.no_grad():
-        steps = policy.compute()
-        for branch, dt in zip(policy.branches, steps):
-            site = getattr(branch.block, branch.site_attr)
-            setattr(branch.block, branch.site_attr, site.unwrap())
-            _fold_branch(branch, dt.detach().to(branch.conv.weight.dtype))
-    delattr(folded, POLICY_ATTR)
+        for policy in get_policies(folded).values():  # one per part steps were attached to
+            steps = policy.compute()
+            for branch, dt in zip(policy.branches, steps):
+                site = getattr(branch.block, branch.site_attr)
+                setattr(branch.block, branch.site_attr, site.unwrap())  # the first site takes the policy with it
+                _fold_branch(branch, dt.detach().to(branch.conv.weight.dtype))
     return folded
 
 

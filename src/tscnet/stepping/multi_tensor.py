@@ -33,14 +33,20 @@ def equal_shape_runs(tensors: Sequence[Tensor]) -> list[tuple[int, int]]:
     return runs
 
 
+# torch.fx symbolic tracing (older torch: is_fx_tracing, which newer torch also sets under torch.export).
+_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing)
+
+
 def _plain_autograd() -> bool:
     """Use the plain formulas (one op per block) instead of the fused functions?
 
-    Yes under ``torch.compile``, which fuses them itself, and under forward-mode AD or
-    ``torch.func`` transforms, which would need a custom ``jvp`` that Dynamo cannot trace.
+    Yes under ``torch.compile``, which fuses them itself, under forward-mode AD or
+    ``torch.func`` transforms, which would need a custom ``jvp`` that Dynamo cannot trace, and
+    while ``torch.fx`` traces symbolically (the graph then holds the forward ops, and autograd
+    differentiates them when it runs).
     """
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.autograd.forward_ad._current_level >= 0)
+            or torch.autograd.forward_ad._current_level >= 0 or _fx_tracing())
 
 
 def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
@@ -59,7 +65,8 @@ class _ScaleBySteps(torch.autograd.Function):
     @staticmethod
     def forward(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
         dts, params = list(tensors[:n]), list(tensors[n:])
-        return tuple(torch._foreach_mul(params, dts * (len(params) // n)))
+        out = torch._foreach_mul(params, dts * (len(params) // n))
+        return tuple(out[i] for i in range(len(params)))  # indexed, not iterated: a torch.fx proxy has no length
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -41,9 +41,10 @@ from .sites import prepare_sites
 class StepPolicy(nn.Module):
     """Base class: produces the steps of all D blocks, flat (``Σ_d C_d`` values, block after block).
 
-    Subclasses implement :meth:`forward`. The model's step sites call :meth:`site_args`; the first
-    block's call runs the policy and prepares every site's input (one batched op per kind of
-    site), the others read theirs back. No Python counter or flag changes between calls, so
+    Subclasses implement :meth:`forward`. The policy is a child of the first block's step site
+    (``<site>.step_policy``). The model's step sites call :meth:`site_args`; the first block's
+    call runs the policy and prepares every site's input (one batched op per kind of site), the
+    others read theirs back. No Python counter or flag changes between calls, so
     ``torch.compile`` sees the same program every step.
     """
 
@@ -69,11 +70,22 @@ class StepPolicy(nn.Module):
         # The prepared inputs of the last forward are graph nodes: copies and pickles drop them.
         return {**self.__dict__, "_site_args": None}
 
-    def site_args(self, index: int):
-        """The forward input of block ``index``'s site; block 0 prepares those of this forward pass."""
+    def site_args(self, index: int, x: Any = None):
+        """The forward input of block ``index``'s site; block 0 prepares those of this forward pass.
+
+        ``x`` is the site's own input. When it is a ``torch.fx`` proxy (symbolic tracing, e.g.
+        torchvision's ``create_feature_extractor``), the policy enters the graph as one call of
+        this module, a leaf, whatever its code: the graph module runs it at every forward.
+        """
         if index == 0 or self._site_args is None:
-            self._site_args = prepare_sites(self.sites, self(), self.sizes)
+            self._site_args = prepare_sites(self.sites, self._steps(x), self.sizes)
         return self._site_args[index]
+
+    def _steps(self, x: Any) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            tracer = x.tracer
+            return tracer.create_proxy("call_module", tracer.path_of_module(self), (), {})
+        return self()
 
     def extra_repr(self) -> str:
         return f"blocks={len(self.sizes)}"
@@ -250,7 +262,8 @@ def _convert(name: str, key: str, value: Any, kind: type) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"step policy {name!r}: option {key}={value!r} is not a valid {kind.__name__}") from None
+        what = getattr(kind, "description", kind.__name__)
+        raise ValueError(f"step policy {name!r}: option {key}={value!r} is not a valid {what}") from None
 
 
 def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:

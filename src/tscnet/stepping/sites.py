@@ -1,19 +1,25 @@
 """Step sites: where Δt_d enters a residual branch ``y + Δt_d ⊙ F(y)`` during training.
 
 Each site replaces one module of the branch *in place* and keeps its parameter names, so the
-state dict of the stepped model is the vanilla one plus ``step_policy.*``:
+state dict of the stepped model is the vanilla one plus the policy's parameters, which live in
+the first block's site (``<site>.step_policy.*``, see :func:`tscnet.stepping.attach.attach_steps`):
 
 * :class:`StepBatchNorm2d` — the branch's last BN with affine ``(γ·Δt, β·Δt)``:
   ``Δt ⊙ BN_{γ,β}(x) = BN_{γΔt, βΔt}(x)``. C-sized work instead of an N·C·H·W multiply
-  (:class:`StepSyncBatchNorm` is the same for ``nn.SyncBatchNorm``).
+  (:class:`StepSyncBatchNorm` is the same for ``nn.SyncBatchNorm``, :class:`StepFrozenBatchNorm2d`
+  for torchvision's ``FrozenBatchNorm2d`` of pretrained detection backbones).
 * :class:`StepConv2d` — the last conv of a pre-activation branch with weight ``W·Δt`` per output
   channel: ``Δt ⊙ (W * x + b) = (ΔtW) * x + Δt b``.
 * :class:`StepScale` — an explicit ``x·Δt`` (timm's ``drop_path`` slot, which runs after SE and
   right before the residual add), for branches whose last BN feeds a gate.
 
-Sites hold no parameters. Once per forward pass the model's step policy computes every Δt and,
-through :meth:`prepare` of each site class, every site's input for all blocks of that class in
-one multi-tensor op (:mod:`tscnet.stepping.multi_tensor`); a site then only reads its own.
+Sites hold no parameters of their own. Once per forward pass (when the first block's site runs)
+the step policy computes every Δt and, through :meth:`prepare` of each site class, every site's
+input for all blocks of that class in one multi-tensor op (:mod:`tscnet.stepping.multi_tensor`);
+a site then only reads its own.
+
+Site forwards are written to be traced by ``torch.fx`` as well as run (torchvision's
+``create_feature_extractor``): no Python branch depends on a tensor's value or shape while tracing.
 """
 from __future__ import annotations
 
@@ -24,21 +30,46 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import Registry, qualname
 from .multi_tensor import scale_by_steps
+
+#: Name of the child module of the first block's site that holds the step policy.
+POLICY_ATTR = "step_policy"
+
+
+def _symbolic(x: Any) -> bool:
+    """Is ``x`` a ``torch.fx`` proxy (symbolic tracing), whose ``dim()`` or ``dtype`` is no Python value?"""
+    return isinstance(x, torch.fx.Proxy)
 
 
 class StepSite:
-    """Mixin: a module that reads its inputs for block ``step_index`` from its policy."""
+    """Mixin: a module that reads its inputs for block ``step_index`` from its policy.
+
+    The site of block 0 owns the policy (registered as its child ``step_policy``): every way of
+    taking a network apart that keeps any stepped block keeps the first one, and no container
+    calls a site's children, so the policy's parameters stay in ``parameters()`` and nothing
+    calls the policy with an input. The other sites hold a plain reference (not a submodule, so
+    the parameters are registered once).
+    """
 
     step_index: int
 
     def bind(self, policy: nn.Module, index: int) -> None:
-        # Kept out of ``_modules`` on purpose: the policy is registered once, on the root model.
         self.__dict__["_step_policy"] = policy
         self.step_index = index
+        if index == 0:
+            self._modules[POLICY_ATTR] = policy
+        else:
+            self._modules.pop(POLICY_ATTR, None)
 
-    def step_args(self) -> Any:
-        return self.__dict__["_step_policy"].site_args(self.step_index)
+    def step_args(self, x: Tensor) -> Any:
+        """This site's input for the forward pass of ``x``; block 0's call runs the policy."""
+        return self.__dict__["_step_policy"].site_args(self.step_index, x)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError("torch.jit.script cannot compile a model with steps attached (TorchScript is deprecated "
+                           "upstream); script tscnet.fold_steps(model), the vanilla model, or use torch.export")
 
     @staticmethod
     def step_views(flat: Tensor, sizes: list[int]) -> Sequence[Tensor]:
@@ -57,15 +88,32 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     new.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_step_policy", "step_index")})
     for key in ("_parameters", "_buffers", "_modules"):
         new.__dict__[key] = dict(module.__dict__[key])
+    new.__dict__["_modules"].pop(POLICY_ATTR, None)  # a site's policy is bound anew (bind), never inherited
     return new
 
 
-def _momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
+@torch.fx.node.has_side_effect  # an FX graph keeps the call although nothing reads its result
+def _count_batch(num_batches_tracked: Tensor) -> Tensor:
+    return num_batches_tracked.add_(1)
+
+
+def _cumulative_average_factor(num_batches_tracked: Tensor) -> float:
+    return 1.0 / float(num_batches_tracked)
+
+
+def _call(x: Any, fn, *args: Any) -> Any:
+    """``fn(*args)``; while FX traces ``x``, a graph node that calls it at every run instead of once now."""
+    if _symbolic(x):
+        return x.tracer.create_proxy("call_function", fn, args, {})
+    return fn(*args)
+
+
+def _momentum(bn: nn.modules.batchnorm._BatchNorm, x: Any) -> float:
     """BN's running-average factor for this call, counting the batch (nn.BatchNorm2d.forward's rule)."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        count = _call(x, _count_batch, bn.num_batches_tracked)
+        momentum = _call(x, _cumulative_average_factor, count) if bn.momentum is None else bn.momentum
     return momentum
 
 
@@ -83,13 +131,17 @@ class _StepNorm(StepSite):
     plain: type  # the BN class the site stands in for
 
     @classmethod
+    def plain_class(cls) -> type:
+        return cls.plain
+
+    @classmethod
     def wrap(cls, bn: nn.Module) -> nn.Module:
-        if type(bn) is not cls.plain or not bn.affine:
-            raise TypeError(f"expected an affine {cls.plain.__name__}, got {type(bn).__name__}")
+        if type(bn) is not cls.plain_class() or not getattr(bn, "affine", True):
+            raise TypeError(f"expected an affine {cls.plain_class().__name__}, got {type(bn).__name__}")
         return _retype(bn, cls)
 
     def unwrap(self) -> nn.Module:
-        return _retype(self, self.plain)
+        return _retype(self, self.plain_class())
 
     @classmethod
     def prepare(cls, sites, dts):
@@ -103,8 +155,9 @@ class StepBatchNorm2d(nn.BatchNorm2d, _StepNorm):
     plain = nn.BatchNorm2d
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
-        return _batch_norm(self, x, *self.step_args(), _momentum(self))
+        if not _symbolic(x):
+            self._check_input_dim(x)
+        return _batch_norm(self, x, *self.step_args(x), _momentum(self, x))
 
 
 class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
@@ -113,9 +166,10 @@ class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
     plain = nn.SyncBatchNorm
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
-        weight, bias = self.step_args()
-        momentum = _momentum(self)
+        if not _symbolic(x):
+            self._check_input_dim(x)
+        weight, bias = self.step_args(x)
+        momentum = _momentum(self, x)
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         world = dist.get_world_size(group) if group is not None and self.training else 1
         if world == 1:
@@ -126,6 +180,45 @@ class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
         return sync_batch_norm.apply(x, weight, bias, self.running_mean if self.track_running_stats else None,
                                      self.running_var if self.track_running_stats else None, self.eps, momentum,
                                      group, world)
+
+
+class StepFrozenBatchNorm2d(nn.Module, _StepNorm):
+    """torchvision's ``FrozenBatchNorm2d`` (statistics and affine held fixed, as buffers) with
+    affine ``(γ·Δt, β·Δt)``: ``Δt ⊙ (x·s + b − μ·s) = x·(Δt s) + Δt b − μ·(Δt s)``, ``s = γ/√(σ² + ε)``.
+
+    γ and β stay frozen; Δt trains. Folding multiplies Δt into the frozen γ and β."""
+
+    @classmethod
+    def plain_class(cls) -> type:
+        from torchvision.ops.misc import FrozenBatchNorm2d  # imported only for models that have one
+
+        return FrozenBatchNorm2d
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.step_args(x)
+        scale = weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        return x * scale + (bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+_NORM_SITES: Registry[type] = Registry("normalisation step site")
+_NORM_SITES.register("torch.nn.modules.batchnorm.BatchNorm2d")(StepBatchNorm2d)
+_NORM_SITES.register("torch.nn.modules.batchnorm.SyncBatchNorm")(StepSyncBatchNorm)
+_NORM_SITES.register("torchvision.ops.misc.FrozenBatchNorm2d")(StepFrozenBatchNorm2d)
+
+
+class NormSite:
+    """The ``"norm"`` site: the step site class for the branch's last norm layer, by its class."""
+
+    @staticmethod
+    def wrap(norm: nn.Module) -> nn.Module:
+        site = _NORM_SITES.get(qualname(norm))
+        if site is None:
+            raise TypeError(f"cannot put a step into the norm layer {qualname(norm)}: steps enter through the "
+                            f"affine parameters of {', '.join(_NORM_SITES.names())}")
+        return site.wrap(norm)
 
 
 class StepConv2d(nn.Conv2d, StepSite):
@@ -152,7 +245,7 @@ class StepConv2d(nn.Conv2d, StepSite):
         return list(zip(weights, biases))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, *self.step_args())
+        return self._conv_forward(x, *self.step_args(x))
 
 
 class StepScale(nn.Module, StepSite):
@@ -184,11 +277,13 @@ class StepScale(nn.Module, StepSite):
     def forward(self, x: Tensor) -> Tensor:
         if self.drop_path is not None:
             x = self.drop_path(x)
-        out = x * self.step_args()
+        out = x * self.step_args(x)
+        if _symbolic(out):
+            return out.to(x.dtype)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-SITES: dict[str, type] = {"norm": StepBatchNorm2d, "conv": StepConv2d, "slot": StepScale}
+SITES: dict[str, type] = {"norm": NormSite, "conv": StepConv2d, "slot": StepScale}
 
 
 def prepare_sites(sites: list[StepSite], flat: Tensor, sizes: list[int]) -> list[Any]:
