@@ -20,6 +20,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", help="where cells run: local (default) or slurm")
     parser.add_argument("--workers", type=int, help="cells at once (default: the spec's executor.workers, else 2)")
     parser.add_argument("--threads", type=int, help="CPU threads per cell (default: the spec's, else 1)")
+    slurm = parser.add_argument_group("Slurm (with --executor slurm; over the spec's slurm: section)")
+    slurm.add_argument("--partition", help="the partition of every cell's job")
+    slurm.add_argument("--time", help="each job's time limit: HH:MM:SS, D-HH:MM:SS or minutes")
+    slurm.add_argument("--gpus-per-node", type=int, help="GPUs per job (more than 1: torchrun under srun)")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per job (default: --threads)")
     parser.add_argument("--max-hours", type=float, help="start no cell after this many hours (nor one that would "
                         "end later)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -45,6 +50,14 @@ def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
                 from ..errors import UserError
 
                 raise UserError(f"--{flag} must be at least 1, got {value}")
+            options[flag] = value
+    for flag in ("partition", "time", "gpus_per_node", "cpus_per_task"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if kind != "slurm":
+                from ..errors import UserError
+
+                raise UserError(f"--{flag.replace('_', '-')} is a Slurm option: add --executor slurm")
             options[flag] = value
     return kind, options
 

@@ -63,7 +63,26 @@ class Result:
 
     @property
     def error(self) -> float:
-        return self.errors[-1]
+        """Final test error; a diverged run counts at chance (also one that finished at chance level)."""
+        return self.chance if self.diverged else self.errors[-1]
+
+    @property
+    def loss_at_step(self) -> dict[int, float]:
+        """Mean training loss around given global steps (``loss_at_step`` of the metrics rows and of
+        ``diverged.json``), ``{step: loss}``."""
+        found: dict[int, float] = {}
+        rows = [m.get("loss_at_step") for m in self.metrics]
+        try:
+            rows.append(json.loads((self.folder / "diverged.json").read_text()).get("loss_at_step"))
+        except (OSError, ValueError, AttributeError):
+            pass
+        for row in rows:
+            for step, loss in (row or {}).items() if isinstance(row, dict) else ():
+                try:
+                    found[int(step)] = float(loss)
+                except (TypeError, ValueError):
+                    continue
+        return found
 
     @property
     def platform(self) -> Optional[str]:
@@ -81,13 +100,18 @@ class Result:
 
 
 def platform_label(record: Any) -> str:
-    """A short label of a platform record: device (GPU name or CPU model), threads, torch version."""
+    """A short label of a platform record (``platform.json``: a list, one entry per machine the run ran
+    on, first to last): ``"AMD EPYC 7B13, 1 thread, torch 2.14.1"``, joined by `` → `` when it moved."""
+    if isinstance(record, list):
+        labels = list(dict.fromkeys(platform_label(r) for r in record))
+        return " → ".join(labels) if labels else "unrecorded"
     if not isinstance(record, dict):
         return str(record)
-    device = (record.get("gpu") or record.get("gpu_name") or record.get("device_name") or record.get("cpu")
-              or record.get("cpu_model") or record.get("processor") or record.get("device"))
+    device = record.get("device") or record.get("cpu")
     parts = [str(device)] if device else []
-    threads = record.get("threads") or record.get("num_threads")
+    if (record.get("world_size") or 1) > 1:
+        parts.append(f"{record['world_size']} processes")
+    threads = record.get("threads")
     if threads:
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
     if record.get("torch"):
@@ -428,6 +452,18 @@ def build_report(spec: StudySpec, results: Path) -> Report:
     summaries: dict[str, Any] = {}
     figures: dict[str, Any] = {}
     files: list[Path] = []
+    sweeps = {}
+    for model in models:
+        sweep = sweep_analysis(spec, model, found)
+        if sweep is None:
+            continue
+        sweeps[model] = sweep
+        chance = next(r.chance for r in found if r.model == model)
+        figure = plot_sweep(model, sweep, chance, results / f"{model}_{sweep['key'].rpartition('.')[2]}_sweep.png")
+        files.append(figure)
+        sections += [f"## {model}: final test error against `{sweep['key']}`\n",
+                     f"![final test error against {sweep['key']}]({figure.name})\n",
+                     format_sweep(model, sweep, chance) + "\n"]
     for (model, tag), group in groups.items():
         summary = summarize_group(spec, group)
         values = group[0].grid
@@ -467,6 +503,11 @@ def build_report(spec: StudySpec, results: Path) -> Report:
 
     rel = {model: ({"grid": {t: relative(s) for t, s in summary["grid"].items()}} if "grid" in summary
                    else relative(summary)) for model, summary in summaries.items()}
+    for model, sweep in sweeps.items():
+        rel[model]["sweep"] = json.loads(json.dumps(sweep, default=list))
+        for entry in rel[model]["sweep"]["arms"].values():
+            for point in entry["points"] + ([entry["best"]] if entry["best"] else []):
+                point["runs"] = [os.path.relpath(f, results) for f in point["runs"]]
     key = baseline_key(spec)
     document = {
         "method": {"error": "final-epoch test error %, mean ± sample std over seeds",
@@ -489,3 +530,178 @@ def build_report(spec: StudySpec, results: Path) -> Report:
 
 def _grid_sort(values: dict) -> tuple:
     return tuple((k, v if isinstance(v, (int, float)) else str(v)) for k, v in values.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# A grid over one key (per model): stability, best values, sensitivity, early speed
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional[dict]:
+    """The one-key grid of ``model``: per arm and value, and per arm its largest stable value, best value
+    (with Welch/Holm against the best peer at its own best value) and spread. ``None`` unless the
+    model's cells vary exactly one grid key.
+
+    Stable: every planned seed of the model has a result at that value and none diverged. Best value:
+    the lowest mean final error (diverged seeds at chance). Spread: max − min over values of the mean
+    final error, over every value and over the stable values only.
+    """
+    mine = [r for r in found if r.model == model and r.grid]
+    keys = {tuple(r.grid) for r in mine}
+    if len(keys) != 1 or len(next(iter(keys))) != 1:
+        return None
+    key = next(iter(keys))[0]
+    values = sorted({_grid_value(r.grid[key]) for r in mine}, key=lambda v: (not _numeric(v), v if _numeric(v) else str(v)))
+    planned = spec.seeds_for(model) if model in spec.models else sorted({r.seed for r in mine})
+    arms = _order(sorted({r.arm for r in mine}), [a.name for a in spec.arms])
+    steps = sorted({s for r in mine for s in r.loss_at_step}) or [100, 300]
+    out: dict[str, Any] = {"key": key, "values": values, "seeds": planned, "loss_steps": steps, "arms": {}}
+    for arm in arms:
+        points = []
+        for value in values:
+            rs = sorted((r for r in mine if r.arm == arm and _grid_value(r.grid[key]) == value), key=lambda r: r.seed)
+            if not rs:
+                continue
+            errors = [r.error for r in rs]
+            mean, std = _mean_std(errors)
+            first = [float(r.metrics[0]["test_error"]) if r.metrics else r.chance for r in rs]
+            times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged and r.profile]
+            losses = {}
+            for step in steps:
+                have = [r.loss_at_step[step] for r in rs if step in r.loss_at_step]
+                losses[str(step)] = {"mean": statistics.fmean(have) if have else None, "n": len(have)}
+            points.append({
+                "value": value, "seeds": [r.seed for r in rs], "n": len(rs), "test_errors": errors,
+                "mean": mean, "std": std, "diverged": [r.seed for r in rs if r.diverged],
+                "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
+                "error_epoch1": statistics.fmean(first), "T_mean": statistics.fmean(times) if times else None,
+                "loss_at_step": losses, "runs": [str(r.folder) for r in rs],
+            })
+        stable = [p for p in points if p["stable"]]
+        best = min(points, key=lambda p: p["mean"]) if points else None
+        means = [p["mean"] for p in points]
+        stable_means = [p["mean"] for p in stable]
+        out["arms"][arm] = {
+            "steps": next(r.steps for r in mine if r.arm == arm),
+            "points": points,
+            "largest_stable": stable[-1]["value"] if stable else None,  # values ascend
+            "best_value": best["value"] if best else None,
+            "best": best,
+            "spread": max(means) - min(means) if means else None,
+            "spread_stable": max(stable_means) - min(stable_means) if stable_means else None,
+        }
+    peers = [p for p in spec.peers if p in out["arms"] and out["arms"][p]["best"]]
+    best_peer = min(peers, key=lambda p: out["arms"][p]["best"]["mean"]) if peers else None
+    out["best_peer"] = best_peer
+    family = []
+    for arm, entry in out["arms"].items():
+        entry["vs_best_peer"] = None
+        if best_peer is not None and arm != best_peer and entry["best"]:
+            entry["vs_best_peer"] = welch(entry["best"]["test_errors"], out["arms"][best_peer]["best"]["test_errors"])
+            if entry["vs_best_peer"] is not None:
+                family.append(entry)
+    for entry, p in zip(family, holm([e["vs_best_peer"]["p"] for e in family])):
+        entry["vs_best_peer_p_holm"] = p
+    return out
+
+
+def _grid_value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_value(value: Any) -> str:
+    return "—" if value is None else (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+
+
+def format_sweep(model: str, sweep: dict, chance: float) -> str:
+    """The tables of :func:`sweep_analysis`: stability, best value and sensitivity; early speed."""
+    key, best_peer = sweep["key"], sweep["best_peer"]
+    seeds = ", ".join(map(str, sweep["seeds"]))
+    family = sum(1 for e in sweep["arms"].values() if e.get("vs_best_peer_p_holm") is not None)
+    lines = [f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
+             f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
+             "trained and none diverged. *Best*: the value with the lowest mean final error, per arm; each arm at "
+             f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
+             f"and p Holm-adjusted over these {family}. The best values are chosen on the same seeds that measure "
+             "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "
+             "corrected for that choice. *Spread*: max − min of the mean final error over the whole grid, and over "
+             "the stable values only (sensitivity to the choice).\n",
+             f"| policy | largest stable `{key}` | best `{key}` | final error at best (mean ± std) | "
+             f"Δ vs best peer `{best_peer}` at its best [95 % CI] | p, Holm-adjusted | spread, whole grid | "
+             "spread, stable range |",
+             "|---|---:|---:|---|---|---:|---:|---:|"]
+    for arm, e in sweep["arms"].items():
+        best = e["best"]
+        at_best = "—" if best is None else (f"{best['mean']:.2f}" + ("" if best["std"] is None else f" ± {best['std']:.2f}")
+                                            + f" (n = {best['n']})")
+        p = e.get("vs_best_peer_p_holm")
+        mark = " *" if p is not None and p < 0.05 else ""
+        lines.append(f"| `{arm}` | {_fmt_value(e['largest_stable'])} | {_fmt_value(e['best_value'])} | {at_best} | "
+                     f"{fmt_ci(e['vs_best_peer'])} | {'—' if p is None else fmt_p(p) + mark} | {_fmt(e['spread'])} | "
+                     f"{_fmt(e['spread_stable'])} |")
+    steps = sweep["loss_steps"]
+    lines += ["", f"Early speed per arm and `{key}`: mean training loss around steps "
+              + ", ".join(map(str, steps)) + " (the run's `loss_at_step`; — where not recorded; (k/n): only k of the "
+              "n seeds reached the step), test error after epoch 1, final test error, T. × counts the seeds "
+              "that diverged.\n",
+              f"| policy | `{key}` | seeds | " + " | ".join(f"loss @ {s}" for s in steps)
+              + " | error after epoch 1 | final error (mean ± std) | T (mean) |",
+              "|---|---:|---|" + "---:|" * len(steps) + "---:|---|---:|"]
+    for arm, e in sweep["arms"].items():
+        for pt in e["points"]:
+            losses = []
+            for s in steps:
+                loss = pt["loss_at_step"][str(s)]
+                text = _fmt(loss["mean"], 3)
+                if loss["mean"] is not None and loss["n"] < pt["n"]:
+                    text += f" ({loss['n']}/{pt['n']})"
+                losses.append(text)
+            diverged = f", {len(pt['diverged'])}×" if pt["diverged"] else ""
+            final = f"{pt['mean']:.2f}" + ("" if pt["std"] is None else f" ± {pt['std']:.2f}")
+            lines.append(f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | " + " | ".join(losses)
+                         + f" | {pt['error_epoch1']:.2f} | {final} | {_fmt(pt['T_mean'], 3)} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
+    """Final test error against the grid value, one line per arm (mean ± std over seeds; diverged seeds ×, at chance)."""
+    from ..analysis.plots import _colors, _figure, _save
+
+    fig, axes = _figure(1, 1, 9, 5.5)
+    ax = axes[0, 0]
+    numeric = all(_numeric(v) for v in sweep["values"])
+    positions = {v: (v if numeric else i) for i, v in enumerate(sweep["values"])}
+    arms = list(sweep["arms"])
+    for arm, color in zip(arms, _colors(len(arms))):
+        points = sweep["arms"][arm]["points"]
+        xs = [positions[p["value"]] for p in points]
+        dashed = _kind(sweep["arms"][arm]["steps"]) not in CONTROLLERS
+        ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] or 0.0 for p in points], color=color,
+                    marker="o", capsize=3, lw=1.5, label=arm, ls="--" if dashed else "-")
+        bad = [(positions[p["value"]], chance) for p in points for _ in p["diverged"]]
+        if bad:
+            ax.scatter(*zip(*bad), marker="x", s=70, color=color, zorder=5)
+    if numeric and min(sweep["values"]) > 0 and (sweep["key"].rpartition(".")[2].startswith("lr")
+                                                   or max(sweep["values"]) / min(sweep["values"]) >= 10):
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(list(positions.values()), [_fmt_value(v) for v in sweep["values"]])
+    ax.axhline(chance, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel=sweep["key"], ylabel="final test error (%)",
+           title=f"{model}: final test error against {sweep['key']} (mean ± std over seeds; × a diverged seed, at chance)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -201,16 +201,68 @@ class StopSignals:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running
+# Running: one loop for every scheduler (studies, and tscnet.train.sweep)
 
 
 @dataclass
-class _Running:
-    cell: Cell
+class Running:
+    """A started task: its handle and when it started (``began``, ``time.time()``)."""
+
     task: Task
     handle: Any
     began: float
-    epochs_before: int
+    tag: Any = None  # the caller's (a study's cell)
+
+
+def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, Any]]],
+              on_end: Callable[[Running, Optional[int], Optional[str]], None], *,
+              on_start: Callable[[Running], None] = lambda r: None, tick: Callable[[list[Running]], None] = lambda r: None,
+              poll_interval: float = 1.0, out: Callable[[str], None] = print) -> Optional[str]:
+    """Keep ``executor`` busy: start ``next_task()`` (``(task, tag)``, or ``None`` when nothing can start now)
+    while fewer than ``executor.capacity`` run, poll them, call ``on_end(running, exit code, stop signal)``
+    as each ends (exit code ``None``: it could not start), until nothing runs and nothing starts.
+
+    SIGINT/SIGTERM (see :class:`StopSignals`) stop the starting and are forwarded to every running
+    task once each; the loop then waits for them to end. Returns the first signal's name, or ``None``.
+    ``tick(running)`` is called once per poll (progress lines).
+    """
+    running: list[Running] = []
+    with StopSignals() as stop:
+        try:
+            while True:
+                for signum in stop.take():
+                    if running:
+                        out(f"{signal.Signals(signum).name}: starting nothing more; {len(running)} running "
+                            "run(s) checkpoint and stop (run the same command again to resume them)")
+                    for r in running:
+                        executor.stop(r.handle, signum)
+                while len(running) < executor.capacity and stop.signal is None:
+                    nxt = next_task()
+                    if nxt is None:
+                        break
+                    task, tag = nxt
+                    try:
+                        handle = executor.start(task)
+                    except UserError as error:
+                        out(f"FAILED to start {task.name}: {error}")
+                        on_end(Running(task, None, time.time(), tag), None, stop.signal)
+                        continue
+                    running.append(Running(task, handle, time.time(), tag))
+                    on_start(running[-1])
+                if not running:
+                    break
+                time.sleep(poll_interval)
+                for r in list(running):
+                    code = executor.poll(r.handle)
+                    if code is not None:
+                        running.remove(r)
+                        on_end(r, code, stop.signal)
+                tick(running)
+        finally:
+            for r in running:  # an exception in the loop: ask the children to checkpoint and stop
+                executor.stop(r.handle, signal.SIGTERM)
+            executor.close()
+    return stop.signal
 
 
 def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, *,
@@ -218,7 +270,7 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
               on_result: Optional[Callable[[CellResult], None]] = None, poll_interval: float = 1.0,
               progress_every: float = 300.0, out: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict:
     """Run every cell of ``cells`` without results through ``executor``; returns counts
-    (``skipped, trained, collected, diverged, failed, stopped, not_run``).
+    (``skipped, trained, collected, diverged, failed, stopped, not_run``, ``signal``).
 
     ``extra``: overrides after the spec's ``set`` (the command line's ``--set``). ``on_result`` is
     called with a :class:`CellResult` as soon as a cell's results folder is written (e.g. to commit
@@ -229,20 +281,20 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
     check_configs(spec, cells, extra)
     check_recipe(spec, cells, layout, extra)
     pending = [c for c in cells if not is_collected(layout.result_dir(c))]
-    counts = {"skipped": len(cells) - len(pending), "trained": 0, "collected": 0, "diverged": 0, "failed": 0,
-              "stopped": 0, "not_run": 0}
+    counts: dict[str, Any] = {"skipped": len(cells) - len(pending), "trained": 0, "collected": 0, "diverged": 0,
+                              "failed": 0, "stopped": 0, "not_run": 0}
     out(f"study {spec.name}: {counts['skipped']} of {len(cells)} cells already have results in {layout.results}; "
         f"{len(pending)} to run ({executor.describe()})")
     cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
     planned = {cell: base_config(spec, cell, extra) for cell in pending}  # for the time estimates
+    epochs_before: dict[Cell, int] = {}
     longest: dict[str, float] = {}
     failed: set[Cell] = set()
-    running: list[_Running] = []
-    last_progress = 0.0
+    last_progress = [0.0]
+    now_running: list[Running] = []
 
-    def finish(cell: Cell, steps: str, overrides: list[str], diverged: Optional[str],
-               seconds: Optional[float]) -> None:
-        info = cell_info(spec, cell, steps, overrides, diverged)
+    def finish(cell: Cell, steps: str, diverged: Optional[str], seconds: Optional[float]) -> None:
+        info = cell_info(spec, cell, steps, cell_overrides(spec, cell, extra), diverged)
         folder = collect(layout.run_dir(cell), layout.result_dir(cell), info)
         counts["collected"] += 1
         counts["diverged"] += bool(diverged)
@@ -254,6 +306,11 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             except Exception as error:  # a failing hook (e.g. git) must not lose the study
                 out(f"WARNING: the result hook failed for {cell}: {type(error).__name__}: {error}")
 
+    def fail(cell: Cell, why: str) -> None:
+        failed.add(cell)
+        counts["failed"] += 1
+        out(f"FAILED: {cell}: {why}")
+
     def ready(cell: Cell) -> bool:
         source = source_cell(spec, cell)
         return source is None or is_collected(layout.result_dir(source))
@@ -261,24 +318,22 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
     def fits(cell: Cell) -> bool:
         return deadline is None or time.time() + longest.get(cell.model, 0.0) <= deadline
 
-    def progress(force: bool = False) -> None:
-        nonlocal last_progress
+    def progress(running: list[Running], force: bool = False) -> None:
         now = time.time()
-        if not force and now - last_progress < progress_every:
+        if not force and now - last_progress[0] < progress_every:
             return
-        last_progress = now
+        last_progress[0] = now
         left = sum(cost.seconds(cell.model, planned[cell])[0] for cell in pending)
         for r in running:
-            total, _ = cost.seconds(r.cell.model, r.task.config, r.epochs_before)
+            total, _ = cost.seconds(r.tag.model, r.task.config, epochs_before.get(r.tag, 0))
             left += max(0.0, total - (now - r.began))
         done = counts["skipped"] + counts["collected"]
         diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
-        out(f"progress: {done}/{len(cells)} done{diverged}, {len(running)} running, "
-            f"{len(pending)} queued, {counts['failed']} failed; "
-            f"~{format_hours(left / max(1, executor.capacity))} left")
+        out(f"progress: {done}/{len(cells)} done{diverged}, {len(running)} running, {len(pending)} queued, "
+            f"{counts['failed']} failed; ~{format_hours(left / max(1, executor.capacity))} left")
 
-    def launch(cell: Cell) -> None:
-        overrides = cell_overrides(spec, cell, extra)
+    def prepare(cell: Cell) -> Optional[Task]:
+        """The task of ``cell``, or ``None`` when it needs no run (collected now, or cannot run)."""
         try:
             config = cell_config(spec, cell, layout, extra)
             run = layout.run_dir(cell)
@@ -292,100 +347,75 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             if source is not None and diverged_reason(layout.result_dir(source)):
                 out(f"not run: {cell}: its source {source} diverged")
                 counts["not_run_diverged_source"] = counts.get("not_run_diverged_source", 0) + 1
-                return
-            out(f"FAILED: {cell}: {error}")
-            failed.add(cell)
-            counts["failed"] += 1
-            return
+            else:
+                fail(cell, str(error))
+            return None
         steps = config["model"]["steps"]
         run, log = layout.run_dir(cell), layout.log(cell)
         if (run / "model_card.json").is_file():  # trained before, not yet collected
-            finish(cell, steps, overrides, run_divergence(run), None)
-            return
+            finish(cell, steps, run_divergence(run), None)
+            return None
         if (run / "config.yaml").is_file():
             diverged = run_divergence(run, log)
             if diverged:  # diverged before, not yet collected: a result, not retried
-                finish(cell, steps, overrides, diverged, None)
-                return
-        task = make_task(cell, config, layout, threads, gpus)
-        try:
-            handle = executor.start(task)
-        except UserError as error:
-            out(f"FAILED: {cell}: {error}")
-            failed.add(cell)
-            counts["failed"] += 1
-            return
-        out(f"{'resuming' if task.resume else 'starting'}: {cell} (steps {steps}) in {run}")
-        running.append(_Running(cell, task, handle, time.time(), len(read_metrics(run))))
+                finish(cell, steps, diverged, None)
+                return None
+        return make_task(cell, config, layout, threads, gpus)
 
-    def ended(r: _Running, code: int, stopping: Optional[str]) -> None:
+    def next_task() -> Optional[tuple[Task, Cell]]:
+        while True:
+            cell = next((c for c in pending if ready(c) and fits(c)), None)
+            if cell is None:
+                return None
+            pending.remove(cell)
+            task = prepare(cell)
+            if task is not None:
+                epochs_before[cell] = len(read_metrics(task.run_dir))
+                return task, cell
+
+    def on_start(r: Running) -> None:
+        out(f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps {r.task.config['model']['steps']}) "
+            f"in {r.task.run_dir}")
+        now_running.append(r)
+        progress(now_running, force=True)
+
+    def on_end(r: Running, code: Optional[int], stopping: Optional[str]) -> None:
+        cell, run = r.tag, r.task.run_dir
+        if r in now_running:
+            now_running.remove(r)
+        if code is None:  # could not start
+            fail(cell, "the executor could not start it")
+            return
         seconds = time.time() - r.began
-        longest[r.cell.model] = max(longest.get(r.cell.model, 0.0), seconds)
-        run = r.task.run_dir
-        steps, overrides = r.task.config["model"]["steps"], cell_overrides(spec, r.cell, extra)
+        longest[cell.model] = max(longest.get(cell.model, 0.0), seconds)
         finished = code == 0 and (run / "model_card.json").is_file()
         diverged = run_divergence(run, None if finished else r.task.log)
         if finished or diverged:
             counts["trained"] += 1
-            epochs = len(read_metrics(run)) - r.epochs_before
             if finished and not r.task.resume:
-                cost.record(r.cell.model, seconds, epochs)
-            finish(r.cell, steps, overrides, diverged, seconds)
+                cost.record(cell.model, seconds, len(read_metrics(run)))
+            finish(cell, r.task.config["model"]["steps"], diverged, seconds)
         elif stopping is not None:
             counts["stopped"] += 1
-            out(f"stopped: {r.cell} ({stopping}); resumable from {run}")
+            out(f"stopped: {cell} ({stopping}); resumable from {run}")
         else:
-            failed.add(r.cell)
-            counts["failed"] += 1
-            out(f"FAILED ({code}): {r.cell} — see {r.task.log}")
+            fail(cell, f"exit code {code}; see {r.task.log}")
+        progress(now_running, force=True)
 
-    with StopSignals() as stop:
-        try:
-            while True:
-                for signum in stop.take():
-                    if len(running):
-                        out(f"{signal.Signals(signum).name}: starting no further cell; {len(running)} running "
-                            "cell(s) checkpoint and stop (run the same command again to resume them)")
-                    for r in running:
-                        executor.stop(r.handle, signum)
-                started = False
-                while len(running) < executor.capacity and stop.signal is None:
-                    cell = next((c for c in pending if ready(c) and fits(c)), None)
-                    if cell is None:
-                        break
-                    pending.remove(cell)
-                    before = len(running)
-                    launch(cell)
-                    started = started or len(running) > before
-                if started:
-                    progress(force=True)
-                if not running:
-                    break
-                time.sleep(poll_interval)
-                for r in list(running):
-                    code = executor.poll(r.handle)
-                    if code is not None:
-                        running.remove(r)
-                        ended(r, code, stop.signal)
-                        progress(force=True)
-                progress()
-        finally:
-            if running:  # an exception in the loop: do not leave children without a parent that waits
-                for r in running:
-                    executor.stop(r.handle, signal.SIGTERM)
-            executor.close()
+    stopped = run_tasks(executor, next_task, on_end, on_start=on_start, tick=progress,
+                        poll_interval=poll_interval, out=out)
     for cell in [c for c in pending if not ready(c)]:
         source = source_cell(spec, cell)
         why = "failed" if source in failed else "was not run"
         out(f"not run: {cell}: its source {source} {why}")
     late = [c for c in pending if ready(c)]
     if late:
-        why = f"stopped by {stop.signal}" if stop.signal else f"--max-hours {max_hours} reached"
+        why = f"stopped by {stopped}" if stopped else f"--max-hours {max_hours} reached"
         out(f"not started: {len(late)} cells ({why}); run again to continue")
-    if stop.signal:
-        out(f"stopped by {stop.signal}: {counts['stopped']} run(s) checkpointed; run the same command again "
+    if stopped:
+        out(f"stopped by {stopped}: {counts['stopped']} run(s) checkpointed; run the same command again "
             "to resume them")
     counts["not_run"] = len(pending)
-    counts["signal"] = stop.signal
+    counts["signal"] = stopped
     out(f"study {spec.name}: {json.dumps(counts)} in {format_hours(time.time() - start)}")
     return counts

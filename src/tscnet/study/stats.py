@@ -7,6 +7,7 @@ negative means ``a`` is better).
 from __future__ import annotations
 
 import statistics
+import warnings
 from typing import Optional
 
 
@@ -24,8 +25,10 @@ def welch(a: list[float], b: list[float]) -> Optional[dict]:
     diff = statistics.fmean(a) - statistics.fmean(b)
     if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
         return {"diff": diff, "ci95": [diff, diff], "p": 0.0 if diff else 1.0}
-    test = stats.ttest_ind(a, b, equal_var=False)
-    ci = test.confidence_interval(0.95)
+    with warnings.catch_warnings():  # nearly equal samples (e.g. two diverged at chance): scipy warns, still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_ind(a, b, equal_var=False)
+        ci = test.confidence_interval(0.95)
     return {"diff": diff, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue)}
 
 
@@ -41,8 +44,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
     mean = statistics.fmean(diffs)
     if statistics.stdev(diffs) == 0:
         return {"diff": mean, "ci95": [mean, mean], "p": 0.0 if mean else 1.0, "seeds": seeds}
-    test = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
-    ci = test.confidence_interval(0.95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+        ci = test.confidence_interval(0.95)
     return {"diff": mean, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue), "seeds": seeds}
 
 

@@ -5,27 +5,22 @@ Each job is one ``tscnet train`` process writing its own run folder; a finished 
 run ``workers`` at a time with ``threads`` intra-op threads each (on a 2-core CPU two 1-thread
 jobs beat one 2-thread job for small models).
 
-A sweep runs for hours, often in the background (``nohup ... &``), so it stops on a signal the
-same way a run does: the first SIGINT or SIGTERM to the sweep process (:class:`SweepStop`) starts
-no further job and passes the signal on to the running trainers, which checkpoint and exit; a
-second one is passed on too (the trainers then stop at once). Trainers run in their own process
-group, so a signal to the sweep's whole group reaches each of them exactly once, through the sweep.
+This is the study scheduler's loop (:func:`tscnet.study.scheduler.run_tasks`) on the local
+executor, for jobs that are plain (config, run folder) pairs; ``tscnet study`` adds results
+folders, ablations, divergence records and reports on top. Stopping works the same: the first
+SIGINT or SIGTERM to the sweep starts no further job and is passed on to the running trainers,
+which checkpoint and exit; a second one is passed on too (the trainers then stop at once).
+Trainers run in their own process group, so a signal to the sweep's whole group reaches each of
+them exactly once, through the sweep.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-
-from tqdm import tqdm
 
 from . import run as runfiles
 from .config import dump_config
@@ -45,107 +40,53 @@ class Job:
         return (self.out / runfiles.CONFIG_FILE).exists()
 
 
-def _command(job: Job, scratch: Path) -> list[str]:
-    base = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(job.out)]
-    if job.started:
-        return base + ["--resume"]
-    recipe = scratch / "recipe.yaml"
+def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Optional[Path] = None):
+    """The executor task of ``job``: ``python -m tscnet.cli train --no-progress --out RUN`` with
+    ``--resume`` (started before) or ``--config`` (a recipe written to ``scratch``); log ``<RUN>.log``."""
+    from ..study.executors import Task
+
+    out = Path(job.out).resolve()
+    recipe = scratch / f"recipe{index}.yaml"
     recipe.write_text(dump_config(job.config))
-    return base + ["--config", str(recipe)]
-
-
-class SweepStop:
-    """Context manager: while active, SIGINT/SIGTERM to this process stop the sweep gracefully.
-
-    :attr:`signal` holds the first signal's name (``None`` while nothing was asked); every signal
-    is forwarded to the trainer processes :func:`run_job` registered. Handlers are installed even
-    where the shell ignored SIGINT (background jobs of a non-interactive shell), so
-    ``kill -INT`` stops a ``nohup``-ed sweep.
-    """
-
-    def __init__(self) -> None:
-        self.signal: Optional[str] = None
-        self._procs: set[subprocess.Popen] = set()
-        self._lock = threading.RLock()  # re-entrant: the handler may interrupt start() in the main thread
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "SweepStop":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame) -> None:
-        first = self.signal is None
-        self.signal = self.signal or signal.Signals(signum).name
-        with self._lock:
-            procs = list(self._procs)
-        for proc in procs:
-            proc.send_signal(signum)
-        if first:
-            print(f"{self.signal}: starting no further run; {len(procs)} running run(s) checkpoint and stop "
-                  "(run the same command again to resume them)", file=sys.stderr, flush=True)
-
-    def start(self, command: list[str], **kwargs) -> Optional[subprocess.Popen]:
-        """Start ``command`` in its own process group and register it; ``None`` once stopping."""
-        with self._lock:
-            if self.signal is not None:
-                return None
-            proc = subprocess.Popen(command, start_new_session=True, **kwargs)
-            self._procs.add(proc)
-            return proc
-
-    def wait(self, proc: subprocess.Popen) -> int:
-        code = proc.wait()
-        with self._lock:
-            self._procs.discard(proc)
-        return code
-
-
-def run_job(job: Job, threads: int, cwd: Optional[Path] = None,
-            stop: Optional[SweepStop] = None) -> tuple[Job, Optional[int], str]:
-    """Train (or resume) ``job`` in a ``tscnet train`` subprocess with ``threads`` intra-op threads.
-
-    Returns ``(job, exit code, log file)``; the log ``<run folder>.log`` is appended to. ``cwd``:
-    the subprocess's working directory (relative paths in the recipe, e.g. ``profile:PATH``,
-    resolve against it). ``stop``: the sweep's :class:`SweepStop`; the exit code is ``None`` when
-    it had been asked to stop before the job started.
-    """
-    stop = stop or SweepStop()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    job.out.parent.mkdir(parents=True, exist_ok=True)
-    log = job.out.parent / f"{job.out.name}.log"
-    # The recipe is only read at start-up (the run folder keeps its own config.yaml): a scratch dir.
-    with open(log, "a") as f, tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
-        proc = stop.start(_command(job, Path(scratch)), env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
-        code = None if proc is None else stop.wait(proc)
-    return job, code, str(log)
+    command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(out)]
+    command += ["--resume"] if job.started else ["--config", str(recipe)]
+    return Task(name=str(job.out), config=job.config, command=command, recipe=recipe, run_dir=out,
+                log=out.parent / f"{out.name}.log", cwd=cwd or Path.cwd(), threads=threads, resume=job.started)
 
 
 def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1) -> list[Job]:
     """Run the unfinished ``jobs``; returns those left unfinished (failed: their logs say why; or
-    stopped by SIGINT/SIGTERM, see :class:`SweepStop`: the next call resumes them)."""
+    stopped by SIGINT/SIGTERM: the next call resumes them)."""
+    from ..study.executors import create_executor
+    from ..study.scheduler import run_tasks
+
     todo = [j for j in jobs if not j.finished]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} "
           f"({workers} at a time, {threads} thread(s) each)", flush=True)
     failed: list[Job] = []
+    queue = list(enumerate(todo))
+    ended: list[Job] = []
     start = time.time()
-    with SweepStop() as stop, ThreadPoolExecutor(workers) as pool, \
-            tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
-        futures = [pool.submit(run_job, job, threads, None, stop) for job in todo]
-        for future in as_completed(futures):
-            job, code, log = future.result()
-            if code != 0 and stop.signal is None:
+    # Recipes are only read at start-up (each run folder keeps its own config.yaml): a scratch dir.
+    with tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
+        def next_task():
+            if not queue:
+                return None
+            index, job = queue.pop(0)
+            job.out.parent.mkdir(parents=True, exist_ok=True)
+            return job_task(job, Path(scratch), threads, index), job
+
+        def on_end(running, code, stopping) -> None:
+            job = running.tag
+            if code != 0 and stopping is None:
                 failed.append(job)
-                tqdm.write(f"FAILED ({code}): {job.out} — see {log}")
-            bar.update(1)
+                print(f"FAILED ({code}): {job.out} — see {running.task.log}", flush=True)
+            ended.append(job)
+            print(f"[{len(ended)}/{len(todo)}] {'finished' if job.finished else 'ended'}: {job.out}", flush=True)
+
+        stopped = run_tasks(create_executor("local", workers=workers, threads=threads), next_task,
+                            on_end, out=lambda s: print(s, flush=True))
     unfinished = [j for j in todo if not j.finished]
-    stopped = f"; stopped by {stop.signal}, {len(unfinished) - len(failed)} left (run again to resume)" \
-        if stop.signal else ""
-    print(f"sweep done in {(time.time() - start) / 60:.1f} min; {len(failed)} failed{stopped}", flush=True)
+    note = f"; stopped by {stopped}, {len(unfinished) - len(failed)} left (run again to resume)" if stopped else ""
+    print(f"sweep done in {(time.time() - start) / 60:.1f} min; {len(failed)} failed{note}", flush=True)
     return unfinished

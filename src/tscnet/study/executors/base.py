@@ -49,8 +49,9 @@ class Task:
         cwd: the working directory for ``command`` (relative paths in the recipe, e.g. an
             ablation's ``profile:PATH``, resolve against it).
         threads: intra-op CPU threads for the run (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``).
-        gpus: GPUs the run wants (0 = CPU only). Local: at most one, chosen by the executor through
-            ``CUDA_VISIBLE_DEVICES``. More than one: a distributed run (torchrun) where the
+        gpus: GPUs the run asks for; 0 = the executor's default (local: one per cell through
+            ``CUDA_VISIBLE_DEVICES`` where there are GPUs, else the CPU; Slurm: its
+            ``gpus_per_node`` option). More than one: a distributed run (torchrun) where the
             executor supports it.
         resume: whether ``command`` resumes an unfinished run (``--resume``).
         env: extra environment variables for the command.

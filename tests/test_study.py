@@ -1,0 +1,328 @@
+"""tscnet study: specs, plans, the scheduler end to end on tiny studies, divergence, resume, statistics, report."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from scipy import stats
+
+from tscnet.cli import main as cli
+from tscnet.study import holm, load_spec, paired, plan_cells, welch
+from tscnet.study.plan import grid_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import study as wrapper  # noqa: E402  (benchmarks/study.py)
+
+TINY = ["data.train_subset=512", "data.test_subset=256", "data.batch_size=32", "train.epochs=2"]
+
+
+def _spec(folder: Path, name: str, **keys) -> Path:
+    spec = {"name": name, "recipe": "fashion_mnist_grid", "set": TINY, "models": ["cifar_resnet8"], **keys}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def _init_repo(repo: Path) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs and plans (no training)
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policy": ["none"]}, "policy: unknown key"),
+    ({"recipe": "no_such_recipe", "models": ["cifar_resnet8"], "policies": ["none"]}, "recipe: config 'no_such_recipe'"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet9"], "policies": ["none"]}, "models[0]: unknown model"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none", "tscc"]},
+     "policies[1]: unknown step policy 'tscc'"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none", "profile-of:tsc"]},
+     "policies[1]: profile-of:tsc: its source arm 'tsc' is not among the policies"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none", {"name": "a b"}]},
+     "policies[1].name: must be a folder-safe label"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none", "fixed:0.5"],
+      "peers": ["none", "depth:1"]}, "peers[1]: 'depth:1' is not one of the policies"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none"], "seeds": [0, 0]},
+     "seeds: repeats a seed"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none"], "grid": {"lr": [0.1]}},
+     "grid.lr: must be a config key section.key"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none"],
+      "per_model": {"cifar_resnet20": {"seeds": [0]}}}, "per_model.cifar_resnet20: 'cifar_resnet20' is not one of"),
+    ({"recipe": "fashion_mnist_grid", "models": ["cifar_resnet8"], "policies": ["none"],
+      "grid": {"optim.lrr": [0.1]}}, "unknown config key 'optim.lrr'"),
+])
+def test_bad_specs_fail_in_one_line_naming_the_key(tmp_path, capsys, spec, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli(["study", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tscnet study: error: ") and key in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_converged_plan_is_seed_major_with_ablation_sources_first():
+    spec = load_spec("converged")
+    cells = plan_cells(spec)
+    assert len(cells) == 11 * 5 + 11 * 3
+    assert [str(c) for c in cells[:2]] == ["cifar_resnet20 tsc seed0", "cifar_resnet20 none seed0"]
+    assert [c.arm.name for c in cells[9:11]] == ["profile-of:tsc", "fixed-of:tsc"]
+    assert cells[11].model == "cifar_resnet56" and cells[11].seed == 0
+    assert {c.seed for c in cells if c.model == "cifar_resnet56"} == {0, 1, 2}
+    tags = {c.arm.name: str(c.rel) for c in cells if c.seed == 0 and c.model == "cifar_resnet20"}
+    assert tags["fixed:0.5"] == "cifar_resnet20/fixed0.5/seed0"
+    assert tags["tsc:dt_init=0.5"] == "cifar_resnet20/tscdt_init0.5/seed0"
+    assert tags["profile-of:tsc"] == "cifar_resnet20/profile-of-tsc/seed0"
+    # The committed results are exactly these cells.
+    committed = {str(p.parent.relative_to(ROOT / "benchmarks/results/converged"))
+                 for p in (ROOT / "benchmarks/results/converged").glob("*/*/seed*/cell.json")}
+    assert committed == {str(c.rel) for c in cells}
+
+
+def test_grid_layout_per_model_grids_and_mapping_arms(tmp_path):
+    spec = load_spec(_spec(tmp_path, "g", seeds=[0, 1], grid={"optim.lr": [0.01, 0.1]},
+                           per_model={"cifar_resnet20": {"seeds": [2], "grid": {"optim.lr": [0.05]}}},
+                           models=["cifar_resnet8", "cifar_resnet20"],
+                           policies=["none", {"name": "zero-gamma", "steps": "none", "set": ["model.init=zero_last"]},
+                                     "fixed:0.5"]))
+    cells = plan_cells(spec)
+    assert len(cells) == 2 * 2 * 3 + 1 * 3
+    assert [str(c.rel) for c in cells[:4]] == ["cifar_resnet8/none/lr0.01/seed0", "cifar_resnet8/zero-gamma/lr0.01/seed0",
+                                               "cifar_resnet8/fixed0.5/lr0.01/seed0", "cifar_resnet8/none/lr0.1/seed0"]
+    assert [str(c) for c in cells if c.model == "cifar_resnet20"] == [
+        "cifar_resnet20 none lr0.05 seed2", "cifar_resnet20 zero-gamma lr0.05 seed2", "cifar_resnet20 fixed:0.5 lr0.05 seed2"]
+    assert grid_tag((("optim.lr", 0.1), ("optim.weight_decay", 0.0005))) == "lr0.1_weight_decay0.0005"
+
+
+def test_statistics_against_scipy_and_a_textbook_holm():
+    a, b = [9.1, 9.5, 9.3, 9.8], [9.9, 10.2, 9.7, 10.4]
+    test = stats.ttest_ind(a, b, equal_var=False)
+    got = welch(a, b)
+    assert got["diff"] == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    assert got["ci95"] == pytest.approx(list(test.confidence_interval(0.95))) and got["p"] == pytest.approx(test.pvalue)
+    pair = paired(dict(enumerate(a)), dict(enumerate(b)))
+    rel = stats.ttest_rel(a, b)
+    assert pair["ci95"] == pytest.approx(list(rel.confidence_interval(0.95))) and pair["seeds"] == [0, 1, 2, 3]
+    assert welch([1.0], b) is None and paired({0: 1.0}, {0: 2.0}) is None
+    # sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, 2·0.03, max(0.06, 1·0.04); returned in input order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_converged_report_regenerates_byte_for_byte(tmp_path):
+    """The committed converged report and summary.json, rebuilt from the committed per-run results."""
+    results = tmp_path / "converged"
+    shutil.copytree(ROOT / "benchmarks/results/converged", results)
+    for name in ("report.md", "summary.json"):
+        (results / name).unlink()
+    assert cli(["study", "converged", "--report-only", "--results", str(results)]) == 0
+    for name in ("report.md", "summary.json"):
+        assert (results / name).read_bytes() == (ROOT / "benchmarks/results/converged" / name).read_bytes(), name
+
+
+def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
+    repo, folder = tmp_path, tmp_path / "results" / "cell"
+    _init_repo(repo)
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert wrapper.git_commit([folder], "s: first") is True
+    assert wrapper.git_commit([folder], "s: nothing new") is True  # a report rebuilt from the same runs
+    assert _git(repo, "log", "--format=%s").splitlines() == ["s: first"]
+    assert "WARNING" not in capsys.readouterr().out
+    (folder / "metrics.jsonl").write_text('{"epoch": 2}\n')
+    assert wrapper.git_commit([folder], "s: second") is True
+    assert _git(repo, "log", "--format=%s").splitlines() == ["s: second", "s: first"]
+    assert wrapper.git_commit([tmp_path / "results" / "missing"], "s: nothing there") is False
+    assert "WARNING: git commit" in capsys.readouterr().out
+
+
+def test_converged_alias_lists_the_committed_cells(capsys):
+    import converged  # benchmarks/converged.py: benchmarks/study.py converged
+
+    assert converged.main(["--dry-run", "--models", "cifar_resnet56", "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 11 + 1 and all(line.split()[0] == "results" for line in lines[1:-1])
+    assert lines[-1] == "11 results"
+
+
+# ---------------------------------------------------------------------------------------------
+# Studies end to end
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A real study (8 tiny runs, 2 at a time) whose results land, committed one by one, in a scratch repo."""
+    base = tmp_path_factory.mktemp("study")
+    repo = base / "repo"
+    _init_repo(repo)
+    (repo / "unrelated.txt").write_text("staged by someone else\n")
+    _git(repo, "add", "unrelated.txt")
+    spec = _spec(base, "tiny", seeds=[0, 1], policies=["none", "tsc", "profile-of:tsc", "fixed-of:tsc"])
+    results, runs = repo / "results", base / "runs"
+    code = wrapper.main([str(spec), "--results", str(results), "--runs", str(runs), "--workers", "2", "--commit"])
+    return {"code": code, "repo": repo, "spec": spec, "results": results, "runs": runs}
+
+
+def test_study_runs_collects_and_commits_each_cell(study):
+    assert study["code"] == 0
+    results, repo = study["results"], study["repo"]
+    for tag in ("none", "tsc", "profile-of-tsc", "fixed-of-tsc"):
+        for seed in (0, 1):
+            folder = results / "cifar_resnet8" / tag / f"seed{seed}"
+            names = {p.name for p in folder.iterdir()}
+            assert {"cell.json", "config.yaml", "metrics.jsonl", "steps.json", "model_card.json"} <= names
+            assert names <= {"cell.json", "config.yaml", "metrics.jsonl", "steps.json", "model_card.json",
+                             "platform.json", "diverged.json"}
+            assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+            info = json.loads((folder / "cell.json").read_text())
+            assert info["seed"] == seed and info["model"] == "cifar_resnet8" and "diverged" not in info
+    assert not list(results.rglob("*.pt")) and not list(results.rglob("*.safetensors"))
+    log = _git(repo, "log", "--format=%s").splitlines()
+    runs = [m for m in log if not m.startswith("tiny: report")]
+    assert len(runs) == 8 and all(m.startswith("tiny: cifar_resnet8 ") for m in runs)
+    assert log[0] == "tiny: report (8 runs)"
+    assert "unrelated.txt" not in _git(repo, "log", "--name-only", "--format=")
+    assert _git(repo, "status", "--porcelain", "--", "results") == ""
+    # Sources ran before their ablations.
+    order = log[::-1]
+    assert order.index(next(m for m in order if " tsc seed0 " in m)) < \
+        order.index(next(m for m in order if "-of:tsc seed0" in m))
+
+
+def test_ablations_are_built_from_the_collected_source(study):
+    results = study["results"] / "cifar_resnet8"
+    for seed in (0, 1):
+        source = results / "tsc" / f"seed{seed}"
+        profile = json.loads((source / "steps.json").read_text())
+        fixed = yaml.safe_load((results / "fixed-of-tsc" / f"seed{seed}" / "config.yaml").read_text())["model"]["steps"]
+        assert fixed == f"fixed:{profile['evolution_time'] / len(profile['dt'])!r}"
+        frozen = results / "profile-of-tsc" / f"seed{seed}"
+        assert json.loads((frozen / "steps.json").read_text())["dt"] == profile["dt"]
+        assert json.loads((frozen / "cell.json").read_text())["source"] == f"cifar_resnet8/tsc/seed{seed}"
+
+
+def test_report_rows_recompute_from_the_runs(study):
+    results = study["results"]
+    summary = json.loads((results / "summary.json").read_text())["models"]["cifar_resnet8"]
+    rows = {r["policy"]: r for r in summary["rows"]}
+    assert list(rows) == ["none", "tsc", "profile-of:tsc", "fixed-of:tsc"] and summary["best_peer"] == "none"
+    for policy, row in rows.items():
+        tag = policy.replace(":", "-") if "-of" in policy else policy
+        finals = [json.loads((results / "cifar_resnet8" / tag / f"seed{s}" / "metrics.jsonl").read_text()
+                             .splitlines()[-1])["test_error"] for s in (0, 1)]
+        assert row["test_errors"] == finals and row["mean"] == pytest.approx(statistics.fmean(finals))
+        assert all(not Path(r).is_absolute() for r in row["runs"])
+    report = (results / "report.md").read_text()
+    assert "| `profile-of:tsc` | `tsc` | 0, 1 | " in report and "Holm-adjusted over these 3" in report
+    assert (results / "cifar_resnet8_test_error.png").stat().st_size > 10_000
+    if list(results.rglob("platform.json")):  # runs record where they ran: the report says so per cell
+        where = json.loads((results / "summary.json").read_text())["platforms"]
+        assert len(where) == 8 and all(label != "unrecorded" for label in where.values())
+        assert "**Platforms.**" in report and "cifar_resnet8 tsc seed0" in report.split("**Platforms.**")[1]
+
+
+def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
+    args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
+    assert wrapper.main(args) == 0
+    out = capsys.readouterr().out
+    assert "8 of 8 cells already have results" in out and "starting:" not in out
+    # Trained but not collected (the study stopped in between): collected without training.
+    copied = study["results"] / "cifar_resnet8" / "none" / "seed1"
+    before = (copied / "metrics.jsonl").read_text()
+    shutil.rmtree(copied)
+    assert wrapper.main(args) == 0
+    out = capsys.readouterr().out
+    assert "starting:" not in out and "done: cifar_resnet8 none seed1" in out
+    assert (copied / "metrics.jsonl").read_text() == before
+    assert cli(["study", *args, "--dry-run"]) == 0
+    states = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert states == ["results"] * 8
+
+
+def test_other_recipes_are_refused_in_one_results_folder(study, capsys):
+    args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
+    assert cli(["study", *args, "--set", "train.epochs=3"]) == 2
+    assert "train.epochs: 2 there, 3 in this recipe" in capsys.readouterr().err
+
+
+def test_grid_study_records_a_diverged_cell_once_and_skips_its_ablation(tmp_path, capsys):
+    """lr = 1e6 sends the loss to NaN: recorded as diverged at chance, never retried, its ablation not run."""
+    spec = _spec(tmp_path, "grid", seeds=[0], grid={"optim.lr": [0.1, 1e6]}, policies=["none", "tsc", "profile-of:tsc"])
+    args = ["study", str(spec), "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
+            "--workers", "2"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("DIVERGED (") == 2 and "not run: cifar_resnet8 profile-of:tsc lr1000000.0 seed0: its source" in out
+    base = tmp_path / "results" / "cifar_resnet8"
+    for tag in ("none", "tsc"):
+        info = json.loads((base / tag / "lr1000000.0" / "seed0" / "cell.json").read_text())
+        assert "loss became" in info["diverged"] and info["grid"] == {"optim.lr": 1e6}
+        assert json.loads((base / tag / "lr0.1" / "seed0" / "cell.json").read_text())["grid"] == {"optim.lr": 0.1}
+    assert (base / "profile-of-tsc" / "lr0.1" / "seed0" / "cell.json").exists()
+    assert not (base / "profile-of-tsc" / "lr1000000.0").exists()
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())["models"]["cifar_resnet8"]["grid"]
+    row = next(r for r in summary["lr1000000.0"]["rows"] if r["policy"] == "tsc")
+    assert row["test_errors"] == [90.0] and row["diverged"] == [0] and row["T_mean"] is None
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "90.00†" in report and "| policy | largest stable `optim.lr` | best `optim.lr` |" in report
+    # The grid over one key: stability, best value and spread per arm (a diverged seed at chance).
+    sweep = json.loads((tmp_path / "results" / "summary.json").read_text())["models"]["cifar_resnet8"]["sweep"]
+    assert sweep["key"] == "optim.lr" and sweep["values"] == [0.1, 1e6] and sweep["best_peer"] == "none"
+    for arm in ("none", "tsc"):
+        entry = sweep["arms"][arm]
+        at = {p["value"]: p for p in entry["points"]}
+        assert at[1e6]["diverged"] == [0] and not at[1e6]["stable"] and at[0.1]["stable"]
+        assert entry["largest_stable"] == 0.1 and entry["best_value"] == 0.1
+        assert entry["spread"] == pytest.approx(90.0 - at[0.1]["mean"]) and entry["spread_stable"] == 0.0
+    assert (tmp_path / "results" / "cifar_resnet8_lr_sweep.png").stat().st_size > 10_000
+    assert cli(args) == 0  # nothing is retried
+    assert "starting:" not in capsys.readouterr().out
+
+
+def test_sigint_stops_a_background_study_and_the_next_call_resumes(tmp_path):
+    """A study started as ``nohup ... &`` has SIGINT ignored; ``kill -INT PID`` must still stop it: no
+    further cell starts, the running trainer checkpoints, the exit is non-zero, and the next call
+    resumes that run where it stopped."""
+    spec = _spec(tmp_path, "long", seeds=[0], policies=["none", "tsc"],
+                 set=["data.train_subset=128", "data.test_subset=64", "data.batch_size=64", "train.epochs=40"])
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = [sys.executable, "-m", "tscnet.cli", "study", str(spec), "--workers", "1", "--runs", str(runs),
+            "--results", str(results)]
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    first = runs / "cifar_resnet8" / "none" / "seed0"  # arms run in spec order (no ablations here)
+    deadline = time.time() + 300
+    while not ((first / "metrics.jsonl").exists() and (first / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert runner.poll() is None and time.time() < deadline, runner.communicate()[0]
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=300)
+    assert runner.returncode == 1, out
+    assert "stopped: cifar_resnet8 none seed0 (SIGINT)" in out and "run the same command again" in out
+    assert "starting: cifar_resnet8 tsc seed0" not in out and not (runs / "cifar_resnet8" / "tsc").exists()
+    done = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= len(done) < 40 and (first / "checkpoint.pt").exists() and not (first / "model_card.json").exists()
+    assert not list(results.rglob("cell.json"))
+
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming: cifar_resnet8 none seed0" in again.stdout
+    epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))
+    assert (results / "cifar_resnet8" / "tsc" / "seed0" / "cell.json").exists()
