@@ -39,8 +39,9 @@ from ..errors import UserError
 from ..train.config import dump_config
 from .executors.base import Executor, Task
 from .plan import Cell, Layout, source_cell
-from .results import (base_config, cell_config, check_configs, cell_info, cell_overrides, check_recipe, collect, config_difference,
-                      diverged_reason, final_error, is_collected, read_metrics, read_yaml, run_divergence)
+from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
+                      config_difference, diverged_reason, final_error, is_collected, read_metrics, read_yaml,
+                      run_divergence)
 from .spec import StudySpec
 
 # Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):

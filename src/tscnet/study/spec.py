@@ -19,7 +19,7 @@
     peers: [none, fixed:0.1, fixup]  # controller-free arms; "best peer" is chosen among them (default: [baseline])
     executor: {kind: local, workers: 2, threads: 1}
     slurm: {partition: null, time: "02:00:00", gpus_per_node: 0, cpus_per_task: 1, nodes: 1}
-    report: {title: ..., written_by: ..., layout: ..., peers_note: ...}   # optional report wording
+    report: {title: ..., written_by: ..., layout: ...}   # optional: the report's heading and first line
 
 Specs live in ``tscnet/configs/studies/`` (found by name) or anywhere (found by path). Every
 problem is a :class:`~tscnet.errors.UserError` of one line naming the spec and the key.
@@ -41,7 +41,7 @@ ABLATIONS = ("profile-of", "fixed-of")
 TOP_KEYS = ("name", "recipe", "set", "models", "seeds", "grid", "per_model", "policies", "baseline", "peers",
             "executor", "slurm", "report", "description")
 ARM_KEYS = ("name", "steps", "set")
-REPORT_KEYS = ("title", "written_by", "layout", "peers_note", "ablations_note", "model_order", "arm_order")
+REPORT_KEYS = ("title", "written_by", "layout")  # the wording of the report's first lines
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
