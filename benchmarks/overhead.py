@@ -3,11 +3,11 @@
 For each policy, side by side in one run (policies interleaved round by round, so all see the
 same machine load):
 
-* **launches** (DESIGN.md, "Count launches, not FLOPs"): the top-level ``aten::`` ops of one
+* **launches** (docs/design.md, "Count launches, not FLOPs"): the top-level ``aten::`` ops of one
   training step (forward + cross-entropy + backward), and on CUDA the device kernels of that step
   (memcpy/memset apart), counted with ``torch.profiler`` at batch ``--ops-batch`` (2): the count
   does not depend on the batch size, every op runs once per step whatever N is. See
-  ``benchmarks/opcount.py`` for what counts.
+  :mod:`tscnet.analysis.opcount` for what counts.
 * the median time of one training step (forward + backward + SGD) at ``--batch-size`` and at
   ``--small-batch`` (8; where a step is launch-bound, the regime in which a policy's ops cost the
   most), relative to ``none``;
@@ -43,7 +43,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,9 +52,7 @@ import torch
 import torch.nn.functional as F
 
 import tscnet
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from opcount import OPS_BATCH, count_train_step  # noqa: E402
+from tscnet.analysis.opcount import OPS_BATCH, count_train_step, usable_policies
 
 POLICIES = ["none", "fixed:0.5", "scalar:0", "channel:1", "mlp", "tsc", "tsc:feedback=explicit"]
 DEFAULT_OUT = "benchmarks/results/overhead.json"
@@ -90,21 +87,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if not args.ops_only and args.out is None:
         args.out = DEFAULT_OUT
     return args
-
-
-def usable_policies(requested: list[str]) -> tuple[list[str], list[str]]:
-    """``(policies, notes)``: ``none`` first (the base of every ratio), unparsable ones skipped."""
-    policies, notes = [], []
-    for p in (["none"] if "none" not in requested else []) + list(requested):
-        try:
-            tscnet.parse_policy(p)
-        except (ValueError, TypeError) as e:
-            notes.append(f"skipped policy {p!r}: {_first_line(e)}")
-            continue
-        if p not in policies:
-            policies.append(p)
-    policies.sort(key=lambda p: p != "none")
-    return policies, notes
 
 
 def _first_line(e: BaseException) -> str:

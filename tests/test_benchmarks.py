@@ -1,7 +1,9 @@
-"""The launch counter of benchmarks/opcount.py and the --ops-only mode of benchmarks/overhead.py."""
+"""The launch counter (tscnet.analysis.opcount) and the --ops-only mode of benchmarks/overhead.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import opcount  # noqa: E402
-import overhead  # noqa: E402
+import tscnet
+from tscnet.analysis import opcount
 
-import tscnet  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_top_level_ops_skip_what_an_aten_op_calls(one_thread):
@@ -42,22 +43,24 @@ def test_train_step_count_is_stable_and_independent_of_batch(one_thread):
 
 
 def test_unparsable_policies_are_skipped_with_a_note():
-    policies, notes = overhead.usable_policies(["fixed:0.5", "no_such_policy", "none"])
+    policies, notes = opcount.usable_policies(["fixed:0.5", "no_such_policy", "none"])
     assert policies == ["none", "fixed:0.5"]
     assert len(notes) == 1 and "no_such_policy" in notes[0]
-    policies, _ = overhead.usable_policies(["tsc"])
+    policies, _ = opcount.usable_policies(["tsc"])
     assert policies[0] == "none"  # the base of every ratio is always measured
 
 
-def test_ops_only_table(one_thread, tmp_path, capsys):
+def test_ops_only_table(tmp_path):
+    """The benchmark script as a user runs it: only the installed package on its path."""
     out = tmp_path / "ops.json"
-    overhead.main(["--ops-only", "--models", "cifar_resnet20", "--policies", "none", "fixed:0.5", "bogus:1",
-                   "--out", str(out)])
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "opcount.py"), "--models", "cifar_resnet20", "--policies",
+                           "none", "fixed:0.5", "bogus:1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["policy"] for r in rows] == ["none", "fixed:0.5"]
     assert rows[0]["ops_ratio"] == 1.0 and rows[1]["ops"] > rows[0]["ops"]
-    text = capsys.readouterr().out
-    assert "| none | " in text and "skipped policy 'bogus:1'" in text
+    assert "| none | " in done.stdout and "skipped policy 'bogus:1'" in done.stdout
 
 
 def test_device_events_sorted_into_kernels_memcpy_memset():

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 import tscnet
+from tscnet.analysis.opcount import count_train_step
 from tscnet.models import cifar_resnet
 from tscnet.stepping.lstm import BlockLSTM
 from tscnet.stepping.multi_tensor import filter_norms, scale_by_steps
@@ -89,20 +89,7 @@ def test_block_lstm_is_nn_lstm_in_eager_and_compiled():
 
 
 def _top_level_aten_ops(model, x, y) -> int:
-    def step():
-        F.cross_entropy(model(x), y).backward()
-
-    step()
-    model.zero_grad(set_to_none=True)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    count = 0
-    for event in prof.events():
-        parent, nested = event.cpu_parent, False
-        while parent is not None and not nested:
-            nested, parent = parent.name.startswith("aten::"), parent.cpu_parent
-        count += event.name.startswith("aten::") and not nested
-    return count
+    return count_train_step(model, x, y)["ops"]  # forward + cross-entropy + backward, after a warm-up step
 
 
 def test_op_count_of_a_training_step_does_not_grow_with_depth(one_thread):
