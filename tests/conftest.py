@@ -1,4 +1,5 @@
-"""Shared test helpers: the real sample images shipped by foolbox (DESIGN.md §3)."""
+"""Shared test helpers: the real sample images shipped by foolbox (80 CIFAR-10/100, Fashion-MNIST and ImageNet
+photos and digits, each file named ``<set>_<index>_<label>``)."""
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,4 @@
-"""Every bad input answered (issue 11, item 3): one table of what a careful user might type.
+"""Every bad input answered: one table of what a careful user might type.
 
 Each case is a command line (built in a fresh folder, from files the case writes first) that must
 be refused the way every user error is: exit status 2, one line on stderr that starts with

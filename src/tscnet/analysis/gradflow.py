@@ -1,4 +1,4 @@
-"""Gradient flow through the blocks: how the step size starves or feeds early blocks (DESIGN.md §1).
+"""Gradient flow through the blocks: how the step size starves or feeds early blocks (docs/design.md, section 2).
 
 With ``y_{i+1} = y_i + Δt_i ⊙ F(y_i, w_i)`` and a loss ``L`` of ``y_D``, back-propagation gives
 

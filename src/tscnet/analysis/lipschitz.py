@@ -1,4 +1,4 @@
-"""The stability bound of DESIGN.md §1, block by block.
+"""The stability bound of docs/design.md (section 2), block by block.
 
 A residual block maps ``y ↦ σ(S y + Δt ⊙ F(y))`` with ``S`` its shortcut, ``F`` its branch and
 ``σ`` either nothing (pre-activation) or a ReLU after the add (post-activation). ReLU is

@@ -1,4 +1,4 @@
-"""Explicit ODE solvers behind the step-size argument of the paper (DESIGN.md §1).
+"""Explicit ODE solvers behind the step-size argument of the paper (docs/design.md, section 2).
 
 A residual block ``y_{d+1} = y_d + Δt_d ⊙ F(y_d)`` is one forward-Euler step. The paper motivates
 adaptive Δt with the classical ODE picture reproduced here:
@@ -165,7 +165,7 @@ def rkf45(
 
     The **4th-order** solution ``y_{j+1}`` is propagated, as in classical RKF45, so the error
     estimate is the error of the solution actually returned (no local extrapolation; Dormand–
-    Prince / scipy's ``RK45`` propagate the 5th-order one instead). DESIGN.md calls ``ŷ`` the
+    Prince / scipy's ``RK45`` propagate the 5th-order one instead). The paper calls ``ŷ`` the
     embedded lower-order solution; the difference, hence the controller, is the same either way.
 
     Args:

@@ -1,4 +1,4 @@
-"""The poster's ODE figure: why the step size matters (DESIGN.md §1).
+"""The poster's ODE figure: why the step size matters (docs/design.md, section 2).
 
 Explicit Euler on ``Y' = −4Y, Y(0) = 1`` over ``t ∈ [0, 2.5]`` multiplies ``Y`` by ``1 − 4h`` per
 step: ``h = 0.05`` tracks ``e^{−4t}``, ``h = 0.4`` oscillates (factor −0.6) and ``h = 0.5`` sits on

@@ -1,6 +1,6 @@
 """Spectral norms (Lipschitz constants) of the linear operators inside residual branches.
 
-The stability bound of DESIGN.md §1, ``‖y_D^ε − y_D‖ ≤ ε Π_j (1 + ‖W_j‖₂ Δt_j)``, needs ``‖W‖₂`` of
+The stability bound of docs/design.md (section 2), ``‖y_D^ε − y_D‖ ≤ ε Π_j (1 + ‖W_j‖₂ Δt_j)``, needs ``‖W‖₂`` of
 the operator a layer actually applies: a convolution acts on a whole ``(C, H, W)`` feature map,
 with its stride, padding, dilation and groups, and its norm is not the norm of the reshaped
 kernel. Bias (and any other affine offset) is ignored: it does not change a Lipschitz constant.

@@ -1,4 +1,4 @@
-"""Step controllers Θ: step sizes computed from the network's own weights (DESIGN.md §1).
+"""Step controllers Θ: step sizes computed from the network's own weights (docs/design.md, sections 3–4).
 
 ``tsc`` (the paper's TSC_LSTM), default ``feedback=implicit``::
 
