@@ -27,6 +27,8 @@ from stepping_utils import randomize_bn, randomize_steps, rel_err, write_random_
 
 POLICIES = ["fixed:0.5", "depth:0.5", "scalar:0.5", "channel", "layerscale", "profile", "mlp", "tsc",
             "tsc:feedback=explicit"]
+# The quick tier (pytest -m "not slow") takes the paper's controller; the full suite every policy.
+EVERY_POLICY = [p if p == "tsc" else pytest.param(p, marks=pytest.mark.slow) for p in POLICIES]
 RETURN = {"layer2": "c3", "layer4": "c5"}
 
 
@@ -56,7 +58,7 @@ def _features_loss(features) -> torch.Tensor:
     return sum(f.square().mean() for f in values)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", EVERY_POLICY)
 def test_timm_features_only_attached_before_or_after_wrapping(policy, tmp_path, one_thread):
     torch.manual_seed(0)
     x = sample_batch("imagenet", size=64)[:2]
@@ -85,7 +87,7 @@ def test_timm_features_only_attached_before_or_after_wrapping(policy, tmp_path, 
             assert rel_err(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", EVERY_POLICY)
 def test_torchvision_feature_extractors_fx_and_intermediate_layer_getter(policy, tmp_path, one_thread):
     torch.manual_seed(0)
     x = sample_batch("imagenet", size=64)[:2]
@@ -126,7 +128,8 @@ def test_torchvision_feature_extractors_fx_and_intermediate_layer_getter(policy,
             assert rel_err(value, reference[key]) < 1e-5
 
 
-@pytest.mark.parametrize("policy", ["channel", "tsc", "tsc:feedback=explicit"])
+@pytest.mark.parametrize("policy", ["tsc"] + [pytest.param(p, marks=pytest.mark.slow)
+                                             for p in ("channel", "tsc:feedback=explicit")])
 def test_deep_copies_are_independent_stepped_models(policy, one_thread):
     torch.manual_seed(0)
     x = sample_batch("cifar10")[:4]

@@ -17,6 +17,7 @@ TINY = ["--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32"
         "--epochs", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_fold_writes_a_timm_folder_that_timm_loads_with_the_same_outputs(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--model", "seresnet18", "--steps", "tsc", "--out", str(run)]) == 0
