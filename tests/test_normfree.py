@@ -177,7 +177,7 @@ def test_norm_aware_controller_trains_its_input_and_starts_small(one_thread):
 
 
 def test_norm_aware_input_costs_a_fixed_number_of_ops_plus_one_per_conv(one_thread):
-    from test_fast_path import _top_level_aten_ops as top_level_aten_ops
+    from tscnet.analysis.opcount import count_train_step
 
     x, y = sample_batch("cifar10")[:2], torch.tensor([0, 1])
     extra = {}
@@ -185,7 +185,8 @@ def test_norm_aware_input_costs_a_fixed_number_of_ops_plus_one_per_conv(one_thre
         counts = {}
         for policy in ("tsc", "tsc:summary=l2_sn"):
             torch.manual_seed(0)
-            counts[policy] = top_level_aten_ops(tscnet.attach_steps(cifar_resnet(depth, norm="none"), policy), x, y)
+            model = tscnet.attach_steps(cifar_resnet(depth, norm="none"), policy)
+            counts[policy] = count_train_step(model, x, y)["ops"]
         extra[depth] = counts["tsc:summary=l2_sn"] - counts["tsc"]
     convs = {20: 18, 56: 54}
     # Every conv weight gets one more gradient: a slice of the stacked weights and its accumulation.
