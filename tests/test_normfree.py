@@ -37,7 +37,7 @@ def test_norm_free_net_has_no_normalisation(net):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("net", ["basic20"] + [pytest.param(n, marks=pytest.mark.slow) for n in NETS if n != "basic20"])
 def test_every_policy_folds_bitwise_into_the_norm_free_net(net, policy, one_thread):
     model = tscnet.attach_steps(_norm_free(net), policy)
     if not policy.startswith(("fixed", "depth")):
@@ -176,7 +176,7 @@ def test_norm_aware_controller_trains_its_input_and_starts_small(one_thread):
     assert sum(1 for k in sd if ".spectral.u" in k) == 5  # one warm-start buffer per conv shape, saved
 
 
-def test_norm_aware_input_costs_a_fixed_number_of_ops_plus_one_per_conv(one_thread):
+def test_norm_aware_input_costs_a_constant_plus_two_ops_per_conv(one_thread):
     from tscnet.analysis.opcount import count_train_step
 
     x, y = sample_batch("cifar10")[:2], torch.tensor([0, 1])
