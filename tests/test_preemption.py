@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,6 +122,53 @@ def test_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     assert _state(out)["progress"]["batch"] == 3
     resumed = subprocess.run(torchrun + ddp_args + ["--out", str(out), "--resume"], env=env, capture_output=True,
                              text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(reference, out)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_torchrun_and_its_workers_signalled_together_stop_once(tmp_path):
+    """SIGTERM to torchrun and to every process below it, as Slurm signals a job step: torchrun
+    forwards its own to its workers, which got theirs a moment before. Each worker takes the two as
+    one request: both checkpoint at the same step, and the resumed run equals an uninterrupted one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523", "-m",
+                "tscnet.cli"]
+    ddp_args = ARGS + ["--device", "cpu"]
+    reference, out = tmp_path / "straight", tmp_path / "stopped"
+    assert subprocess.run(torchrun + ddp_args + ["--out", str(reference)], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(torchrun + ddp_args + ["--out", str(out), "--set", "train.checkpoint_every=1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if _state(out)["progress"]["batch"] >= 2:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError, TypeError, KeyError):
+            pass
+        time.sleep(0.02)
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert err.count("stopped by SIGTERM during epoch") == 2 and "KeyboardInterrupt" not in err, err[-3000:]
+    resumed = subprocess.run(torchrun + ddp_args + ["--out", str(out), "--resume", "--set", "train.checkpoint_every=1"],
+                             env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_run(reference, out)
 

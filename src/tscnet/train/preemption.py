@@ -3,7 +3,10 @@
 Schedulers (Slurm, Kubernetes, spot instances) send SIGTERM and give seconds before SIGKILL. While
 training, :class:`StopRequest` turns the first SIGTERM or SIGINT into a flag that the engine reads
 between steps: it writes a mid-epoch checkpoint (atomically) and raises :class:`TrainingStopped`,
-whose one-line message says how to resume. A second signal stops at once (KeyboardInterrupt).
+whose one-line message says how to resume. A second signal stops at once (KeyboardInterrupt),
+unless it comes within :data:`REPEAT_S` of the first: that is the same request delivered twice
+(Slurm signals every process of a job step, and torchrun forwards the signal it got to its workers;
+a terminal's Ctrl-C reaches torchrun and its workers alike).
 Under torchrun every rank agrees on the step at which to stop (the flag is all-reduced).
 
 ``train.checkpoint_every`` adds periodic mid-epoch checkpoints: ``N`` (steps) or ``"Nmin"``.
@@ -31,6 +34,7 @@ import torch.distributed as dist
 from ..errors import UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REPEAT_S = 1.0  # a second signal sooner than this after the first is the same request
 
 
 class TrainingStopped(UserError):
@@ -42,6 +46,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: Optional[int] = None
+        self._at = 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -56,10 +61,12 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal is not None:  # asked twice: stop now
-            self.__exit__()
+        if self.signal is not None:
+            if time.monotonic() - self._at < REPEAT_S:  # the same request, delivered twice
+                return
+            self.__exit__()  # asked twice: stop now
             raise KeyboardInterrupt
-        self.signal = signum
+        self.signal, self._at = signum, time.monotonic()
 
     @property
     def name(self) -> str:

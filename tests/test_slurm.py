@@ -1,0 +1,161 @@
+"""The Slurm executor on a real (single-node) Slurm: a tiny study through sbatch, and a job requeued
+mid-epoch (``scontrol requeue``: SIGTERM, then the job starts again) that ends exactly where an
+uninterrupted run ends. Skipped where no Slurm controller answers: scripts/start_slurm.sh starts one
+(.ci/run does)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tscnet.cli import main as cli
+from tscnet.train import read_metrics
+
+from run_utils import assert_same_run
+
+submitit = pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip install 'tscnet[slurm]'")
+from tscnet.study.executors import Task, create_executor  # noqa: E402
+from tscnet.study.executors.slurm import parse_time, slurm_running  # noqa: E402
+
+NO_SLURM = slurm_running()
+needs_slurm = pytest.mark.skipif(NO_SLURM is not None, reason=f"{NO_SLURM}")
+
+TINY = ["data.train_subset=512", "data.test_subset=256", "data.batch_size=32", "train.epochs=2"]
+
+
+@pytest.mark.parametrize("value, minutes", [(90, 90), ("90", 90), ("1:30:00", 90), ("2-00:00:00", 2880), ("30:00", 30),
+                                            ("0:10", 1)])
+def test_time_limits_parse_like_slurm(value, minutes):
+    assert parse_time(value) == minutes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--partition", "gpu"], "--partition is a Slurm option: add --executor slurm"),
+    (["--executor", "slurm", "--time", "soon"], "time must be minutes or HH:MM:SS"),
+    (["--executor", "slurm", "--gpus-per-node", "-1"], "gpus_per_node must be an integer >= 0"),
+])
+def test_bad_slurm_options_are_one_line(argv, message, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "recipe": "fashion_mnist_grid", "set": TINY,
+                                    "models": ["cifar_resnet8"], "policies": ["none"], "seeds": [0]}))
+    assert cli(["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_without_slurm_the_error_names_the_start_script(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "recipe": "fashion_mnist_grid", "set": TINY,
+                                    "models": ["cifar_resnet8"], "policies": ["none"], "seeds": [0]}))
+    done = subprocess.run([sys.executable, "-m", "tscnet.cli", "study", str(spec), "--executor", "slurm",
+                           "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")],
+                          env={**os.environ, "PATH": str(tmp_path / "empty")}, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no Slurm here (no sbatch/squeue on PATH)" in done.stderr and "scripts/start_slurm.sh" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _local_run(recipe: Path, out: Path, procs: int = 1) -> None:
+    """The uninterrupted reference: the same recipe, one thread (per process), on this machine."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else []
+    done = subprocess.run([sys.executable, *launch, "-m", "tscnet.cli", "train", "--no-progress", "--config", str(recipe),
+                           "--out", str(out)], env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+@needs_slurm
+def test_a_tiny_study_runs_through_sbatch(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "recipe": "fashion_mnist_grid", "set": TINY,
+                                    "models": ["cifar_resnet8"], "policies": ["none", "fixed:0.5"], "seeds": [0]}))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    study = subprocess.run([sys.executable, "-m", "tscnet.cli", "study", str(spec), "--executor", "slurm",
+                            "--time", "00:20:00", "--cpus-per-task", "1", "--results", str(results), "--runs", str(runs)],
+                           capture_output=True, text=True, timeout=900)
+    assert study.returncode == 0, study.stdout[-2000:] + study.stderr[-2000:]
+    assert "slurm: partition (default), 20 min" in study.stdout
+    for policy in ("none", "fixed0.5"):
+        run = runs / "cifar_resnet8" / policy / "seed0"
+        log = (run.parent / "seed0.log").read_text()
+        assert "submitted as slurm job" in log and "slurm job" in log and "restart 0" in log, log
+        job = log.split("submitted as slurm job ")[1].split()[0]
+        assert (run.parent / "seed0.slurm" / f"{job}.exitcode").read_text().strip() == "0"
+        assert (results / "cifar_resnet8" / policy / "seed0" / "cell.json").is_file()
+        # A job computes what a local run computes.
+        reference = tmp_path / f"local-{policy}"
+        _local_run(run.parent / "seed0.recipe.yaml", reference)
+        assert_same_run(reference, run)
+    assert (results / "report.md").is_file()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _squeue_state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _progress(run: Path):
+    try:
+        saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError, OSError):
+        return None
+    return saved["progress"]["batch"] if saved.get("progress") else None
+
+
+@needs_slurm
+@pytest.mark.parametrize("procs", [1, 2])
+def test_a_job_requeued_mid_epoch_resumes_exactly(procs, tmp_path):
+    """procs 2: torchrun under srun (CPU processes over gloo); Slurm's SIGTERM reaches torchrun and
+    both trainers, and torchrun forwards its own to them: the trainers take it as one request."""
+    # 1024 images at batch 32: 32 steps an epoch, 2 epochs. A checkpoint after every step shows
+    # how far the job got (periodic checkpoints leave the run unchanged: test_preemption).
+    recipe = tmp_path / "cell.yaml"
+    config = {"model": {"name": "cifar_resnet8", "steps": "tsc"},
+              "data": {"name": "fashion-mnist", "train_subset": 1024, "test_subset": 256, "batch_size": 32},
+              "train": {"epochs": 2, "checkpoint_every": 1, "loss_steps": [10, 40], "device": "cpu"}}
+    recipe.write_text(yaml.safe_dump(config))
+    run = tmp_path / "runs" / "cell"
+    command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(run), "--config", str(recipe)]
+    task = Task(name="requeue test", config=config, command=command, recipe=recipe, run_dir=run,
+                log=tmp_path / "runs" / "cell.log", cwd=tmp_path, threads=1)
+    executor = create_executor("slurm", time="00:20:00", workers=1, threads=1, procs_per_node=procs)
+    handle = executor.start(task)
+    try:
+        _wait(lambda: (_progress(run) or 0) >= 3, 600, "the job's first steps")
+        subprocess.run(["scontrol", "requeue", handle.job_id], check=True, capture_output=True)
+        log = task.log
+        _wait(lambda: "stopped by SIGTERM during epoch" in log.read_text(), 120, "the trainer's checkpoint")
+        # Slurm holds a requeued job back two minutes; release it now.
+        _wait(lambda: _squeue_state(handle.job_id) == "PENDING", 120, "the requeued job to be pending")
+        subprocess.run(["scontrol", "update", f"jobid={handle.job_id}", "starttime=now"], check=True)
+        code = _wait(lambda: (lambda c: None if c is None else [c])(executor.poll(handle)), 900, "the job")[0]
+    finally:
+        subprocess.run(["scancel", handle.job_id], capture_output=True)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert "restart 0" in text and "restart 1" in text and "--resume" in text.split("restart 1")[1].splitlines()[0]
+    stopped_at = int(text.split("stopped by SIGTERM during epoch ")[1].split(";")[0])
+    assert stopped_at in (1, 2) and text.count("stopped by SIGTERM") == procs  # every trainer, once
+    if procs > 1:
+        assert "torch.distributed.run" in text and "--nproc-per-node=2" in text
+    reference = tmp_path / "reference"
+    _local_run(recipe, reference, procs)
+    assert_same_run(reference, run)
+    assert [r["loss_at_step"] for r in read_metrics(run)] == [r["loss_at_step"] for r in read_metrics(reference)]
+    assert json.loads((run / "model_card.json").read_text())["platform"][0]["hostname"]
