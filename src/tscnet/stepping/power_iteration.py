@@ -16,9 +16,9 @@ the gradient of the top singular value at convergence — and the controller's i
 with the network. BN layers are not in
 the estimate: their scale depends on batch statistics, not on weights alone.
 
-Cost: all convs of one weight shape are done together (``torch.bmm`` over a stack), so the op count
-per training step depends on the number of distinct conv shapes (5 in a CIFAR ResNet of any depth),
-not on the depth.
+Cost: all convs go through one ``torch.bmm`` chain as a zero-padded batch of filter matrices, so a
+training step costs a few ops per distinct conv shape (5 in a CIFAR ResNet of any depth) plus one
+gradient accumulation per conv weight (it also receives the conv's own gradient).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .branches import Branch
+from .multi_tensor import _plain_autograd
 
 
 def branch_convs(branch: Branch) -> list[nn.Conv2d]:
@@ -34,8 +35,46 @@ def branch_convs(branch: Branch) -> list[nn.Conv2d]:
     return [m for m in branch.block.children() if isinstance(m, nn.Conv2d)]
 
 
+class _PaddedFilterMatrices(torch.autograd.Function):
+    """Conv weights (grouped by shape, groups contiguous) → one zero-padded batch ``N × R × K`` of
+    filter matrices; the backward crops each group's gradient and unbinds it in a few ops per shape
+    (autograd's generic ``stack`` backward would slice once per weight)."""
+
+    @staticmethod
+    def forward(counts: tuple[int, ...], rows: int, cols: int, *weights: Tensor) -> Tensor:
+        return _padded(counts, rows, cols, weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        counts, rows, cols, *weights = inputs
+        ctx.counts = counts
+        starts = [sum(counts[:g]) for g in range(len(counts))]
+        ctx.shapes = [weights[i].shape for i in starts]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grads: list[Tensor] = []
+        for g, shape in zip(grad.split(ctx.counts), ctx.shapes):
+            grads.extend(g[:, : shape[0], : shape[1:].numel()].reshape(-1, *shape).unbind(0))
+        return (None, None, None, *grads)
+
+
+def _padded(counts: tuple[int, ...], rows: int, cols: int, weights) -> Tensor:
+    mats, start = [], 0
+    for n in counts:
+        m = torch.stack(weights[start : start + n]).flatten(2)
+        mats.append(F.pad(m, (0, cols - m.shape[2], 0, rows - m.shape[1])))  # zeros keep every singular value
+        start += n
+    return torch.cat(mats)
+
+
 class BranchSpectralNorms(nn.Module):
-    """``log σ_d`` of every block (a ``D``-vector), from one power-iteration step per training forward."""
+    """``log σ_d`` of every block (a ``D``-vector), from one power-iteration step per training forward.
+
+    All branch convs are iterated together as one zero-padded batch of filter matrices (zero rows
+    and columns leave the singular values unchanged), so the op count per step is a few per
+    distinct conv shape plus one gradient accumulation per conv, whatever the depth.
+    """
 
     def __init__(self, branches: list[Branch]) -> None:
         super().__init__()
@@ -44,28 +83,32 @@ class BranchSpectralNorms(nn.Module):
         for d, branch in enumerate(branches):
             for j, conv in enumerate(branch_convs(branch)):
                 shapes.setdefault(conv.weight.shape, []).append((d, j))
-        self.groups = list(shapes.values())
-        for g, (shape, members) in enumerate(shapes.items()):
-            u = F.normalize(torch.randn(len(members), shape[0]), dim=1)
-            self.register_buffer(f"u{g}", u)  # persistent: a resumed run continues the same iteration
-        block_of = [d for members in self.groups for d, _ in members]
-        self.register_buffer("block_of", torch.tensor(block_of), persistent=False)
+        self.members = [m for members in shapes.values() for m in members]  # (block, conv) in group order
+        self.counts = tuple(len(members) for members in shapes.values())
+        self.rows = max(shape[0] for shape in shapes)
+        self.cols = max(shape[1:].numel() for shape in shapes)
+        u = torch.zeros(len(self.members), self.rows)
+        start = 0
+        for shape, members in shapes.items():
+            u[start : start + len(members), : shape[0]] = F.normalize(torch.randn(len(members), shape[0]), dim=1)
+            start += len(members)
+        self.register_buffer("u", u)  # persistent: a resumed run continues the same iteration
+        self.register_buffer("block_of", torch.tensor([d for d, _ in self.members]), persistent=False)
 
     def forward(self) -> Tensor:
-        logs = []
-        for g, members in enumerate(self.groups):
-            convs = [branch_convs(self.branches[d])[j] for d, j in members]
-            w = torch.stack([c.weight for c in convs]).flatten(2)  # n × C_out × C_in·k·k
-            u = getattr(self, f"u{g}")
-            with torch.no_grad():
-                v = F.normalize(torch.bmm(u.unsqueeze(1), w).squeeze(1), dim=1)
-            wv = torch.bmm(w, v.unsqueeze(2)).squeeze(2)  # n × C_out
-            sigma = wv.norm(dim=1).clamp_min(1e-12)
-            if self.training:
-                u.copy_(wv.detach() / sigma.detach().unsqueeze(1))
-            logs.append(sigma.log())
-        flat = torch.cat(logs)
-        return flat.new_zeros(len(self.branches)).index_add(0, self.block_of, flat)
+        convs = [branch_convs(self.branches[d]) for d in range(len(self.branches))]
+        weights = [convs[d][j].weight for d, j in self.members]
+        if _plain_autograd():  # torch.compile / torch.func: plain autograd through the same formula
+            w = _padded(self.counts, self.rows, self.cols, weights)
+        else:
+            w = _PaddedFilterMatrices.apply(self.counts, self.rows, self.cols, *weights)  # N × R × K
+        with torch.no_grad():
+            v = F.normalize(torch.bmm(self.u.unsqueeze(1), w).squeeze(1), dim=1)
+        wv = torch.bmm(w, v.unsqueeze(2)).squeeze(2)  # N × R
+        sigma = wv.norm(dim=1).clamp_min(1e-12)
+        if self.training:
+            self.u.copy_(wv.detach() / sigma.detach().unsqueeze(1))
+        return sigma.new_zeros(len(self.branches)).index_add(0, self.block_of, sigma.log())
 
     def extra_repr(self) -> str:
-        return f"blocks={len(self.branches)}, shapes={len(self.groups)}"
+        return f"blocks={len(self.branches)}, convs={len(self.members)}, shapes={len(self.counts)}"
