@@ -299,6 +299,7 @@ def test_the_table_is_large_and_covers_every_command():
     assert set(ORDER) <= {c[0].split("-")[0] for c in CASES} | {"train"}
 
 
+@pytest.mark.slow  # a hundred command lines, some building models
 @pytest.mark.parametrize("argv, message", [pytest.param(build, message, id=name) for name, build, message in CASES])
 def test_bad_input_is_refused_in_one_line_and_changes_nothing(argv, message, run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # default output folders (ode, stability) land where the snapshot sees them

@@ -26,6 +26,7 @@ def test_top_level_ops_skip_what_an_aten_op_calls(one_thread):
     assert opcount.top_level_aten_ops(prof.events()) == {"aten::linear": 1, "aten::sum": 1}
 
 
+@pytest.mark.slow
 def test_train_step_count_is_stable_and_independent_of_batch(one_thread):
     torch.manual_seed(0)
     model = tscnet.create_model("cifar_resnet20", num_classes=10)
@@ -50,6 +51,7 @@ def test_unparsable_policies_are_skipped_with_a_note():
     assert policies[0] == "none"  # the base of every ratio is always measured
 
 
+@pytest.mark.slow
 def test_ops_only_table(tmp_path):
     """The benchmark script as a user runs it: only the installed package on its path."""
     out = tmp_path / "ops.json"

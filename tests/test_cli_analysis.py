@@ -13,7 +13,7 @@ from PIL import Image
 from tscnet.cli import main
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # trains runs, draws figures
 
 
 def assert_png(path: Path) -> None:

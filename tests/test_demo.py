@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tscnet.cli import main
 from tscnet.commands.demo import STUDY_FINDINGS
+
+pytestmark = pytest.mark.slow  # the demo trains three runs; the entry point starts processes
 
 
 def test_demo_trains_its_policies_and_writes_table_and_curves(tmp_path, capsys):

@@ -10,6 +10,8 @@ from torch import nn
 from tscnet.cli import main
 from tscnet.errors import UserError
 from tscnet.train import read_metrics
+
+pytestmark = pytest.mark.slow  # every test trains through the engine (compile, DDP, AMP): minutes
 from tscnet.train.engine import _use_channels_last
 
 QUICK = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress", "--device", "cpu",

@@ -15,6 +15,8 @@ from tscnet.train import load_config
 
 from stepping_utils import randomize_bn, randomize_steps, rel_err
 
+pytestmark = pytest.mark.slow  # trains a run, starts processes
+
 
 def test_fold_tolerance_by_device_and_tf32_flags():
     for conv, matmul in [(True, True), (False, False)]:

@@ -74,6 +74,7 @@ def test_per_width_projections_equal_one_linear_per_width():
         torch.testing.assert_close(to_width.block(h[d : d + 1], d), z[d])
 
 
+@pytest.mark.slow
 def test_block_lstm_is_nn_lstm_in_eager_and_compiled():
     torch.manual_seed(0)
     ours = BlockLSTM(6, 6)
@@ -92,6 +93,7 @@ def _top_level_aten_ops(model, x, y) -> int:
     return count_train_step(model, x, y)["ops"]  # forward + cross-entropy + backward, after a warm-up step
 
 
+@pytest.mark.slow
 def test_op_count_of_a_training_step_does_not_grow_with_depth(one_thread):
     # Extra ops over the vanilla model: a constant, plus for weight-fed controllers one gradient
     # sum per block (the last conv's weight gets its gradient from the conv and from Δt).
@@ -110,6 +112,7 @@ def test_op_count_of_a_training_step_does_not_grow_with_depth(one_thread):
         assert extra[20, policy] - blocks[20] <= 70, (policy, extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["none"] + POLICIES)
 def test_compiled_training_matches_eager_without_recompiles(policy, one_thread):
     torch.manual_seed(0)
@@ -118,6 +121,7 @@ def test_compiled_training_matches_eager_without_recompiles(policy, one_thread):
                                sample_batch("fashionMNIST")[:16], torch.arange(16) % 10)
 
 
+@pytest.mark.slow
 def test_inductor_compiled_tsc_trains_like_eager(one_thread):
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -136,8 +140,9 @@ def test_inductor_compiled_tsc_trains_like_eager(one_thread):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("policy", ["tsc", "mlp", "channel"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("policy", ["tsc", pytest.param("mlp", marks=pytest.mark.slow),
+                                    pytest.param("channel", marks=pytest.mark.slow)])
 def test_models_cast_to_half_precision_train_and_fold(policy, dtype):
     torch.manual_seed(0)
     for model in (tscnet.attach_steps(cifar_resnet(8), policy).to(dtype),    # cast after attaching
@@ -164,7 +169,8 @@ def test_slot_site_under_autocast_rounds_the_product_not_the_step():
     assert not torch.equal(out, x * dt.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "seresnet18", "cifar_preact_resnet20"])
+@pytest.mark.parametrize("name", ["cifar_resnet20", pytest.param("seresnet18", marks=pytest.mark.slow),
+                                  "cifar_preact_resnet20"])
 def test_sync_batchnorm_conversion_keeps_the_steps(name):
     model = tscnet.create_model(name, steps="tsc")
     randomize_bn(model)

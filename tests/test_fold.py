@@ -13,8 +13,13 @@ from stepping_utils import randomize_bn, randomize_steps, rel_err
 
 POLICIES = ["fixed:0.5", "scalar:0.3", "channel", "mlp", "tsc"]
 CIFAR = ["cifar_resnet20", "cifar_preact_resnet164", "cifar_resnet164"]
+QUICK = {"cifar_resnet20", "resnet18"}  # pytest -m "not slow" folds these; the full suite every model
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "seresnet50",
             "tv:resnet50", "tv:resnext50_32x4d"]
+
+
+def _tiered(names: list[str]) -> list:
+    return [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 @lru_cache(maxsize=None)
@@ -33,7 +38,7 @@ def _stepped(name, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+@pytest.mark.parametrize("name", _tiered(CIFAR + IMAGENET))
 def test_fold_is_exact_on_real_images(name, policy):
     model = _stepped(name, policy)
     steps = torch.cat(tscnet.step_sizes(model))
@@ -45,12 +50,13 @@ def test_fold_is_exact_on_real_images(name, policy):
         assert rel_err(folded(x), model(x)) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50"])
+@pytest.mark.parametrize("name", _tiered(["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50"]))
 def test_fold_is_exact_with_explicit_feedback(name):
     test_fold_is_exact_on_real_images(name, "tsc:feedback=explicit")
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50", "tv:resnet50"])
+@pytest.mark.parametrize("name", _tiered(["cifar_resnet20", "cifar_preact_resnet164", "resnet50", "seresnet50",
+                                          "tv:resnet50"]))
 def test_folded_model_is_the_vanilla_architecture(name):
     model = _stepped(name, "tsc")
     folded = tscnet.fold_steps(model)
@@ -63,6 +69,7 @@ def test_folded_model_is_the_vanilla_architecture(name):
                for m in folded.modules())
 
 
+@pytest.mark.slow
 def test_folded_weights_load_into_unmodified_library_classes():
     import timm
     import torchvision
@@ -88,6 +95,7 @@ def test_fold_refuses_gates_that_mix_channels():
         tscnet.fold_steps(model)
 
 
+@pytest.mark.slow
 def test_folded_model_scripts_exports_and_compiles():
     # ResNet-8 keeps the inductor compile short; the blocks are the same as ResNet-20's.
     model = tscnet.attach_steps(cifar_resnet(8), "tsc")
@@ -104,7 +112,7 @@ def test_folded_model_scripts_exports_and_compiles():
         torch.testing.assert_close(torch.compile(folded)(x), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet164", "seresnet50", "tv:resnet50"])
+@pytest.mark.parametrize("name", _tiered(["cifar_resnet20", "cifar_preact_resnet164", "seresnet50", "tv:resnet50"]))
 def test_unfold_inverts_fold_and_keeps_the_function(name, tmp_path):
     """model.safetensors + steps.json → the stepped model: same Δt, same outputs, same weights where Δt ≠ 0."""
     import json

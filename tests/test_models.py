@@ -8,7 +8,8 @@ from tscnet.models import cifar_resnet
 @pytest.mark.parametrize(
     "name, millions",
     [("cifar_resnet20", 0.27), ("cifar_resnet32", 0.46), ("cifar_resnet44", 0.66), ("cifar_resnet56", 0.85),
-     ("cifar_resnet110", 1.7), ("cifar_resnet1202", 19.4), ("cifar_preact_resnet164", 1.7)],
+     ("cifar_resnet110", 1.7), pytest.param("cifar_resnet1202", 19.4, marks=pytest.mark.slow),
+     ("cifar_preact_resnet164", 1.7)],
 )
 def test_cifar_parameter_counts_match_reference(name, millions):
     model = tscnet.create_model(name, num_classes=10)

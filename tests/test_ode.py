@@ -167,6 +167,7 @@ def test_rkf45_step_underflow_raises():
 # ---------------------------------------------------------------------------------- figure
 
 
+@pytest.mark.slow
 def test_poster_figure_writes_png_and_table(tmp_path):
     path = tmp_path / "poster.png"
     rows = poster_figure(path)

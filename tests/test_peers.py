@@ -83,6 +83,7 @@ def test_layerscale_steps_train_without_weight_decay_and_other_policies_keep_it(
         assert len(groups) == 1 and groups[0]["weight_decay"] == 0.5
 
 
+@pytest.mark.slow
 def test_profile_policy_loads_a_file_or_run_folder_exactly_and_freezes_it(tmp_path):
     steps = _random_profile("cifar_resnet20", tmp_path / "steps.json")
     for source in (tmp_path / "steps.json", tmp_path):  # the file, or the run folder holding it
@@ -117,6 +118,7 @@ def test_profile_mismatches_and_bad_files_are_clear_errors(tmp_path):
         tscnet.create_model("cifar_resnet20", steps="depth:inf")
 
 
+@pytest.mark.slow
 def test_every_run_saves_its_final_profile_and_profile_trains_with_it_frozen(tmp_path, capsys):
     first = tmp_path / "layerscale"
     assert main(["train", *QUICK, "--steps", "layerscale", "--out", str(first)]) == 0
@@ -151,7 +153,7 @@ def profiles(tmp_path_factory):
 
 
 @pytest.mark.parametrize("policy", ["depth:0.5", "depth:1", "layerscale", "profile"])
-@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet18"])
+@pytest.mark.parametrize("name", ["cifar_resnet20", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_new_policies_fold_exactly(name, policy, profiles):
     torch.manual_seed(0)
     spec = f"profile:{profiles / f'{name}.json'}" if policy == "profile" else policy
@@ -170,6 +172,7 @@ def test_new_policies_fold_exactly(name, policy, profiles):
         assert rel_err(folded(x), model(x)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["depth:0.5", "layerscale", "profile"])
 def test_new_policies_compile_like_eager_without_recompiles(policy, profiles, one_thread):
     torch.manual_seed(0)

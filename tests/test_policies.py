@@ -31,7 +31,8 @@ def test_malformed_policies_are_clear_errors(bad):
 @pytest.mark.parametrize(
     "name, policy",
     [(n, p) for n in ("cifar_resnet20", "cifar_preact_resnet20") for p in ("tsc", "mlp", "channel:1", "fixed:1")]
-    + [("resnet18", "tsc"), ("tv:resnet18", "channel:1"), ("seresnet50", "tsc")],
+    + [pytest.param(*case, marks=pytest.mark.slow) for case in [("resnet18", "tsc"), ("tv:resnet18", "channel:1"),
+                                                                  ("seresnet50", "tsc")]],
 )
 def test_unit_step_policies_start_as_the_vanilla_model(policy, name):
     torch.manual_seed(0)
@@ -68,7 +69,8 @@ def _count_policy_calls(model):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet20", "seresnet18"])  # norm, conv, slot sites
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet20",  # norm, conv, slot sites
+                                  pytest.param("seresnet18", marks=pytest.mark.slow)])
 def test_policy_runs_once_per_forward(name, policy):
     model = tscnet.create_model(name, steps=policy)
     calls = _count_policy_calls(model)
@@ -171,7 +173,7 @@ def test_unsupported_block_type_is_named():
         tscnet.attach_steps(torch.nn.Sequential(WeirdBlock()), "tsc")
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet20", "tv:resnet18"])
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet20", pytest.param("tv:resnet18", marks=pytest.mark.slow)])
 def test_replace_steps_keeps_weights_and_swaps_the_policy(name):
     torch.manual_seed(0)
     x = sample_batch("cifar10")[:4]
@@ -196,8 +198,9 @@ def test_replace_steps_keeps_weights_and_swaps_the_policy(name):
     assert [dt.shape for dt in tscnet.step_sizes(fresh)] == [dt.shape for dt in tscnet.step_sizes(model)]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "seresnet18", "tv:resnet18"])
-@pytest.mark.parametrize("policy", ["tsc", "channel"])
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow), "seresnet18",
+                                  pytest.param("tv:resnet18", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("policy", ["tsc", pytest.param("channel", marks=pytest.mark.slow)])
 def test_library_models_with_steps_start_with_live_branches(name, policy):
     # timm/torchvision zero-initialise the last BN's γ (zero_init_last) when asked; with steps that
     # would make every branch output 0 and dL/dΔt = 0 at the start: the policy could never learn.

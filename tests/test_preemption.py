@@ -15,6 +15,8 @@ from tscnet.train import read_metrics
 
 from run_utils import assert_same_run
 
+pytestmark = pytest.mark.slow  # real signals to training processes: minutes
+
 # 512 images at batch 64: 8 steps an epoch, 2 epochs; 4 evaluation batches. The loss windows of
 # steps 3, 12 and 16 span a resume point and (12, 16) the epoch boundary.
 ARGS = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--steps", "tsc", "--no-progress",

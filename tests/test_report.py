@@ -27,7 +27,7 @@ def make_run(root: Path, model: str, steps: str, seed: int, epochs: int = 2) -> 
     return out
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # trains runs, draws figures
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from tscnet.cli import main
 from tscnet.train import read_metrics
 from tscnet.train.machine import read_platforms
 
+pytestmark = pytest.mark.slow  # every test trains a run
+
 QUICK = ["train", "--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress", "--test-subset", "128"]
 
 

@@ -70,6 +70,7 @@ def _local_run(recipe: Path, out: Path, procs: int = 1) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_tiny_study_runs_through_sbatch(tmp_path):
     spec = tmp_path / "tiny.yaml"
@@ -118,6 +119,7 @@ def _progress(run: Path):
     return saved["progress"]["batch"] if saved.get("progress") else None
 
 
+@pytest.mark.slow
 @needs_slurm
 @pytest.mark.parametrize("procs", [1, 2])
 def test_a_job_requeued_mid_epoch_resumes_exactly(procs, tmp_path):

@@ -61,8 +61,8 @@ def dense_norm(segment, shape) -> float:
     return torch.linalg.matrix_norm(conv_matrix(nn.Sequential(*layers), shape), ord=2).item()
 
 
-@pytest.mark.parametrize("depth,block,preact,size", [(8, "basic", False, 8), (11, "bottleneck", False, 4),
-                                                      (11, "bottleneck", True, 4)])
+@pytest.mark.parametrize("depth,block,preact,size", [pytest.param(8, "basic", False, 8, marks=pytest.mark.slow),
+                                                      (11, "bottleneck", False, 4), (11, "bottleneck", True, 4)])
 def test_block_lipschitz_is_the_product_of_dense_segment_norms(depth, block, preact, size):
     model = make(depth, "channel", preact=preact, block=block)
     bound = stability_bound(model, (1, size, size))
@@ -108,7 +108,8 @@ CASES = {  # name: (depth, policy, preact, block, norm method)
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [n if n in ("resnet14_tsc_random", "preact8_channel_random")
+                                  else pytest.param(n, marks=pytest.mark.slow) for n in CASES])
 def test_measured_amplification_never_exceeds_the_bound(name):
     depth, policy, preact, block, method = CASES[name]
     model = make(depth, policy, preact=preact, block=block)
@@ -155,6 +156,7 @@ def test_bound_is_tight_when_steps_vanish():
     assert torch.all(amplification(pre, x, directions=2, power_iters=10).worst <= pre_bound.bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tv:resnet18", "resnet18"])
 def test_torchvision_and_timm_resnets(name):
     torch.manual_seed(0)

@@ -125,6 +125,7 @@ def test_statistics_against_scipy_and_a_textbook_holm():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+@pytest.mark.slow
 def test_converged_report_regenerates_byte_for_byte(tmp_path):
     """The committed converged report and summary.json, rebuilt from the committed per-run results."""
     results = tmp_path / "converged"
@@ -179,6 +180,7 @@ def study(tmp_path_factory):
     return {"code": code, "repo": repo, "spec": spec, "results": results, "runs": runs}
 
 
+@pytest.mark.slow
 def test_study_runs_collects_and_commits_each_cell(study):
     assert study["code"] == 0
     results, repo = study["results"], study["repo"]
@@ -205,6 +207,7 @@ def test_study_runs_collects_and_commits_each_cell(study):
         order.index(next(m for m in order if "-of:tsc seed0" in m))
 
 
+@pytest.mark.slow
 def test_ablations_are_built_from_the_collected_source(study):
     results = study["results"] / "cifar_resnet8"
     for seed in (0, 1):
@@ -217,6 +220,7 @@ def test_ablations_are_built_from_the_collected_source(study):
         assert json.loads((frozen / "cell.json").read_text())["source"] == f"cifar_resnet8/tsc/seed{seed}"
 
 
+@pytest.mark.slow
 def test_report_rows_recompute_from_the_runs(study):
     results = study["results"]
     summary = json.loads((results / "summary.json").read_text())["models"]["cifar_resnet8"]
@@ -237,6 +241,7 @@ def test_report_rows_recompute_from_the_runs(study):
         assert "**Platforms.**" in report and "cifar_resnet8 tsc seed0" in report.split("**Platforms.**")[1]
 
 
+@pytest.mark.slow
 def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
     args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
     assert wrapper.main(args) == 0
@@ -255,12 +260,14 @@ def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
     assert states == ["results"] * 8
 
 
+@pytest.mark.slow
 def test_other_recipes_are_refused_in_one_results_folder(study, capsys):
     args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
     assert cli(["study", *args, "--set", "train.epochs=3"]) == 2
     assert "train.epochs: 2 there, 3 in this recipe" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grid_study_records_a_diverged_cell_once_and_skips_its_ablation(tmp_path, capsys):
     """lr = 1e6 sends the loss to NaN: recorded as diverged at chance, never retried, its ablation not run."""
     spec = _spec(tmp_path, "grid", seeds=[0], grid={"optim.lr": [0.1, 1e6]}, policies=["none", "tsc", "profile-of:tsc"])
@@ -295,6 +302,7 @@ def test_grid_study_records_a_diverged_cell_once_and_skips_its_ablation(tmp_path
     assert "starting:" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_background_study_and_the_next_call_resumes(tmp_path):
     """A study started as ``nohup ... &`` has SIGINT ignored; ``kill -INT PID`` must still stop it: no
     further cell starts, the running trainer checkpoints, the exit is non-zero, and the next call

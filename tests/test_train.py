@@ -31,6 +31,7 @@ def short_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_the_run_folder(short_run):
     names = {p.name for p in short_run.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "model_card.json"} <= names
@@ -52,6 +53,7 @@ def test_short_run_learns_and_writes_the_run_folder(short_run):
     assert config["model"] == {"name": "cifar_resnet8", "steps": "tsc", "num_classes": 10, "in_chans": 1}
 
 
+@pytest.mark.slow
 def test_eval_and_fold_agree_with_training_metrics(short_run, tmp_path, capsys):
     assert main(["eval", str(short_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -78,6 +80,7 @@ def _train_cmd(out, epochs=3):
             "--test-subset", "256", "--epochs", str(epochs), "--set", "data.batch_size=64", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
@@ -102,6 +105,7 @@ def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path):
     assert_same_run(straight, killed)
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "diverge"
     # lr x 1e12 after epoch 1: epoch 2 blows up.
@@ -140,6 +144,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing written: the same command can be fixed and rerun
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(short_run, capsys):
     before = {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()}
     code = main(["train", *QUICK, "--epochs", "1", "--train-subset", "64", "--out", str(short_run)])
@@ -147,6 +152,7 @@ def test_existing_run_is_never_overwritten(short_run, capsys):
     assert before == {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()}
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(short_run, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
@@ -191,6 +197,7 @@ def test_lr_schedules():
     assert lr_factor(5.0, 10, cos) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
@@ -207,6 +214,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_and_leaves_no_scratch(tmp_path, monkeypatch):
     from tscnet.train import load_config
     from tscnet.train.sweep import Job, run_sweep
@@ -239,6 +247,7 @@ def test_metric_sums_rank_top1_and_top5_on_known_logits():
     assert m["test_top1"] == 0.0 and m["test_top5"] == pytest.approx(75.0)
 
 
+@pytest.mark.slow
 def test_resume_accepts_the_command_that_started_the_run(tmp_path, monkeypatch, capsys):
     # People resume by pressing ↑ and adding --resume: same flags accepted (default --out too),
     # a flag that would change the run refused, naming the key with both values.
@@ -257,6 +266,7 @@ def test_resume_accepts_the_command_that_started_the_run(tmp_path, monkeypatch, 
     assert read_metrics(run)[-1]["epoch"] == 1  # nothing was trained or overwritten
 
 
+@pytest.mark.slow
 def test_eval_and_fold_work_from_the_folded_weights_when_the_checkpoint_is_gone(short_run, tmp_path, capsys):
     import shutil
 
@@ -286,6 +296,7 @@ def test_fit_from_python_checks_the_config_like_the_cli(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_be_folded_still_finishes(tmp_path, capsys):
     """ECA mixes channels before its gate: no model.safetensors, but steps.json and the card are written."""
     out = tmp_path / "eca"
