@@ -20,7 +20,10 @@ from ..errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 DEFAULTS: dict[str, Any] = {
-    "model": {"name": "cifar_resnet20", "steps": "none", "num_classes": None, "in_chans": None},
+    # norm: null (the model's own), batch or none (norm-free, our CIFAR nets); init: null (the model's
+    # default), he, zero_last (last BN γ of every branch = 0) or fixup (norm-free CIFAR nets).
+    "model": {"name": "cifar_resnet20", "steps": "none", "num_classes": None, "in_chans": None, "norm": None,
+              "init": None},
     "data": {
         "name": "fashion-mnist", "data_dir": None, "train_subset": None, "test_subset": None, "augment": True,
         "batch_size": 128, "eval_batch_size": 512, "workers": 4, "image_size": None,
@@ -182,6 +185,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "model.steps": (_name, "a step policy such as none, fixed:0.5 or tsc"),
     "model.num_classes": (_optional_positive_int, "a positive integer or null (the dataset's)"),
     "model.in_chans": (_optional_positive_int, "a positive integer or null (the dataset's)"),
+    "model.norm": (lambda v: v in (None, "batch", "none"), "null (the model's), batch or none (norm-free)"),
+    "model.init": (lambda v: v in (None, "he", "zero_last", "fixup"), "null (the model's), he, zero_last or fixup"),
     "data.name": (_name, "a dataset name such as fashion-mnist"),
     "data.data_dir": (lambda v: v is None or _name(v), "a folder or null"),
     "data.train_subset": (_optional_positive_int, "a positive integer or null (all images)"),

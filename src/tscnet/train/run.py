@@ -175,7 +175,13 @@ def build_model_from_config(config: dict) -> nn.Module:
     from ..models import create_model
 
     m = config["model"]
-    return create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps=m["steps"])
+    return create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps=m["steps"],
+                        **model_options(config))
+
+
+def model_options(config: dict) -> dict:
+    """The constructor options of a recipe's model besides name, classes and channels (``norm``, ``init``)."""
+    return {key: config["model"][key] for key in ("norm", "init") if config["model"].get(key) is not None}
 
 
 def check_checkpoint_matches(checkpoint: dict, config: dict, source: Path) -> None:
@@ -232,7 +238,8 @@ def model_from_folded(run_dir: Path, config: Optional[dict] = None, device: str 
 
     config = config or read_config(run_dir)
     m = config["model"]
-    model = create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps="none")
+    model = create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps="none",
+                         **model_options(config))
     path = Path(run_dir) / FOLDED_FILE
     try:
         model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
