@@ -33,6 +33,7 @@ import yaml
 
 from tscnet.cli import ORDER, main
 
+STUDY = "recipe: fashion_mnist_grid\nmodels: [cifar_resnet8]\npolicies: [none]\n"  # a valid study spec
 TINY = ["--data", "fashion-mnist", "--model", "cifar_resnet8", "--no-progress", "--steps", "tsc",
         "--train-subset", "64", "--test-subset", "64", "--batch-size", "32"]
 
@@ -285,6 +286,22 @@ CASES = [
     ("report-stability-other-dataset", lambda env: ["report", str(env.run), "--out", str(env.tmp / "r"), "--stability",
                                                    env.file("s.json", json.dumps({"data": "mnist", "runs": []}))],
      "is about mnist, the runs are fashion-mnist"),
+    # ---- study --------------------------------------------------------------------------------------
+    ("study-spec-missing", lambda env: ["study", str(env.tmp / "nope.yaml")], "study spec"),
+    ("study-spec-not-yaml", lambda env: ["study", env.file("s.yaml", "models: [")], "is not valid YAML"),
+    ("study-spec-unknown-key", lambda env: ["study", env.file("s.yaml", STUDY + "policy: [none]\n")],
+     "policy: unknown key (did you mean policies?)"),
+    ("study-policy-bogus", lambda env: ["study", env.file("s.yaml", STUDY.replace("[none]", "[none, tscc]"))],
+     "policies[1]: unknown step policy 'tscc'"),
+    ("study-ablation-without-source", lambda env: ["study", env.file("s.yaml", STUDY.replace("[none]", "[none, fixed-of:tsc]"))],
+     "its source arm 'tsc' is not among the policies"),
+    ("study-override-bogus", lambda env: ["study", env.file("s.yaml", STUDY), "--set", "optim.lrr=1", "--dry-run"],
+     "unknown config key 'optim.lrr'"),
+    ("study-workers-0", lambda env: ["study", env.file("s.yaml", STUDY), "--workers", "0", "--results", str(env.tmp / "r")],
+     "--workers must be at least 1"),
+    ("study-slurm-flag-on-local", lambda env: ["study", env.file("s.yaml", STUDY), "--partition", "gpu"], "is a Slurm option"),
+    ("study-report-without-results", lambda env: ["study", env.file("s.yaml", STUDY), "--report-only", "--results", str(env.tmp / "r")],
+     "no results folder"),
     # ---- demo and the top level ----------------------------------------------------------------------
     ("demo-epochs-0", lambda env: ["demo", "--epochs", "0", "--out", str(env.tmp / "demo")], "train.epochs must be a positive integer, got 0"),
     ("demo-train-subset-negative", lambda env: ["demo", "--train-subset", "-5", "--out", str(env.tmp / "demo")],
