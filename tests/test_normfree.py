@@ -96,6 +96,7 @@ def test_fixup_scalars_train_at_a_tenth_of_the_lr():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
+@pytest.mark.slow  # trains
 def test_fixup_trains_on_real_images_and_refuses_steps(one_thread):
     torch.manual_seed(0)
     model = cifar_resnet(20, norm="none", init="fixup", in_chans=3, num_classes=10)
@@ -208,7 +209,8 @@ def test_stability_bound_covers_norm_free_nets(net, one_thread):
     assert [b.lipschitz for b in bounds["depth:0.5"].blocks] == [b.lipschitz for b in bounds["fixed:1"].blocks]
 
 
-@pytest.mark.parametrize("policy", ["tsc:summary=l2_sn", pytest.param("tsc:summary=l2_sn,feedback=explicit", marks=pytest.mark.slow)])
+@pytest.mark.slow  # torch.compile
+@pytest.mark.parametrize("policy", ["tsc:summary=l2_sn", "tsc:summary=l2_sn,feedback=explicit"])
 def test_norm_aware_controller_compiles_like_eager(policy, one_thread):
     from stepping_utils import assert_compiles_like_eager
 

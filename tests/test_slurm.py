@@ -49,6 +49,7 @@ def test_bad_slurm_options_are_one_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a subprocess (imports torch)
 def test_without_slurm_the_error_names_the_start_script(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "s", "recipe": "fashion_mnist_grid", "set": TINY,
