@@ -65,8 +65,8 @@ def test_folded_model_is_the_vanilla_architecture(name):
     assert sum(p.numel() for p in folded.parameters()) == sum(p.numel() for p in vanilla.parameters())
     assert tscnet.get_policy(folded) is None
     vanilla.load_state_dict(folded.state_dict(), strict=True)
-    assert all(type(m).__module__.split(".")[0] != "tscnet" or "cifar_resnet" in type(m).__module__
-               for m in folded.modules())
+    # Nothing of tscnet's stepping machinery is left; the module types are those of the vanilla model.
+    assert {type(m) for m in folded.modules()} == {type(m) for m in vanilla.modules()}
 
 
 @pytest.mark.slow
