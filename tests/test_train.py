@@ -50,7 +50,8 @@ def test_short_run_learns_and_writes_the_run_folder(short_run):
     assert card["final"]["test_top1"] == metrics[-1]["test_top1"]
     assert card["params_folded"] == sum(p.numel() for p in tscnet.create_model("cifar_resnet8", in_chans=1).parameters())
     config = yaml.safe_load((short_run / "config.yaml").read_text())
-    assert config["model"] == {"name": "cifar_resnet8", "steps": "tsc", "num_classes": 10, "in_chans": 1}
+    assert config["model"] == {"name": "cifar_resnet8", "steps": "tsc", "num_classes": 10, "in_chans": 1, "norm": None,
+                               "init": None}
 
 
 @pytest.mark.slow
