@@ -18,8 +18,9 @@ the step policy computes every Δt and, through :meth:`prepare` of each site cla
 input for all blocks of that class in one multi-tensor op (:mod:`tscnet.stepping.multi_tensor`);
 a site then only reads its own.
 
-Site forwards are written to be traced by ``torch.fx`` as well as run (torchvision's
-``create_feature_extractor``): no Python branch depends on a tensor's value or shape while tracing.
+Under ``torch.fx`` symbolic tracing (torchvision's ``create_feature_extractor``) the policy is one
+leaf call, the batched preparation is traced, and a BN site is a leaf module taking its stepped
+affine as input, like ``nn.BatchNorm2d`` a leaf whose mode is read when the graph runs.
 """
 from __future__ import annotations
 
@@ -92,28 +93,12 @@ def _retype(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-@torch.fx.node.has_side_effect  # an FX graph keeps the call although nothing reads its result
-def _count_batch(num_batches_tracked: Tensor) -> Tensor:
-    return num_batches_tracked.add_(1)
-
-
-def _cumulative_average_factor(num_batches_tracked: Tensor) -> float:
-    return 1.0 / float(num_batches_tracked)
-
-
-def _call(x: Any, fn, *args: Any) -> Any:
-    """``fn(*args)``; while FX traces ``x``, a graph node that calls it at every run instead of once now."""
-    if _symbolic(x):
-        return x.tracer.create_proxy("call_function", fn, args, {})
-    return fn(*args)
-
-
-def _momentum(bn: nn.modules.batchnorm._BatchNorm, x: Any) -> float:
+def _momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
     """BN's running-average factor for this call, counting the batch (nn.BatchNorm2d.forward's rule)."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        count = _call(x, _count_batch, bn.num_batches_tracked)
-        momentum = _call(x, _cumulative_average_factor, count) if bn.momentum is None else bn.momentum
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     return momentum
 
 
@@ -126,7 +111,24 @@ def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, weight: Tensor, 
 
 
 class _StepNorm(StepSite):
-    """Shared by the BN sites: ``(γ·Δt_d, β·Δt_d)`` for every block in one op."""
+    """Shared by the BN sites: ``(γ·Δt_d, β·Δt_d)`` for every block in one op.
+
+    ``forward(x)`` reads the stepped affine of this forward pass from the policy;
+    ``forward(x, weight, bias)`` takes it as input. The second form is how an FX graph calls the
+    site: while ``torch.fx`` traces, a BN site is recorded as a leaf module (as ``nn.BatchNorm2d``
+    is) whose stepped affine is an input, so the train/eval mode, the running statistics and
+    ``num_batches_tracked`` are those of the module when the graph runs, not when it was traced.
+    """
+
+    def _stepped_affine(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]):
+        """``(γ·Δt, β·Δt)``, or the graph node of this site's call while FX traces (then ``None``)."""
+        if weight is not None:
+            return weight, bias, None
+        weight, bias = self.step_args(x)
+        if _symbolic(x):
+            tracer = x.tracer
+            return None, None, tracer.create_proxy("call_module", tracer.path_of_module(self), (x, weight, bias), {})
+        return weight, bias, None
 
     plain: type  # the BN class the site stands in for
 
@@ -154,10 +156,12 @@ class StepBatchNorm2d(nn.BatchNorm2d, _StepNorm):
 
     plain = nn.BatchNorm2d
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not _symbolic(x):
-            self._check_input_dim(x)
-        return _batch_norm(self, x, *self.step_args(x), _momentum(self, x))
+    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        weight, bias, traced = self._stepped_affine(x, weight, bias)
+        if traced is not None:
+            return traced
+        self._check_input_dim(x)
+        return _batch_norm(self, x, weight, bias, _momentum(self))
 
 
 class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
@@ -165,11 +169,12 @@ class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
 
     plain = nn.SyncBatchNorm
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not _symbolic(x):
-            self._check_input_dim(x)
-        weight, bias = self.step_args(x)
-        momentum = _momentum(self, x)
+    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        weight, bias, traced = self._stepped_affine(x, weight, bias)
+        if traced is not None:
+            return traced
+        self._check_input_dim(x)
+        momentum = _momentum(self)
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         world = dist.get_world_size(group) if group is not None and self.training else 1
         if world == 1:
@@ -194,8 +199,10 @@ class StepFrozenBatchNorm2d(nn.Module, _StepNorm):
 
         return FrozenBatchNorm2d
 
-    def forward(self, x: Tensor) -> Tensor:
-        weight, bias = self.step_args(x)
+    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        weight, bias, traced = self._stepped_affine(x, weight, bias)
+        if traced is not None:
+            return traced
         scale = weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
         return x * scale + (bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
 
