@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fixup import FIXUP_BLOCKS, FixupBasicBlock, FixupBottleneck, fixup_init, is_fixup_scalar
-from .layers import NORMS, NormLayer, conv1x1, conv3x3, make_norm, make_shortcut, maybe
+from .layers import NORMS, NormLayer, conv1x1, conv3x3, make_norm, make_shortcut
 
 
 class BasicBlock(nn.Module):
@@ -55,8 +55,12 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(maybe(self.bn1, self.conv1(x)))
-        out = maybe(self.bn2, self.conv2(out))
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = self.bn1(out)
+        out = self.conv2(F.relu(out))
+        if self.bn2 is not None:
+            out = self.bn2(out)
         return F.relu(out + identity)
 
 
@@ -82,9 +86,15 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(maybe(self.bn1, self.conv1(x)))
-        out = F.relu(maybe(self.bn2, self.conv2(out)))
-        out = maybe(self.bn3, self.conv3(out))
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = self.bn1(out)
+        out = self.conv2(F.relu(out))
+        if self.bn2 is not None:
+            out = self.bn2(out)
+        out = self.conv3(F.relu(out))
+        if self.bn3 is not None:
+            out = self.bn3(out)
         return F.relu(out + identity)
 
 
@@ -106,11 +116,13 @@ class PreActBasicBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(maybe(self.bn1, x))
+        pre = F.relu(x if self.bn1 is None else self.bn1(x))
         # A projection shortcut shares the pre-activation (He et al., "Identity Mappings").
         identity = x if self.shortcut is None else self.shortcut(pre)
         out = self.conv1(pre)
-        out = self.conv2(F.relu(maybe(self.bn2, out)))
+        if self.bn2 is not None:
+            out = self.bn2(out)
+        out = self.conv2(F.relu(out))
         return out + identity
 
 
@@ -135,11 +147,15 @@ class PreActBottleneck(nn.Module):
         nn.init.zeros_(self.conv3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = F.relu(maybe(self.bn1, x))
+        pre = F.relu(x if self.bn1 is None else self.bn1(x))
         identity = x if self.shortcut is None else self.shortcut(pre)
         out = self.conv1(pre)
-        out = self.conv2(F.relu(maybe(self.bn2, out)))
-        out = self.conv3(F.relu(maybe(self.bn3, out)))
+        if self.bn2 is not None:
+            out = self.bn2(out)
+        out = self.conv2(F.relu(out))
+        if self.bn3 is not None:
+            out = self.bn3(out)
+        out = self.conv3(F.relu(out))
         return out + identity
 
 
@@ -227,10 +243,16 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         if not self.preact:
-            x = F.relu(maybe(self.bn1, x) if self.stem_bias is None else x + self.stem_bias)
+            if self.bn1 is not None:
+                x = self.bn1(x)
+            if self.stem_bias is not None:
+                x = x + self.stem_bias
+            x = F.relu(x)
         x = self.layer3(self.layer2(self.layer1(x)))
         if self.preact:
-            x = F.relu(maybe(self.bn_final, x))
+            if self.bn_final is not None:
+                x = self.bn_final(x)
+            x = F.relu(x)
         return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

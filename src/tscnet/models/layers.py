@@ -25,11 +25,6 @@ def make_norm(norm_layer: NormLayer, channels: int) -> Optional[nn.Module]:
     return None if norm_layer is None else norm_layer(channels)
 
 
-def maybe(module: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, or ``x`` where the optional module is absent."""
-    return x if module is None else module(x)
-
-
 class ShortcutA(nn.Module):
     """Option-A shortcut: ``x[:, :, ::s, ::s]`` zero-padded from ``in_chs`` to ``out_chs`` channels."""
 
