@@ -13,12 +13,15 @@ docs/study.md), or keep this one and give ``--set`` and its own ``--results`` fo
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import study  # noqa: E402  (benchmarks/study.py)
+# benchmarks/ is not a package: load benchmarks/study.py from its file.
+_spec = importlib.util.spec_from_file_location("benchmarks_study", Path(__file__).resolve().parent / "study.py")
+study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(study)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

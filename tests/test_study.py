@@ -19,8 +19,19 @@ from tscnet.study import holm, load_spec, paired, plan_cells, welch
 from tscnet.study.plan import grid_tag
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import study as wrapper  # noqa: E402  (benchmarks/study.py)
+
+
+def _script(name: str):
+    """A script of benchmarks/ as a module, loaded from its file (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wrapper = _script("study")  # benchmarks/study.py: tscnet study plus --commit
 
 TINY = ["data.train_subset=512", "data.test_subset=256", "data.batch_size=32", "train.epochs=2"]
 
@@ -154,7 +165,7 @@ def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
 
 
 def test_converged_alias_lists_the_committed_cells(capsys):
-    import converged  # benchmarks/converged.py: benchmarks/study.py converged
+    converged = _script("converged")  # benchmarks/converged.py: benchmarks/study.py converged
 
     assert converged.main(["--dry-run", "--models", "cifar_resnet56", "--seeds", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
