@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..errors import UserError
-from ..train.config import CONFIG_DIR
+from ..train.config import CONFIG_DIR, find_yaml
 
 STUDY_DIR = CONFIG_DIR / "studies"
 ABLATIONS = ("profile-of", "fixed-of")
@@ -139,12 +139,9 @@ class StudySpec:
 
 def resolve_spec_path(name_or_path: Union[str, Path]) -> Path:
     """A spec file: a path, or the name of a file in ``tscnet/configs/studies/`` (``.yaml`` optional)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    for candidate in (STUDY_DIR / f"{name_or_path}.yaml", STUDY_DIR / str(name_or_path)):
-        if candidate.is_file():
-            return candidate
+    found = find_yaml(name_or_path, STUDY_DIR)
+    if found is not None:
+        return found
     names = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
     known = f"; specs in {STUDY_DIR}: {', '.join(names)}" if names else ""
     raise UserError(f"study spec {str(name_or_path)!r} not found: not a file, nor a spec name{known}")

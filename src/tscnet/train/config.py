@@ -86,14 +86,19 @@ def _typed(key: str, default: Any, value: Any) -> Any:
     return value
 
 
-def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
-    """A recipe file: a path, or the name of a file in ``configs/`` (with or without ``.yaml``)."""
+def find_yaml(name_or_path: Union[str, Path], folder: Path) -> Optional[Path]:
+    """``name_or_path`` if it is a file, else ``folder/NAME.yaml`` or ``folder/NAME``; ``None`` if none is."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
-        if candidate.is_file():
-            return candidate
+    return next((c for c in (folder / f"{name_or_path}.yaml", folder / str(name_or_path)) if c.is_file()), None)
+
+
+def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
+    """A recipe file: a path, or the name of a file in ``configs/`` (with or without ``.yaml``)."""
+    found = find_yaml(name_or_path, CONFIG_DIR)
+    if found is not None:
+        return found
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     raise UserError(f"config {str(name_or_path)!r} not found: not a file, nor one of {', '.join(names)}")
 
