@@ -43,6 +43,34 @@ def test_bad_loss_steps_is_one_line(bad, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_epochs_skips_evaluations_and_nothing_else(tmp_path, one_thread):
+    """Evaluating only some epochs (negative: from the end; the last always) changes no trained weight:
+    the skipped epochs' rows lack test_*, the evaluated ones match a run that evaluates every epoch."""
+    args = QUICK + ["--train-subset", "128", "--batch-size", "32", "--epochs", "4", "--steps", "tsc"]
+    every, some = tmp_path / "every", tmp_path / "some"
+    assert main(args + ["--out", str(every)]) == 0
+    assert main(args + ["--out", str(some), "--set", "train.eval_epochs=[1,-3]"]) == 0
+    full, sparse = read_metrics(every), read_metrics(some)
+    assert [("test_error" in r) for r in sparse] == [True, True, False, True]  # 1, 4 - 3 + 1 = 2, and the last
+    for a, b in zip(full, sparse):
+        assert a["train_loss"] == b["train_loss"] and a["dt_mean"] == b["dt_mean"]
+        if "test_error" in b:
+            assert a["test_error"] == b["test_error"] and a["test_loss"] == b["test_loss"]
+    card = json.loads((some / "model_card.json").read_text())
+    assert card["final"]["test_error"] == full[-1]["test_error"]
+
+
+@pytest.mark.parametrize("bad, says", [("[0]", "non-zero epoch numbers"), ("3", "non-zero epoch numbers"),
+                                       ("[1,5]", "[5] lie outside the run's 2 epochs"),
+                                       ("[-3]", "[-3] lie outside the run's 2 epochs")])
+def test_bad_eval_epochs_is_one_line(bad, says, tmp_path, capsys):
+    assert main(QUICK + ["--train-subset", "64", "--epochs", "2", "--out", str(tmp_path / "r"),
+                         "--set", f"train.eval_epochs={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.eval_epochs" in err and says in err, err
+    assert not (tmp_path / "r").exists()
+
+
 # lr x 30 after epoch 1 (16 steps of 8 images): the loss becomes NaN a few steps into epoch 2.
 DIVERGE = QUICK + ["--steps", "channel", "--train-subset", "128", "--batch-size", "8", "--epochs", "2",
                    "--set", "sched.milestones=[1]", "--set", "sched.gamma=30", "--set", "train.loss_steps=[10,19]"]

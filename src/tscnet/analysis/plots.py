@@ -7,6 +7,7 @@ never pyplot, so callers' matplotlib state is untouched.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence, Union
@@ -79,13 +80,15 @@ def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: st
     ax = axes[0, 0]
     for s, color in zip(series, _colors(len(series))):
         epochs = np.arange(first, first + s.values.shape[1])
-        mean = np.nanmean(s.values, axis=0)
-        n = s.values.shape[0]
-        ax.plot(epochs, mean, color=color, ls="--" if s.dashed else "-", marker="o", ms=3, lw=1.8,
+        with warnings.catch_warnings():  # an all-NaN column: an epoch without a value (not evaluated)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(s.values, axis=0)
+            std = np.nanstd(s.values, axis=0, ddof=1) if s.values.shape[0] > 1 else None
+        n, known = s.values.shape[0], np.isfinite(mean)  # connect the epochs that have a value, not gaps
+        ax.plot(epochs[known], mean[known], color=color, ls="--" if s.dashed else "-", marker="o", ms=3, lw=1.8,
                 label=f"{s.label} ({_plural(n, 'seed')})")
-        if n > 1:
-            std = np.nanstd(s.values, axis=0, ddof=1)
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+        if std is not None:
+            ax.fill_between(epochs[known], (mean - std)[known], (mean + std)[known], color=color, alpha=0.15, lw=0)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(_integer_locator())
     if log:

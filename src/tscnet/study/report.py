@@ -10,6 +10,7 @@ their platform (``platform.json`` or the model card), the report says which cell
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ class Result:
 
     @property
     def errors(self) -> list[float]:
-        """Test error per epoch; a diverged run is at chance from the epoch it diverged in to the end."""
-        errors = [float(m["test_error"]) for m in self.metrics]
+        """Test error per epoch (NaN where ``train.eval_epochs`` skipped the evaluation); a diverged run
+        is at chance from the epoch it diverged in to the end."""
+        errors = [float(m.get("test_error", math.nan)) for m in self.metrics]
         if self.diverged:
             errors += [self.chance] * (int(self.config["train"]["epochs"]) - len(errors))
         return errors
@@ -191,6 +193,7 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
         rs = sorted(by_arm[arm], key=lambda r: r.seed)
         errors = [r.error for r in rs]
         drift = [abs(r.errors[-1] - r.errors[-4]) for r in rs if len(r.errors) >= 4 and not r.diverged]
+        drift = [d for d in drift if math.isfinite(d)]  # epoch E-3 not evaluated (train.eval_epochs): unknown
         times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged]
         rows[arm] = {
             "policy": arm, "label": arm_label(spec, arm),
@@ -573,7 +576,7 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
                 continue
             errors = [r.error for r in rs]
             mean, std = _mean_std(errors)
-            first = [float(r.metrics[0]["test_error"]) if r.metrics else r.chance for r in rs]
+            first = [float(r.metrics[0].get("test_error", math.nan)) if r.metrics else r.chance for r in rs]
             times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged and r.profile]
             losses = {}
             for step in steps:
@@ -583,7 +586,7 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
                 "value": value, "seeds": [r.seed for r in rs], "n": len(rs), "test_errors": errors,
                 "mean": mean, "std": std, "diverged": [r.seed for r in rs if r.diverged],
                 "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
-                "error_epoch1": statistics.fmean(first), "T_mean": statistics.fmean(times) if times else None,
+                "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None, "T_mean": statistics.fmean(times) if times else None,
                 "loss_at_step": losses, "runs": [str(r.folder) for r in rs],
             })
         stable = [p for p in points if p["stable"]]
@@ -672,7 +675,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
             diverged = f", {len(pt['diverged'])}×" if pt["diverged"] else ""
             final = f"{pt['mean']:.2f}" + ("" if pt["std"] is None else f" ± {pt['std']:.2f}")
             lines.append(f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | " + " | ".join(losses)
-                         + f" | {pt['error_epoch1']:.2f} | {final} | {_fmt(pt['T_mean'], 3)} |")
+                         + f" | {_fmt(pt['error_epoch1'], 2)} | {final} | {_fmt(pt['T_mean'], 3)} |")
     return "\n".join(lines)
 
 

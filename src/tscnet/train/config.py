@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
               "warmup_epochs": 0.0, "warmup_start": 0.1},
     "train": {"epochs": 10, "seed": 0, "device": "auto", "amp": "auto", "channels_last": "auto",
               "compile": False, "progress": True, "checkpoint_every": None, "log": "none",
-              "loss_steps": [100, 300]},
+              "loss_steps": [100, 300], "eval_epochs": None},
 }
 
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
@@ -217,6 +217,10 @@ RULES: dict[str, tuple[Any, str]] = {
     # The mean training loss of the 20 steps ending at each listed global step (metrics' loss_at_step).
     "train.loss_steps": (lambda v: isinstance(v, list) and all(_positive_int(s) for s in v),
                          "a list of positive step numbers such as [100, 300] ([] for none)"),
+    # The epochs that end with a test-set evaluation: null (every one) or a list, negative numbers
+    # counting from the end (-1: the last); the last epoch is always evaluated (the run's result).
+    "train.eval_epochs": (lambda v: v is None or (isinstance(v, list) and all(_is_int(e) and e != 0 for e in v)),
+                          "null (every epoch) or a list of non-zero epoch numbers such as [1, -4, -1]"),
 }
 
 
@@ -239,7 +243,21 @@ def validate_config(config: dict) -> dict:
         raise UserError(f"sched.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
     if get(config, "optim.nesterov") and not get(config, "optim.momentum"):
         raise UserError("optim.nesterov needs optim.momentum > 0, got momentum 0")
+    epochs, listed = get(config, "train.epochs"), get(config, "train.eval_epochs") or []
+    outside = [e for e in listed if abs(e) > epochs]
+    if outside:
+        raise UserError(f"train.eval_epochs {outside} lie outside the run's {epochs} epochs "
+                        f"(1..{epochs}, or -{epochs}..-1 from the end)")
     return config
+
+
+def evaluated_epochs(config: dict) -> set[int]:
+    """The epochs (1-based) that end with a test-set evaluation: ``train.eval_epochs``, negative
+    entries counted from the end (-1 = the last epoch), always with the last epoch; every epoch if null."""
+    epochs, listed = int(get(config, "train.epochs")), get(config, "train.eval_epochs")
+    if listed is None:
+        return set(range(1, epochs + 1))
+    return {e if e > 0 else epochs + 1 + e for e in listed} | {epochs}
 
 
 def dump_config(config: dict) -> str:

@@ -35,7 +35,7 @@ from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
 from . import machine
 from . import run as runfiles
-from .config import dump_config, validate_config
+from .config import dump_config, evaluated_epochs, validate_config
 from .console import EpochLog
 from .distributed import Context, cleanup, setup
 from .metrics import MetricSums, evaluate
@@ -430,6 +430,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         platforms = machine.record(out_dir, machine.describe(ctx.device, ctx.world_size),
                                    start_epoch * steps_per_epoch + progress.batch, start_epoch)
     loss_steps = set(tc["loss_steps"])
+    eval_epochs = evaluated_epochs(config)
     eval_batches = _fewest(len(test_loader), ctx)
     train_model = ctx.wrap(model)
     if backend is not None:
@@ -474,14 +475,17 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
                 if trained is None:
                     raise TrainingStopped(_stopped(stop, f"during epoch {epoch + 1}", ckpt_path, out_dir))
                 row.update(trained)
-                inject_signal("eval", epoch + 1)
-                tested = evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last, stop=eval_stop)
+                if epoch + 1 not in eval_epochs:  # train.eval_epochs skips this one: its row has no test_*
+                    tested = {}
+                else:
+                    inject_signal("eval", epoch + 1)
+                    tested = evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last, stop=eval_stop)
                 if tested is None:  # a signal: keep the trained epoch, redo its evaluation on resume
                     save_midway(EpochProgress(steps_per_epoch, None, 0, 0.0, trained["loss_at_step"], trained))
                     raise TrainingStopped(_stopped(stop, f"during the evaluation of epoch {epoch + 1}", ckpt_path,
                                                    out_dir))
                 row.update(tested)
-                if not math.isfinite(row["test_loss"]):
+                if tested and not math.isfinite(row["test_loss"]):
                     step = (epoch + 1) * steps_per_epoch
                     raise TrainingDiverged(f"test loss became {row['test_loss']:.4g} after {desc} (step {step})",
                                            {"step": step, "batch": steps_per_epoch, "loss": row["test_loss"],
@@ -545,6 +549,8 @@ def _stopped(stop: StopRequest, where: str, ckpt_path: Path, out_dir: Path) -> s
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
+    tested = (f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:5.2f}%" if "test_loss" in row
+              else "test not evaluated (train.eval_epochs)")
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:5.2f}%  "
-            f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:5.2f}%  T {row['evolution_time']:.2f}  "
+            f"{tested}  T {row['evolution_time']:.2f}  "
             f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['epoch_time']:.1f}s")

@@ -38,7 +38,8 @@ class TensorBoardLog:
         epoch = row["epoch"]
         for key in ("train_loss", "train_acc", "test_loss", "test_top1", "test_top5", "test_error",
                     "evolution_time", "lr", "images_per_s"):
-            self.writer.add_scalar(f"epoch/{key}", row[key], epoch)
+            if key in row:  # test_* are absent from epochs that train.eval_epochs skips
+                self.writer.add_scalar(f"epoch/{key}", row[key], epoch)
         for d, dt in enumerate(steps):
             self.writer.add_histogram(f"dt/block{d:02d}", dt.detach().float().cpu(), epoch)
         self.writer.flush()
