@@ -37,6 +37,30 @@ def runs(tmp_path_factory, one_thread) -> list[Path]:
             make_run(root, "cifar_resnet8", "none", 0)]
 
 
+def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
+    """A seed that diverged joins its group at chance error (a result, not a crash of the report), and
+    a group whose only seed diverged before any finished epoch still gets its row."""
+    diverged = []
+    for steps, seed in (("tsc", 2), ("fixed:0.5", 0)):
+        out = tmp_path / f"cifar_resnet8-{steps}-seed{seed}-diverged"
+        config = load_config(None, ["model.name=cifar_resnet8", f"model.steps={steps}", f"train.seed={seed}",
+                                    "model.norm=none", "optim.lr=1e8", "train.epochs=2", "data.train_subset=192",
+                                    "data.test_subset=128", "data.batch_size=64", "train.progress=false"])
+        with pytest.raises(UserError, match="training diverged"):
+            fit(config, out)
+        diverged.append(out)
+    report = build_report([*runs, *diverged], tmp_path / "report")
+    rows = {row["policy"]: row for row in report.summary}
+    tsc = rows["tsc"]
+    assert tsc["seeds"] == [0, 1, 2] and tsc["test_errors"][2] == 90.0 and list(tsc["diverged"]) == ["2"]
+    assert tsc["test_errors"][:2] == [final_errors(r)[-1] for r in runs[:2]]
+    gone = rows["fixed:0.5"]
+    assert gone["test_errors"] == [90.0] and gone["evolution_time_mean"] is None and gone["epochs"] == [0]
+    text = report.path.read_text()
+    assert "diverged: seed 2 at step" in text and "diverged: seed 0 at step" in text
+    assert_png(report.files["training_curves"])
+
+
 def final_errors(run: Path) -> list[float]:
     return [json.loads(line)["test_error"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 

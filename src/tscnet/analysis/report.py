@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
+from ..train.engine import DIVERGED_FILE
 from ..train.run import Run, load_run
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
@@ -29,39 +30,60 @@ def _metric(run: Run, key: str) -> list:
     return [row.get(key) for row in run.metrics]
 
 
+def diverged_record(run: Run) -> Optional[dict]:
+    """The run's ``diverged.json`` (where its loss became non-finite), ``None`` for a run that did not diverge."""
+    try:
+        return json.loads((run.path / DIVERGED_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise UserError(f"{run.path / DIVERGED_FILE} is not valid JSON; the run diverged, its record is damaged") from None
+
+
 def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
-    """One row per group: final-epoch test error mean ± std over seeds, seeds, mean final T."""
+    """One row per group: final-epoch test error mean ± std over seeds, seeds, mean final T.
+
+    A diverged seed (``diverged.json``) counts at chance error, 100 − 100 / classes %, and has no T."""
     rows = []
     for (model, policy), runs in groups.items():
-        errors = [float(r.final["test_error"]) for r in runs]
-        times = [float(r.final["evolution_time"]) for r in runs if r.final.get("evolution_time") is not None]
+        diverged = {seed_of(r): diverged_record(r) for r in runs}
+        diverged = {seed: record for seed, record in diverged.items() if record is not None}
+        chance = 100.0 - 100.0 / int(runs[0].config["model"]["num_classes"])
+        errors = [chance if seed_of(r) in diverged else float(r.final["test_error"]) for r in runs]
+        times = [float(r.final["evolution_time"]) for r in runs
+                 if seed_of(r) not in diverged and r.final.get("evolution_time") is not None]
         rows.append({
             "model": model, "policy": policy, "controller": has_controller(policy), "seeds": [seed_of(r) for r in runs],
-            "n_seeds": len(runs), "epochs": sorted({int(r.final["epoch"]) for r in runs}),
+            "n_seeds": len(runs), "epochs": sorted({len(r.metrics) for r in runs}),
             "test_error_mean": statistics.fmean(errors),
             "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
             "test_errors": errors, "evolution_time_mean": statistics.fmean(times) if times else None,
+            "diverged": {str(seed): {"step": rec.get("step"), "loss": rec.get("loss")} for seed, rec in diverged.items()},
             "runs": [r.name for r in runs],
         })
     return rows
 
 
 def format_summary(rows: Sequence[dict]) -> str:
-    """The summary rows as a Markdown table."""
+    """The summary rows as a Markdown table (epochs: the finished ones; a diverged seed counts at chance)."""
     lines = ["| model | policy | controller | seeds | epochs | final test error % (mean ± std) | mean T |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         std = "" if r["test_error_std"] is None else f" ± {r['test_error_std']:.2f}"
         t = "—" if r["evolution_time_mean"] is None else f"{r['evolution_time_mean']:.2f}"
+        gone = "; ".join(f"seed {seed} at step {d['step']}" for seed, d in r.get("diverged", {}).items())
+        gone = f" (diverged: {gone}; counted at chance)" if gone else ""
         lines.append(f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
                      f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
-                     f"{r['test_error_mean']:.2f}{std} | {t} |")
+                     f"{r['test_error_mean']:.2f}{std}{gone} | {t} |")
     return "\n".join(lines)
 
 
 def _series(groups: dict, key: str) -> list[Series]:
+    """One series per group, over its seeds' epochs (a diverged seed's up to where it stopped)."""
     return [Series.from_runs(group_label(k), [[np.nan if v is None else v for v in _metric(r, key)] for r in runs],
-                             dashed=not has_controller(k[1])) for k, runs in groups.items()]
+                             dashed=not has_controller(k[1])) for k, runs in groups.items()
+            if any(r.metrics for r in runs)]
 
 
 def _dt_mean_panels(groups: dict) -> list[tuple[str, np.ndarray]]:
@@ -117,7 +139,8 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
 
     ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
     """
-    runs = load_runs(run_dirs, with_model=False)  # Δt from steps.json: a run needs no checkpoint.pt
+    # Δt from steps.json: a run needs no checkpoint.pt; a diverged run may have no finished epoch
+    runs = load_runs(run_dirs, with_model=False, diverged_ok=True)
     data = runs[0].config["data"]["name"]
     out_dir = Path(out_dir)
     found = _find_stability(stability, out_dir)
@@ -134,11 +157,12 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
     files["evolution_time"] = plot_series(_series(groups, "evolution_time"), out_dir / "evolution_time.png",
                                           "evolution time T = Σ_d mean_c Δt_d",
                                           "Evolution time T per epoch (vanilla ResNet: T = number of blocks)", note=note)
+    finished = {k: [r for r in rs if diverged_record(r) is None] for k, rs in groups.items()}
     heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
-            for k, rs in groups.items() if learns_steps(k[1])]
+            for k, rs in finished.items() if learns_steps(k[1]) and rs]
     if heat:
         files["dt_heatmap"] = plot_dt_heatmaps(heat, out_dir / "dt_heatmap.png")
-    panels = _dt_mean_panels(groups)
+    panels = _dt_mean_panels(finished)
     if panels:
         files["dt_evolution"] = plot_block_series(panels, out_dir / "dt_evolution.png", "mean_c Δt_d",
                                                   "Mean step size of each block over training (mean over seeds)")

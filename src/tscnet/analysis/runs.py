@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import UserError
+from ..train.engine import DIVERGED_FILE
 from ..train.run import Run, load_run
 
 __all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_runs", "has_controller", "learns_steps",
@@ -16,14 +17,16 @@ __all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_
 CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller Θ of the weights
 
 
-def load_runs(paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False) -> list[Run]:
+def load_runs(paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False,
+              diverged_ok: bool = False) -> list[Run]:
     """Read each run folder (the last checkpoint's model with ``with_model``; with ``unfold_ok`` a
     finished run without checkpoint.pt gives its folded weights with the steps divided back out);
-    one dataset only."""
+    one dataset only. With ``diverged_ok`` a run that diverged (``diverged.json``) is read even
+    before its first finished epoch."""
     runs = []
     for path in dict.fromkeys(Path(p).resolve() for p in paths):  # each folder once, order kept
         run = load_run(path, with_model=with_model, unfold_ok=unfold_ok)
-        if not run.metrics:
+        if not run.metrics and not (diverged_ok and (path / DIVERGED_FILE).is_file()):
             raise UserError(f"run {path} has no finished epoch (empty metrics.jsonl)")
         runs.append(run)
     if not runs:
