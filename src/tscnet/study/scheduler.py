@@ -29,7 +29,6 @@ import json
 import signal
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from ..train.config import dump_config
+from ..train.preemption import CatchSignals
 from .executors.base import Executor, Task
 from .plan import Cell, Layout, source_cell
 from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
@@ -167,30 +167,18 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
                 cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
 
 
-class StopSignals:
-    """Context manager: while active, SIGINT/SIGTERM to this process are recorded, not raised.
+class StopSignals(CatchSignals):
+    """While active, SIGINT/SIGTERM to this process are recorded, not raised.
 
     :attr:`signal` is the first one's name (``None`` while none came); :meth:`take` returns the
-    signals received since its last call, for the scheduler to forward. Handlers are installed even
-    where the shell ignored SIGINT (background jobs of a non-interactive shell), so ``kill -INT``
-    stops a ``nohup``-ed study. Outside the main thread nothing is installed.
+    signals received since its last call, for the scheduler to forward (``kill -INT`` stops a
+    ``nohup``-ed study).
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.signal: Optional[str] = None
         self._received: list[int] = []
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
         self.signal = self.signal or signal.Signals(signum).name

@@ -41,16 +41,17 @@ class TrainingStopped(UserError):
     """The run was stopped by a signal after writing its checkpoint; ``--resume`` continues it."""
 
 
-class StopRequest:
-    """Context manager: while active, SIGTERM/SIGINT set :attr:`signal` instead of killing."""
+class CatchSignals:
+    """Context manager: while active, SIGTERM/SIGINT call :meth:`_handle` instead of their handlers
+    (restored on exit). Installed even where the shell ignored SIGINT (background jobs of a
+    non-interactive shell), so ``kill -INT`` reaches a ``nohup``-ed job; outside the main thread,
+    where Python cannot set handlers, nothing is installed."""
 
     def __init__(self) -> None:
-        self.signal: Optional[int] = None
-        self._at = 0.0
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -59,6 +60,18 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(CatchSignals):
+    """While active, SIGTERM/SIGINT set :attr:`signal` instead of killing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal: Optional[int] = None
+        self._at = 0.0
 
     def _handle(self, signum: int, frame) -> None:
         if self.signal is not None:
