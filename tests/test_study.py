@@ -15,6 +15,8 @@ import yaml
 from scipy import stats
 
 from tscnet.cli import main as cli
+from tscnet.commands.study import parse_grid_filter
+from tscnet.errors import UserError
 from tscnet.study import holm, load_spec, paired, plan_cells, welch
 from tscnet.study.plan import grid_tag
 
@@ -119,6 +121,21 @@ def test_grid_layout_per_model_grids_and_mapping_arms(tmp_path):
     assert [str(c) for c in cells if c.model == "cifar_resnet20"] == [
         "cifar_resnet20 none lr0.05 seed2", "cifar_resnet20 zero-gamma lr0.05 seed2", "cifar_resnet20 fixed:0.5 lr0.05 seed2"]
     assert grid_tag((("optim.lr", 0.1), ("optim.weight_decay", 0.0005))) == "lr0.1_weight_decay0.0005"
+    # --grid: only some values, still seed-major; a value or key the study lacks is one line
+    only = plan_cells(spec, grid={"optim.lr": [0.1, 0.05]})
+    assert [str(c) for c in only] == ["cifar_resnet8 none lr0.1 seed0", "cifar_resnet8 zero-gamma lr0.1 seed0",
+                                      "cifar_resnet8 fixed:0.5 lr0.1 seed0", "cifar_resnet8 none lr0.1 seed1",
+                                      "cifar_resnet8 zero-gamma lr0.1 seed1", "cifar_resnet8 fixed:0.5 lr0.1 seed1",
+                                      "cifar_resnet20 none lr0.05 seed2", "cifar_resnet20 zero-gamma lr0.05 seed2",
+                                      "cifar_resnet20 fixed:0.5 lr0.05 seed2"]
+    with pytest.raises(UserError, match=r"--grid: optim.lr=0.3 is not in the study's grid \(optim.lr: 0.01, 0.1, 0.05\)"):
+        plan_cells(spec, grid={"optim.lr": [0.3]})
+    with pytest.raises(UserError, match=r"--grid: 'optim.momentum' is not a grid key of the study \(optim.lr\)"):
+        plan_cells(spec, grid={"optim.momentum": [0.9]})
+    assert parse_grid_filter(["optim.lr=0.1,0.3", "optim.lr=1e-2"]) == {"optim.lr": [0.1, 0.3, 0.01]}
+    for bad in ("optim.lr", "=0.1", "optim.lr="):
+        with pytest.raises(UserError, match="--grid must be KEY=V1,V2"):
+            parse_grid_filter([bad])
 
 
 def test_statistics_against_scipy_and_a_textbook_holm():

@@ -32,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", help="only these models of the spec")
     parser.add_argument("--policies", nargs="+", help="only these arms of the spec (an ablation's source is added)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the spec")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="only the grid points with these values of KEY, e.g. --grid optim.lr=0.1,0.3 (repeatable)")
 
 
 def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
@@ -88,6 +90,36 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int) -> None:
              f"(estimated from {', '.join(sorted(sources))})" if total else ""))
 
 
+def parse_grid_filter(items: list[str]) -> dict[str, list]:
+    """``["optim.lr=0.1,0.3"]`` → ``{"optim.lr": [0.1, 0.3]}`` (each value read as YAML: numbers are numbers)."""
+    import yaml
+
+    from ..errors import UserError
+
+    grid: dict[str, list] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or not key.strip() or not values.strip():
+            raise UserError(f"--grid must be KEY=V1,V2,... such as optim.lr=0.1,0.3; got {item!r}")
+        try:
+            grid.setdefault(key.strip(), []).extend(_grid_value(v) for v in values.split(","))
+        except yaml.YAMLError:
+            raise UserError(f"--grid {item!r}: a value is not a number or a word") from None
+    return grid
+
+
+def _grid_value(text: str):
+    """A number where ``text`` is one (also ``1e-2``, which YAML 1.1 reads as a string), else its YAML value."""
+    import yaml
+
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
             on_report: Optional[Callable[[list[Path], int], None]] = None) -> int:
     """The command, with hooks: ``on_result(CellResult)`` after each collected cell, ``on_report(files,
@@ -103,7 +135,7 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
         raise UserError("--dry-run and --report-only exclude each other")
     counts: dict = {}
     if not args.report_only:
-        cells = plan_cells(spec, args.models, args.policies, args.seeds)
+        cells = plan_cells(spec, args.models, args.policies, args.seeds, parse_grid_filter(args.grid))
         kind, options = executor_options(spec, args)
         if args.dry_run:
             dry_run(spec, cells, layout, extra, int(options.get("workers", 1)))

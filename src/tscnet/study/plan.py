@@ -95,10 +95,29 @@ def arm_order(spec: StudySpec) -> list[Arm]:
             + [a for a in spec.arms if a.ablation])
 
 
+def _grid_filter(spec: StudySpec, models: list[str], only: Optional[dict[str, list]]) -> Optional[dict[str, set]]:
+    """``only`` ({grid key: values}) checked against the grids of ``models``: every key is a grid key
+    and every value a grid value of at least one of them."""
+    if not only:
+        return None
+    grids = [spec.grid_for(m) for m in models]
+    for key, values in only.items():
+        have = [_frozen(v) for g in grids for v in g.get(key, [])]
+        if not any(key in g for g in grids):
+            keys = sorted({k for g in grids for k in g}) or ["none"]
+            raise UserError(f"--grid: {key!r} is not a grid key of the study ({', '.join(keys)})")
+        missing = [v for v in values if _frozen(v) not in have]
+        if missing:
+            raise UserError(f"--grid: {key}={_format_value(missing)} is not in the study's grid "
+                            f"({key}: {', '.join(map(_format_value, dict.fromkeys(have)))})")
+    return {key: {_frozen(v) for v in values} for key, values in only.items()}
+
+
 def plan_cells(spec: StudySpec, models: Optional[list[str]] = None, arms: Optional[list[str]] = None,
-               seeds: Optional[list[int]] = None) -> list[Cell]:
+               seeds: Optional[list[int]] = None, grid: Optional[dict[str, list]] = None) -> list[Cell]:
     """Every cell of ``spec`` in run order (see the module docstring); optionally only some models,
-    arms (by name; an ablation's source is added when missing) or seeds."""
+    arms (by name; an ablation's source is added when missing), seeds or grid values (``{key: values}``:
+    the grid points whose ``key`` is one of ``values``)."""
     models = models or spec.models
     for model in models:
         if model not in spec.models:
@@ -112,11 +131,14 @@ def plan_cells(spec: StudySpec, models: Optional[list[str]] = None, arms: Option
         wanted = set(arms) | {spec.arm(a).source for a in arms if spec.arm(a).source}
     ordered = [a for a in arm_order(spec) if wanted is None or a.name in wanted]
     per_model = {m: [s for s in spec.seeds_for(m) if seeds is None or s in seeds] for m in models}
+    only = _grid_filter(spec, models, grid)
     cells = []
     for seed in sorted({s for ss in per_model.values() for s in ss}):
         for model in models:
             if seed in per_model[model]:
                 for point in grid_points(spec.grid_for(model)):
+                    if only and any(key in only and value not in only[key] for key, value in point):
+                        continue
                     cells += [Cell(model, arm, seed, point) for arm in ordered]
     return cells
 
