@@ -157,8 +157,9 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
 
 
 def final_error(folder: Path) -> float:
-    metrics = read_metrics(folder)
-    return float(metrics[-1]["test_error"]) if metrics else float("nan")
+    """The test error of the last evaluated epoch (a diverged run's may be an early one; NaN if none was)."""
+    tested = [m for m in read_metrics(folder) if "test_error" in m]  # train.eval_epochs may skip epochs
+    return float(tested[-1]["test_error"]) if tested else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
