@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import statistics
@@ -293,6 +294,18 @@ def test_other_recipes_are_refused_in_one_results_folder(study, capsys):
     args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
     assert cli(["study", *args, "--set", "train.epochs=3"]) == 2
     assert "train.epochs: 2 there, 3 in this recipe" in capsys.readouterr().err
+
+
+def test_final_error_of_a_run_with_skipped_evaluations(tmp_path):
+    """A run that diverged after epochs that train.eval_epochs skipped ends on rows without test_*:
+    its final error is the last evaluated epoch's (it once crashed the runner here)."""
+    from tscnet.study.results import final_error
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in
+                                                    [{"epoch": 1, "test_error": 80.5}, {"epoch": 2}, {"epoch": 3}]))
+    assert final_error(tmp_path) == 80.5
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    assert math.isnan(final_error(tmp_path))
 
 
 @pytest.mark.slow

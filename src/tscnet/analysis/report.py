@@ -40,6 +40,15 @@ def diverged_record(run: Run) -> Optional[dict]:
         raise UserError(f"{run.path / DIVERGED_FILE} is not valid JSON; the run diverged, its record is damaged") from None
 
 
+def _last_error(run: Run) -> float:
+    """The test error of the run's last evaluated epoch: the final one of a finished run (an unfinished
+    run may end on an epoch that ``train.eval_epochs`` skipped)."""
+    tested = [row for row in run.metrics if "test_error" in row]
+    if not tested:
+        raise UserError(f"run {run.path} has no evaluated epoch yet (train.eval_epochs); report it when it has one")
+    return float(tested[-1]["test_error"])
+
+
 def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     """One row per group: final-epoch test error mean ± std over seeds, seeds, mean final T.
 
@@ -49,7 +58,7 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
         diverged = {seed_of(r): diverged_record(r) for r in runs}
         diverged = {seed: record for seed, record in diverged.items() if record is not None}
         chance = 100.0 - 100.0 / int(runs[0].config["model"]["num_classes"])
-        errors = [chance if seed_of(r) in diverged else float(r.final["test_error"]) for r in runs]
+        errors = [chance if seed_of(r) in diverged else _last_error(r) for r in runs]
         times = [float(r.final["evolution_time"]) for r in runs
                  if seed_of(r) not in diverged and r.final.get("evolution_time") is not None]
         rows.append({
