@@ -59,6 +59,18 @@ def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
     text = report.path.read_text()
     assert "diverged: seed 2 at step" in text and "diverged: seed 0 at step" in text
     assert_png(report.files["training_curves"])
+    for row in report.summary:  # the tiny fixture runs may themselves end near chance
+        assert row["at_chance"] == [seed for seed, e in zip(row["seeds"], row["test_errors"])
+                                    if e >= 0.95 * 90.0 and str(seed) not in row["diverged"]]
+    # finite losses but a final error at chance level (≥ 0.95 × 90 %): named as such, not as diverged
+    stuck = tmp_path / "stuck"
+    shutil.copytree(runs[2], stuck)
+    rows = [json.loads(line) for line in (stuck / "metrics.jsonl").read_text().splitlines()]
+    rows[-1]["test_error"] = 88.0
+    (stuck / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    row = build_report([stuck], tmp_path / "report-stuck").summary[0]
+    assert row["at_chance"] == [0] and row["diverged"] == {} and row["test_errors"] == [88.0]
+    assert "(at chance level: seed 0)" in (tmp_path / "report-stuck" / "report.md").read_text()
 
 
 def final_errors(run: Path) -> list[float]:

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
 from ..train.engine import DIVERGED_FILE
+from ..train.metrics import CHANCE_FRACTION, chance_error
 from ..train.run import Run, load_run
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
@@ -52,13 +53,15 @@ def _last_error(run: Run) -> float:
 def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     """One row per group: final-epoch test error mean ± std over seeds, seeds, mean final T.
 
-    A diverged seed (``diverged.json``) counts at chance error, 100 − 100 / classes %, and has no T."""
+    A diverged seed (``diverged.json``) counts at chance error, 100 − 100 / classes %, and has no T;
+    ``at_chance`` lists the seeds that trained with finite losses to an error at chance level."""
     rows = []
     for (model, policy), runs in groups.items():
         diverged = {seed_of(r): diverged_record(r) for r in runs}
         diverged = {seed: record for seed, record in diverged.items() if record is not None}
-        chance = 100.0 - 100.0 / int(runs[0].config["model"]["num_classes"])
+        chance = chance_error(runs[0].config["model"]["num_classes"])
         errors = [chance if seed_of(r) in diverged else _last_error(r) for r in runs]
+        stuck = [seed_of(r) for r, e in zip(runs, errors) if seed_of(r) not in diverged and e >= CHANCE_FRACTION * chance]
         times = [float(r.final["evolution_time"]) for r in runs
                  if seed_of(r) not in diverged and r.final.get("evolution_time") is not None]
         rows.append({
@@ -68,6 +71,7 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
             "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
             "test_errors": errors, "evolution_time_mean": statistics.fmean(times) if times else None,
             "diverged": {str(seed): {"step": rec.get("step"), "loss": rec.get("loss")} for seed, rec in diverged.items()},
+            "at_chance": stuck,  # finite loss, but a final error at chance level: failed to train
             "runs": [r.name for r in runs],
         })
     return rows
@@ -82,6 +86,8 @@ def format_summary(rows: Sequence[dict]) -> str:
         t = "—" if r["evolution_time_mean"] is None else f"{r['evolution_time_mean']:.2f}"
         gone = "; ".join(f"seed {seed} at step {d['step']}" for seed, d in r.get("diverged", {}).items())
         gone = f" (diverged: {gone}; counted at chance)" if gone else ""
+        if r.get("at_chance"):
+            gone += f" (at chance level: seed {', '.join(map(str, r['at_chance']))})"
         lines.append(f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
                      f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
                      f"{r['test_error_mean']:.2f}{std}{gone} | {t} |")

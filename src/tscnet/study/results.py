@@ -23,6 +23,8 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import UserError
+from ..train.metrics import CHANCE_FRACTION
+from ..train.metrics import chance_error as chance_from_classes
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
 
@@ -31,7 +33,6 @@ RESULT_FILES = ("config.yaml", "metrics.jsonl", "steps.json", "model_card.json")
 DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
 OPTIONAL_FILES = ("platform.json", "diverged.json")  # copied when the run wrote them
 DIVERGED_RUN_FILE = "diverged.json"
-CHANCE_FRACTION = 0.95
 # Keys that place a run, not define it: a resumed or skipped cell may differ in these.
 PLACEMENT = {("data", "data_dir"), ("data", "workers"), ("data", "eval_batch_size"), ("train", "device"),
              ("train", "progress")}
@@ -75,8 +76,7 @@ def read_metrics(folder: Path) -> list[dict]:
 
 def chance_error(config: dict) -> float:
     """Chance-level test error of a run's config: 100 − 100 / classes (%)."""
-    classes = config.get("model", {}).get("num_classes") or 10
-    return 100.0 - 100.0 / int(classes)
+    return chance_from_classes(config.get("model", {}).get("num_classes") or 10)
 
 
 def log_divergence(log: Path) -> Optional[str]:

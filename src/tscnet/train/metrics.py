@@ -70,3 +70,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Op
     out = sums.compute("test_")
     out["test_error"] = 100.0 - out["test_top1"]
     return out
+
+
+# A final test error at or above this fraction of chance level counts as a failed run (studies, reports).
+CHANCE_FRACTION = 0.95
+
+
+def chance_error(num_classes: int) -> float:
+    """Chance-level test error: 100 − 100 / classes (%)."""
+    return 100.0 - 100.0 / int(num_classes)
