@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tscnet.cli import main
-from tscnet.commands.demo import STUDY_FINDINGS
+from tscnet.commands.demo import CONTRASTS, CONVERGED_FINDINGS as STUDY_FINDINGS
 
 pytestmark = pytest.mark.slow  # the demo trains three runs; the entry point starts processes
 
@@ -19,15 +20,28 @@ def test_demo_trains_its_policies_and_writes_table_and_curves(tmp_path, capsys):
                  "--test-subset", "500", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "none" in printed and "tsc" in printed and "depth:1" in printed
-    for run in ("cifar_resnet8-none", "cifar_resnet8-tsc", "cifar_resnet8-depth1"):
+    assert "none" in printed and "tsc" in printed and "depth:0.5" in printed
+    for run in ("cifar_resnet8-none", "cifar_resnet8-tsc", "cifar_resnet8-depth0.5"):
         assert (out / run / "model_card.json").exists()
-    assert STUDY_FINDINGS in printed
+    config = yaml.safe_load((out / "cifar_resnet8-none" / "config.yaml").read_text())
+    assert (config["model"]["norm"], config["optim"]["lr"], config["sched"]["warmup_epochs"]) == ("none", 0.1, 0)
+    assert CONTRASTS["stability"].findings in printed
     assert (out / "report.md").exists() and (out / "training_curves.png").stat().st_size > 10_000
-    # a second demo never writes over the first
-    assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--train-subset", "256",
-                 "--test-subset", "256", "--no-progress", "--policies", "none"]) == 0
+    # the converged study's contrast; a second demo never writes over the first
+    assert main(["demo", "--contrast", "converged", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1",
+                 "--train-subset", "256", "--test-subset", "256", "--no-progress", "--policies", "none"]) == 0
     assert (tmp_path / "demo-2" / "cifar_resnet8-none" / "metrics.jsonl").exists()
+    assert STUDY_FINDINGS in capsys.readouterr().out
+
+
+def test_demo_counts_a_diverged_policy_as_a_result(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "2", "--train-subset", "256",
+                 "--test-subset", "256", "--no-progress", "--policies", "none", "depth:0.5",
+                 "--set", "optim.lr=1e8"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("training diverged: loss became") == 2
+    assert "90.00 (diverged: seed 0 at step" in printed and (out / "report.md").exists()
 
 
 def test_the_demo_quotes_the_committed_converged_study():
@@ -64,6 +78,24 @@ def test_the_demo_quotes_the_committed_converged_study():
                 assert error == f"{row['test_errors'][row['seeds'].index(seed)]:.2f}", (model, policy)
                 checked += 1
     assert checked >= 12
+
+
+def test_the_stability_demo_quotes_the_committed_stability_study():
+    """Every "lr V, N seeds: policy mean [± std]" the default demo prints is the committed report's."""
+    contrast = CONTRASTS["stability"]
+    summary = json.loads((Path(__file__).parents[1] / f"benchmarks/results/{contrast.study}/summary.json").read_text())
+    sweep = summary["models"]["cifar_resnet20"]["sweep"]
+    checked = 0
+    text = contrast.findings.replace("\n    ", " ")  # a line's continuation belongs to it
+    for value, n, rest in re.findall(r"lr ([\d.]+), (\d+) seeds?: (.*)", text):
+        for policy, mean, std in re.findall(r"([\w:.=-]+) (\d+\.\d\d)(?: ± (\d+\.\d\d))?", rest):
+            point = next(p for p in sweep["arms"][policy]["points"] if p["value"] == float(value))
+            assert point["n"] == int(n), (value, policy)
+            quoted = None if point["std"] is None else f"{point['std']:.2f}"
+            assert (mean, std or None) == (f"{point['mean']:.2f}", quoted), (value, policy)
+            checked += 1
+    assert checked >= 14
+    assert "optim.lr=0.1" in contrast.overrides and set(contrast.policies) <= set(sweep["arms"])
 
 
 def test_demo_refuses_a_bad_policy_before_training(tmp_path, capsys):

@@ -1,20 +1,48 @@
-"""``tscnet demo``: vanilla, ``tsc`` and Δt = 1/D ResNet-20 side by side on Fashion-MNIST, in minutes.
+"""``tscnet demo``: step policies side by side on Fashion-MNIST, in minutes, where a study found a contrast.
 
-The three policies show the clearest effect of the converged study (``benchmarks/converged.py``):
-what matters is the total time T = Σ_d mean_c Δt_d the steps add up to. The controller keeps T
-near the vanilla network's and ends where it does; the neural-ODE scaling Δt = 1/D (T = 1) is
-clearly worse. :data:`STUDY_FINDINGS` says what the full study found, in numbers that
-``tests/test_demo.py`` checks against ``benchmarks/results/converged/summary.json``.
+Each contrast (:data:`CONTRASTS`) is one cell of a committed study, re-run for seed 0 with the
+study's recipe: ``stability`` (the default) is the norm-free ResNet-20 at lr 0.1 without warm-up
+from ``stability_normfree``, ``converged`` the BN ResNet-20 of the converged study. A policy that
+diverges is a result (it counts at chance error), not a failure of the demo. Each contrast's
+``findings`` say what the full study found, in numbers that ``tests/test_demo.py`` checks against
+the study's committed ``summary.json``.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-NAME = "demo"
-HELP = "train vanilla, TSC and Δt=1/D ResNet-20 side by side on Fashion-MNIST (about 3 minutes on 2 cores)"
-POLICIES = ["none", "tsc", "depth:1"]
-STUDY_FINDINGS = """\
+
+@dataclass(frozen=True)
+class Contrast:
+    """A demo: the recipe and overrides of a study cell, the policies it compares, what the study found."""
+
+    recipe: str
+    overrides: tuple[str, ...]
+    policies: tuple[str, ...]
+    about: str       # one line: what the demo trains
+    findings: str    # what the full study found (numbers checked against its summary.json)
+    study: str       # the study's results folder under benchmarks/results/
+
+
+STABILITY_FINDINGS = """\
+What the study found so far (python benchmarks/study.py --commit stability_normfree; norm-free
+cifar_resnet20, Fashion-MNIST 2560 images, 400 steps of batch 64, no warm-up, cosine; final-epoch
+test error %, mean ± std; a run that diverged or ended at chance level counts at 90 %;
+benchmarks/results/stability_normfree/report.md; lr 0.01 and 0.03 have seed 0 only so far):
+  lr 0.1, 3 seeds: none 90.00 ± 0.00, tsc 90.00 ± 0.00 (all 3 seeds fail), depth:0.5 26.17 ± 0.81,
+    tsc-small 27.40 ± 0.53 (tsc started at 1/sqrt(D)), tsc-norm 27.23 ± 0.58 (+ the branch norm),
+    scalar:0 25.66 ± 0.84 (SkipInit, the best), depth:1 33.75 ± 0.94, fixed:0.1 34.90 ± 0.64.
+  lr 0.3, 3 seeds: fixed:0.1 28.11 ± 0.93 and depth:1 27.56 ± 1.04 train in every seed; depth:0.5,
+    tsc-small and tsc-norm fail in 2 of 3, none, tsc and scalar:0 in all 3.
+  lr 0.03, 1 seed: none 25.83, tsc 24.60, depth:0.5 31.16, fixed:0.1 53.02.
+  The controller does not extend the stable range: from dt = 1 it fails where vanilla fails, from
+  1/sqrt(D) where the fixed 1/sqrt(D) fails, and ties that rule where both train; the norm input
+  changes neither. What sets the largest stable lr is the size of the steps at the start; what
+  small steps cost is speed at small lr."""
+
+CONVERGED_FINDINGS = """\
 What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
 20 epochs, warm-up + cosine, the same seeds for every policy; final-epoch test error %, mean ± std,
 Welch 95 % CI of each difference; benchmarks/results/converged/report.md):
@@ -33,15 +61,35 @@ Welch 95 % CI of each difference; benchmarks/results/converged/report.md):
   to 17) and lets them grow back: tsc has T = 20 at the end, none T = 27. Learning the steps
   brings no gain; a constant half step leads Δt = 1 by a margin that more seeds must confirm."""
 
+CONTRASTS: dict[str, Contrast] = {
+    # Evaluated once, at the end: train.eval_epochs changes no trained weight (tests/test_run_records.py).
+    "stability": Contrast(
+        "fashion_mnist_nowarmup", ("model.norm=none", "optim.lr=0.1", "train.eval_epochs=[-1]"),
+        ("none", "tsc", "depth:0.5"),
+        "norm-free ResNet-20 at lr 0.1 without warm-up: vanilla, TSC (from dt = 1) and dt = 1/sqrt(D)",
+        STABILITY_FINDINGS, "stability_normfree"),
+    "converged": Contrast(
+        "fashion_mnist_demo", (), ("none", "tsc", "depth:1"),
+        "BN ResNet-20 with warm-up: vanilla, TSC and dt = 1/D", CONVERGED_FINDINGS, "converged"),
+}
+
+NAME = "demo"
+HELP = ("train step policies side by side on Fashion-MNIST where the stability study found a contrast "
+        "(about 3 minutes on 2 cores)")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contrast", choices=list(CONTRASTS), default="stability",
+                        help="; ".join(f"{name}: {c.about}" for name, c in CONTRASTS.items()))
     parser.add_argument("--out", default="runs/demo", help="demo folder (a fresh numbered one if it exists)")
-    parser.add_argument("--policies", nargs="+", default=POLICIES, help="step policies to compare")
+    parser.add_argument("--policies", nargs="+", help="step policies to compare (default: the contrast's)")
     parser.add_argument("--model", default="cifar_resnet20")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
@@ -60,14 +108,15 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
     from ..stepping import parse_policy
     from ..train import fit, load_config
-    from ..train.engine import TrainingDiverged
     from ..train.config import set_value, validate_config
+    from ..train.engine import TrainingDiverged
     from .common import check_out_folder
 
+    contrast = CONTRASTS[args.contrast]
     configs = []
-    for policy in args.policies:  # every config checked before any training
+    for policy in args.policies or contrast.policies:  # every config checked before any training
         parse_policy(policy)
-        config = load_config("fashion_mnist_demo", validate=False)
+        config = load_config(contrast.recipe, [*contrast.overrides, *args.set], validate=False)
         for key, value in (("model.name", args.model), ("model.steps", policy), ("train.epochs", args.epochs),
                            ("data.train_subset", args.train_subset), ("data.test_subset", args.test_subset),
                            ("train.seed", args.seed), ("data.data_dir", args.data_dir),
@@ -76,11 +125,13 @@ def run(args: argparse.Namespace) -> int:
         config["train"]["progress"] = not args.no_progress
         configs.append((policy, validate_config(config)))
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
+    print(f"tscnet demo ({args.contrast}): {contrast.about}")
     runs = []
     for policy, config in configs:
         run_dir = out / f"{args.model}-{str(policy).replace(':', '')}"
         print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
-              f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images -> {run_dir}")
+              f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images at lr {config['optim']['lr']} "
+              f"-> {run_dir}")
         try:
             fit(config, run_dir)
         except TrainingDiverged as error:  # a result of the comparison (counted at chance), not a failure
@@ -90,5 +141,5 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_summary(report.summary))
     print(f"\nreport with training curves and learned steps: {report.path}")
-    print(f"\n{STUDY_FINDINGS}")
+    print(f"\n{contrast.findings}")
     return 0
