@@ -75,7 +75,7 @@ CONTRASTS: dict[str, Contrast] = {
 
 NAME = "demo"
 HELP = ("train step policies side by side on Fashion-MNIST where the stability study found a contrast "
-        "(about 3 minutes on 2 cores)")
+        "(about 5 minutes on 2 cores)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
