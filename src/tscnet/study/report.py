@@ -586,7 +586,8 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
                 "value": value, "seeds": [r.seed for r in rs], "n": len(rs), "test_errors": errors,
                 "mean": mean, "std": std, "diverged": [r.seed for r in rs if r.diverged],
                 "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
-                "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None, "T_mean": statistics.fmean(times) if times else None,
+                "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None,
+                "T_mean": statistics.fmean(times) if times else None,
                 "loss_at_step": losses, "runs": [str(r.folder) for r in rs],
             })
         stable = [p for p in points if p["stable"]]
