@@ -39,8 +39,8 @@ benchmarks/results/stability_normfree/report.md; lr 0.01 and 0.03 have seed 0 on
   lr 0.03, 1 seed: none 25.83, tsc 24.60, depth:0.5 31.16, fixed:0.1 53.02.
   The controller does not extend the stable range: from dt = 1 it fails where vanilla fails, from
   1/sqrt(D) where the fixed 1/sqrt(D) fails, and ties that rule where both train; the norm input
-  changes neither. What sets the largest stable lr is the size of the steps at the start; what
-  small steps cost is speed at small lr."""
+  changes neither. What sets the largest stable lr is steps that are small and stay small (fixed);
+  learned scales, SkipInit's from 0 too, grow and fail at lr 0.3. Small steps cost speed at small lr."""
 
 CONVERGED_FINDINGS = """\
 What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
