@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
 from ..train.engine import DIVERGED_FILE
-from ..train.metrics import CHANCE_FRACTION, chance_error
+from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
 from ..train.run import Run, load_run
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
@@ -44,10 +44,10 @@ def diverged_record(run: Run) -> Optional[dict]:
 def _last_error(run: Run) -> float:
     """The test error of the run's last evaluated epoch: the final one of a finished run (an unfinished
     run may end on an epoch that ``train.eval_epochs`` skipped)."""
-    tested = [row for row in run.metrics if "test_error" in row]
-    if not tested:
+    error = last_test_error(run.metrics)
+    if error is None:
         raise UserError(f"run {run.path} has no evaluated epoch yet (train.eval_epochs); report it when it has one")
-    return float(tested[-1]["test_error"])
+    return error
 
 
 def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:

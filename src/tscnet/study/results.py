@@ -23,7 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import UserError
-from ..train.metrics import CHANCE_FRACTION
+from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
@@ -158,8 +158,8 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
 
 def final_error(folder: Path) -> float:
     """The test error of the last evaluated epoch (a diverged run's may be an early one; NaN if none was)."""
-    tested = [m for m in read_metrics(folder) if "test_error" in m]  # train.eval_epochs may skip epochs
-    return float(tested[-1]["test_error"]) if tested else float("nan")
+    error = last_test_error(read_metrics(folder))
+    return float("nan") if error is None else error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,3 +79,10 @@ CHANCE_FRACTION = 0.95
 def chance_error(num_classes: int) -> float:
     """Chance-level test error: 100 − 100 / classes (%)."""
     return 100.0 - 100.0 / int(num_classes)
+
+
+def last_test_error(rows: list[dict]) -> Optional[float]:
+    """The test error of the last evaluated epoch in metrics ``rows`` (``train.eval_epochs`` may skip
+    some: their rows have no ``test_error``); ``None`` when no epoch was evaluated."""
+    tested = [row for row in rows if "test_error" in row]
+    return float(tested[-1]["test_error"]) if tested else None
