@@ -172,7 +172,8 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
     files["evolution_time"] = plot_series(_series(groups, "evolution_time"), out_dir / "evolution_time.png",
                                           "evolution time T = Σ_d mean_c Δt_d",
                                           "Evolution time T per epoch (vanilla ResNet: T = number of blocks)", note=note)
-    finished = {k: [r for r in rs if diverged_record(r) is None] for k, rs in groups.items()}
+    finished = {k: [r for r in rs if str(seed_of(r)) not in row["diverged"]]  # summarize read diverged.json
+                for (k, rs), row in zip(groups.items(), summary)}
     heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
             for k, rs in finished.items() if learns_steps(k[1]) and rs]
     if heat:
