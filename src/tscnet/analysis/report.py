@@ -17,9 +17,8 @@ import numpy as np
 from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
-from ..train.engine import DIVERGED_FILE
 from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
-from ..train.run import Run, load_run
+from ..train.run import DIVERGED_FILE, Run, load_run
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
 from .stability import STABILITY_FILE, format_stability_table

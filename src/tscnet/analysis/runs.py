@@ -8,8 +8,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import UserError
-from ..train.engine import DIVERGED_FILE
-from ..train.run import Run, load_run
+from ..train.run import DIVERGED_FILE, Run, load_run
 
 __all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_runs", "has_controller", "learns_steps",
            "seed_of", "test_batch", "CONTROLLERS"]

@@ -25,14 +25,14 @@ import yaml
 from ..errors import UserError
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
+from ..train.run import DIVERGED_FILE
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
 
 CELL_FILE = "cell.json"
 RESULT_FILES = ("config.yaml", "metrics.jsonl", "steps.json", "model_card.json")  # a finished run's
 DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
-OPTIONAL_FILES = ("platform.json", "diverged.json")  # copied when the run wrote them
-DIVERGED_RUN_FILE = "diverged.json"
+OPTIONAL_FILES = ("platform.json", DIVERGED_FILE)  # copied when the run wrote them
 # Keys that place a run, not define it: a resumed or skipped cell may differ in these.
 PLACEMENT = {("data", "data_dir"), ("data", "workers"), ("data", "eval_batch_size"), ("train", "device"),
              ("train", "progress")}
@@ -94,7 +94,7 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
     its log, or (finished) a final test error at chance level."""
     run_dir = Path(run_dir)
     try:
-        info = json.loads((run_dir / DIVERGED_RUN_FILE).read_text())
+        info = json.loads((run_dir / DIVERGED_FILE).read_text())
         return str(info.get("message") or f"loss became {info.get('loss')} at step {info.get('step')}")
     except (OSError, ValueError, AttributeError):
         pass

@@ -32,6 +32,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FOLDED_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 STEPS_FILE = "steps.json"  # tscnet.stepping.profile.PROFILE_FILE
+DIVERGED_FILE = "diverged.json"  # where the loss became non-finite (written by the engine)
 
 METRIC_KEYS = (
     "epoch",            # 1-based
