@@ -94,6 +94,7 @@ def test_fixup_scalars_train_at_a_tenth_of_the_lr():
     for name, p in model.named_parameters():
         assert lr_of[id(p)] == pytest.approx(0.01 if name in scalars else 0.1), name
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert optimizer.param_groups[0]["lr"] == 0.1  # the base group first: the lr a run logs is optim.lr
 
 
 @pytest.mark.slow  # trains

@@ -80,7 +80,8 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     if list(groups) == [(1.0, None)]:
         return torch.optim.SGD(model.parameters(), **sgd)
     param_groups = []
-    for (scale, decay), params in groups.items():
+    # The base group first: the scheduler's get_last_lr()[0], logged as the run's lr, is then optim.lr's.
+    for (scale, decay), params in sorted(groups.items(), key=lambda group: group[0][0] != 1.0):
         group: dict = {"params": params}
         if scale != 1.0:
             group["lr"] = cfg["lr"] * scale
