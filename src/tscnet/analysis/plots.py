@@ -94,7 +94,10 @@ def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: st
     if log:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=note or None, title_fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # every run diverged in its first epoch: nothing to plot
+        ax.legend(fontsize=8, title=note or None, title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no epoch finished", transform=ax.transAxes, ha="center", va="center")
     return _save(fig, path)
 
 
