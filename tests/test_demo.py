@@ -27,9 +27,9 @@ def test_demo_trains_its_policies_and_writes_table_and_curves(tmp_path, capsys):
     assert (config["model"]["norm"], config["optim"]["lr"], config["sched"]["warmup_epochs"]) == ("none", 0.1, 0)
     assert CONTRASTS["stability"].findings in printed
     assert (out / "report.md").exists() and (out / "training_curves.png").stat().st_size > 10_000
-    # the converged study's contrast; a second demo never writes over the first
+    # the converged study's contrast, trained in this process; a second demo never writes over the first
     assert main(["demo", "--contrast", "converged", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1",
-                 "--train-subset", "256", "--test-subset", "256", "--no-progress", "--policies", "none"]) == 0
+                 "--train-subset", "256", "--test-subset", "256", "--no-progress", "--policies", "none", "--jobs", "1"]) == 0
     assert (tmp_path / "demo-2" / "cifar_resnet8-none" / "metrics.jsonl").exists()
     assert STUDY_FINDINGS in capsys.readouterr().out
 
@@ -42,6 +42,15 @@ def test_demo_counts_a_diverged_policy_as_a_result(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("training diverged: loss became") == 2
     assert "90.00 (diverged: seed 0 at step" in printed and (out / "report.md").exists()
+
+
+def test_demo_names_a_policy_whose_training_process_fails_with_its_error_and_log(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--no-progress",
+                 "--policies", "none", "tsc", "--data-dir", str(tmp_path / "missing")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "training failed for none: tscnet train: error: " in error
+    assert f"{tmp_path / 'missing'} does not exist" in error and str(out / "cifar_resnet8-tsc.log") in error
 
 
 def test_the_demo_quotes_the_committed_converged_study():

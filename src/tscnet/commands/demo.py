@@ -2,8 +2,10 @@
 
 Each contrast (:data:`CONTRASTS`) is one cell of a committed study, re-run for seed 0 with the
 study's recipe: ``stability`` (the default) is the norm-free ResNet-20 at lr 0.1 without warm-up
-from ``stability_normfree``, ``converged`` the BN ResNet-20 of the converged study. A policy that
-diverges is a result (it counts at chance error), not a failure of the demo. Each contrast's
+from ``stability_normfree``, ``converged`` the BN ResNet-20 of the converged study. On a CPU the
+policies train at once, one process each with the cores shared out (two one-thread processes beat
+one two-thread process on CIFAR-size models); on a GPU, in turn. A policy that diverges is a result
+(it counts at chance error), not a failure of the demo. Each contrast's
 ``findings`` say what the full study found, in numbers that ``tests/test_demo.py`` checks against
 the study's committed ``summary.json``.
 """
@@ -92,6 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int,
+                        help="policies trained at once, each a process (default: all of them on a CPU, "
+                             "one at a time on a GPU); the cores are shared out between them")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -104,11 +109,89 @@ def fresh_folder(path: Path) -> Path:
     return candidate
 
 
+def default_jobs(policies: int, device: str) -> int:
+    """All policies at once on a CPU, where one-thread processes use the cores better than one
+    process with many threads (CIFAR-size models); one at a time on a GPU."""
+    import torch
+
+    on_gpu = device != "cpu" and (device != "auto" or torch.cuda.is_available())
+    return 1 if on_gpu else max(1, policies)
+
+
+def train_side_by_side(configs: list[tuple[str, dict]], runs: list[Path], jobs: int, progress: bool) -> None:
+    """Train each ``(policy, config)`` into its run folder, ``jobs`` processes at a time with the
+    cores shared out; one progress bar counts the epochs of all of them. A policy that diverges is
+    printed (its run keeps ``diverged.json``); any other failure raises a one-line error naming its log."""
+    import json
+    import os
+    import tempfile
+    import time
+
+    from tqdm import tqdm
+
+    from ..errors import UserError
+    from ..study.executors import create_executor
+    from ..study.scheduler import run_tasks
+    from ..train import run as runfiles
+    from ..train.console import duration, is_terminal
+    from ..train.sweep import Job, job_task
+
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    queue = list(enumerate(zip(configs, runs)))
+    total = sum(config["train"]["epochs"] for _, config in configs)
+    bar = tqdm(total=total, unit="epoch", desc=f"{len(configs)} policies, {jobs} at a time",
+               disable=not (progress and is_terminal()), dynamic_ncols=True)
+    failed: list[str] = []
+
+    def epochs_done() -> int:
+        return sum(len((run / runfiles.METRICS_FILE).read_text().splitlines())
+                   for run in runs if (run / runfiles.METRICS_FILE).exists())
+
+    with tempfile.TemporaryDirectory(prefix="tscnet-demo-") as scratch:
+        def next_task():
+            if not queue:
+                return None
+            index, ((policy, config), run_dir) = queue.pop(0)
+            return job_task(Job(config, run_dir), Path(scratch), threads, index), policy
+
+        def on_end(running, code, stopping) -> None:
+            run_dir, policy = running.task.run_dir, running.tag
+            diverged = run_dir / runfiles.DIVERGED_FILE
+            if diverged.exists():  # a result of the comparison (counted at chance), not a failure
+                bar.write(f"   {policy}: {json.loads(diverged.read_text())['message']}")
+            elif code != 0:  # the trainer's own one-line error is the log's last line
+                lines = running.task.log.read_text().strip().splitlines() if running.task.log.exists() else []
+                failed.append(f"{policy}: {lines[-1] if lines else f'exit code {code}'} (log: {running.task.log})")
+            else:
+                bar.write(f"   {policy}: finished")
+
+        shown, began = [0], time.monotonic()
+
+        def tick(running) -> None:
+            done = epochs_done()
+            bar.update(done - shown[0])
+            if progress and bar.disable and 10 * done // total > 10 * shown[0] // total:  # a log: a line per tenth
+                elapsed = time.monotonic() - began
+                print(f"{done}/{total} epochs  {done / elapsed:.2f} epoch/s  "
+                      f"ETA {duration(elapsed / done * (total - done))}", flush=True)
+            shown[0] = done
+
+        stopped = run_tasks(create_executor("local", workers=jobs, threads=threads), next_task, on_end,
+                            tick=tick, out=bar.write)
+        tick([])
+        bar.close()
+    if stopped:
+        raise UserError(f"demo stopped by {stopped}; the runs so far are in {runs[0].parent}")
+    if failed:
+        raise UserError(f"training failed for {'; '.join(failed)}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
     from ..stepping import parse_policy
     from ..train import fit, load_config
     from ..train.config import set_value, validate_config
+    from ..errors import UserError
     from ..train.engine import TrainingDiverged
     from .common import check_out_folder
 
@@ -124,19 +207,24 @@ def run(args: argparse.Namespace) -> int:
             set_value(config, key, value)
         config["train"]["progress"] = not args.no_progress
         configs.append((policy, validate_config(config)))
+    jobs = default_jobs(len(configs), args.device) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
-    runs = []
-    for policy, config in configs:
-        run_dir = out / f"{args.model}-{str(policy).replace(':', '')}"
+    runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]
+    for (policy, config), run_dir in zip(configs, runs):
         print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
               f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images at lr {config['optim']['lr']} "
               f"-> {run_dir}")
-        try:
-            fit(config, run_dir)
-        except TrainingDiverged as error:  # a result of the comparison (counted at chance), not a failure
-            print(f"   {policy}: {error}")
-        runs.append(run_dir)
+    if jobs > 1:
+        train_side_by_side(configs, runs, min(jobs, len(configs)), progress=not args.no_progress)
+    else:
+        for (policy, config), run_dir in zip(configs, runs):
+            try:
+                fit(config, run_dir)
+            except TrainingDiverged as error:  # a result of the comparison (counted at chance), not a failure
+                print(f"   {policy}: {error}")
     report = build_report(runs, out)
     print()
     print(format_summary(report.summary))
