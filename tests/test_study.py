@@ -290,6 +290,20 @@ def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
 
 
 @pytest.mark.slow
+def test_a_run_that_cannot_be_collected_fails_its_cell_and_the_study_goes_on(study, tmp_path, capsys):
+    spec = _spec(tmp_path, "tiny", seeds=[0, 1], policies=["none"])  # the study's recipe: its runs fit
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    shutil.copytree(study["runs"] / "cifar_resnet8" / "none", runs / "cifar_resnet8" / "none")  # trained, not collected
+    damaged = runs / "cifar_resnet8" / "none" / "seed0" / "metrics.jsonl"
+    damaged.write_text(damaged.read_text() + '{"epoch": 3, "test_err\n')  # cut short by a full disk
+    assert cli(["study", str(spec), "--results", str(results), "--runs", str(runs)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAILED: cifar_resnet8 none seed0: its results cannot be collected: {damaged}" in out
+    assert "done: cifar_resnet8 none seed1" in out and '"collected": 1' in out and '"failed": 1' in out
+    assert not (results / "cifar_resnet8" / "none" / "seed0").exists()  # nothing half-written: retried next time
+
+
+@pytest.mark.slow
 def test_other_recipes_are_refused_in_one_results_folder(study, capsys):
     args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
     assert cli(["study", *args, "--set", "train.epochs=3"]) == 2
@@ -301,6 +315,7 @@ def test_final_error_of_a_run_with_skipped_evaluations(tmp_path):
     its final error is the last evaluated epoch's (it once crashed the runner here)."""
     from tscnet.study.results import final_error
 
+    (tmp_path / "config.yaml").write_text("{}\n")  # a run folder
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in
                                                     [{"epoch": 1, "test_error": 80.5}, {"epoch": 2}, {"epoch": 3}]))
     assert final_error(tmp_path) == 80.5

@@ -25,7 +25,8 @@ import yaml
 from ..errors import UserError
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
-from ..train.run import DIVERGED_FILE
+from ..train.run import CONFIG_FILE, DIVERGED_FILE
+from ..train.run import read_metrics as read_run_metrics
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
 
@@ -67,11 +68,9 @@ def read_yaml(path: Path) -> dict:
 
 
 def read_metrics(folder: Path) -> list[dict]:
-    try:
-        text = (Path(folder) / "metrics.jsonl").read_text()
-    except OSError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The epochs of a run or a collected cell (checked as :func:`tscnet.train.run.read_metrics` does:
+    a damaged line is a one-line error); ``[]`` for a run not started yet."""
+    return read_run_metrics(folder) if (Path(folder) / CONFIG_FILE).is_file() else []
 
 
 def chance_error(config: dict) -> float:

@@ -99,7 +99,7 @@ class CostModel:
                 try:
                     model = json.loads(card_file.read_text())["model"]
                     rows = [r for r in read_metrics(card_file.parent) if r.get("images_per_s")]
-                except (OSError, ValueError, KeyError, TypeError):
+                except (OSError, ValueError, KeyError, TypeError, UserError):  # no estimate from a damaged run
                     continue
                 if rows:
                     speeds.setdefault(model, []).append(statistics.median(r["images_per_s"] for r in rows))
@@ -283,11 +283,12 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
     now_running: list[Running] = []
 
     def finish(cell: Cell, steps: str, diverged: Optional[str], seconds: Optional[float]) -> None:
+        error = final_error(layout.run_dir(cell))  # read before anything is written: a damaged run leaves no results
         info = cell_info(spec, cell, steps, cell_overrides(spec, cell, extra), diverged)
         folder = collect(layout.run_dir(cell), layout.result_dir(cell), info)
         counts["collected"] += 1
         counts["diverged"] += bool(diverged)
-        result = CellResult(cell, folder, diverged, final_error(folder), seconds)
+        result = CellResult(cell, folder, diverged, error, seconds)
         out(f"done: {cell} — {result.describe()} → {folder}")
         if on_result is not None:
             try:
@@ -299,6 +300,14 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         failed.add(cell)
         counts["failed"] += 1
         out(f"FAILED: {cell}: {why}")
+
+    def settle(cell: Cell, action: Callable[[], None]) -> None:
+        """``action()``, which reads an ended run and collects it; if it cannot, the cell fails and the study goes on."""
+        try:
+            action()
+        except Exception as problem:
+            why = problem if isinstance(problem, UserError) else f"{type(problem).__name__}: {problem}"
+            fail(cell, f"its results cannot be collected: {why}")
 
     def ready(cell: Cell) -> bool:
         source = source_cell(spec, cell)
@@ -342,12 +351,12 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         steps = config["model"]["steps"]
         run, log = layout.run_dir(cell), layout.log(cell)
         if (run / "model_card.json").is_file():  # trained before, not yet collected
-            finish(cell, steps, run_divergence(run), None)
+            settle(cell, lambda: finish(cell, steps, run_divergence(run), None))
             return None
         if (run / "config.yaml").is_file():
-            diverged = run_divergence(run, log)
+            diverged = run_divergence(run, log)  # unfinished: reads diverged.json and the log, not the metrics
             if diverged:  # diverged before, not yet collected: a result, not retried
-                finish(cell, steps, diverged, None)
+                settle(cell, lambda: finish(cell, steps, diverged, None))
                 return None
         return make_task(cell, config, layout, threads, gpus)
 
@@ -359,7 +368,10 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             pending.remove(cell)
             task = prepare(cell)
             if task is not None:
-                epochs_before[cell] = len(read_metrics(task.run_dir))
+                try:
+                    epochs_before[cell] = len(read_metrics(task.run_dir))
+                except UserError:  # damaged: the trainer, resuming, says so in the cell's log
+                    epochs_before[cell] = 0
                 return task, cell
 
     def on_start(r: Running) -> None:
@@ -378,17 +390,21 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         seconds = time.time() - r.began
         longest[cell.model] = max(longest.get(cell.model, 0.0), seconds)
         finished = code == 0 and (run / "model_card.json").is_file()
-        diverged = run_divergence(run, None if finished else r.task.log)
-        if finished or diverged:
-            counts["trained"] += 1
-            if finished and not r.task.resume:
-                cost.record(cell.model, seconds, len(read_metrics(run)))
-            finish(cell, r.task.config["model"]["steps"], diverged, seconds)
-        elif stopping is not None:
-            counts["stopped"] += 1
-            out(f"stopped: {cell} ({stopping}); resumable from {run}")
-        else:
-            fail(cell, f"exit code {code}; see {r.task.log}")
+
+        def record() -> None:
+            diverged = run_divergence(run, None if finished else r.task.log)
+            if finished or diverged:
+                counts["trained"] += 1
+                if finished and not r.task.resume:
+                    cost.record(cell.model, seconds, len(read_metrics(run)))
+                finish(cell, r.task.config["model"]["steps"], diverged, seconds)
+            elif stopping is not None:
+                counts["stopped"] += 1
+                out(f"stopped: {cell} ({stopping}); resumable from {run}")
+            else:
+                fail(cell, f"exit code {code}; see {r.task.log}")
+
+        settle(cell, record)
         progress(now_running, force=True)
 
     stopped = run_tasks(executor, next_task, on_end, on_start=on_start, tick=progress,
