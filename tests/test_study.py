@@ -356,6 +356,16 @@ def test_grid_study_records_a_diverged_cell_once_and_skips_its_ablation(tmp_path
     assert (tmp_path / "results" / "cifar_resnet8_lr_sweep.png").stat().st_size > 10_000
     assert cli(args) == 0  # nothing is retried
     assert "starting:" not in capsys.readouterr().out
+    # Seeds still to run: the largest stable value is pending, not "none"; diverged everywhere: below the grid.
+    more = _spec(tmp_path / "results", "grid", seeds=[0, 1], grid={"optim.lr": [0.1, 1e6]}, policies=["none", "tsc"])
+    assert cli(["study", str(more), "--results", str(tmp_path / "results"), "--report-only"]) == 0
+    entry = json.loads((tmp_path / "results" / "summary.json").read_text())["models"]["cifar_resnet8"]["sweep"]["arms"]["none"]
+    assert (entry["largest_stable"], entry["pending"], entry["below_grid"]) == (None, [0.1], False)
+    assert "| `none` | — (0.1 pending) |" in (tmp_path / "results" / "report.md").read_text()
+    for tag in ("none", "tsc", "profile-of-tsc"):
+        shutil.rmtree(base / tag / "lr0.1")
+    assert cli(["study", str(more), "--results", str(tmp_path / "results"), "--report-only"]) == 0
+    assert "| `none` | < 1000000.0 |" in (tmp_path / "results" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -592,13 +592,19 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
                 "loss_at_step": losses, "runs": [str(r.folder) for r in rs],
             })
         stable = [p for p in points if p["stable"]]
+        largest = stable[-1]["value"] if stable else None  # values ascend
+        above = [p for p in points if largest is None or values.index(p["value"]) > values.index(largest)]
         best = min(points, key=lambda p: p["mean"]) if points else None
         means = [p["mean"] for p in points]
         stable_means = [p["mean"] for p in stable]
         out["arms"][arm] = {
             "steps": next(r.steps for r in mine if r.arm == arm),
             "points": points,
-            "largest_stable": stable[-1]["value"] if stable else None,  # values ascend
+            "largest_stable": largest,
+            # Seeds still to run where no seed diverged yet: the largest stable value may still grow.
+            "pending": [p["value"] for p in above if not p["diverged"] and not set(planned) <= set(p["seeds"])],
+            # No value stable and a diverged seed at every one: below the smallest value run.
+            "below_grid": bool(points) and not stable and all(p["diverged"] for p in points),
             "best_value": best["value"] if best else None,
             "best": best,
             "spread": max(means) - min(means) if means else None,
@@ -631,6 +637,15 @@ def _fmt_value(value: Any) -> str:
     return "—" if value is None else (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
 
 
+def _largest_stable(entry: dict, values: list) -> str:
+    """``0.1``; ``< 0.01`` (diverged at every value); ``0.1 (0.3 pending)`` while seeds are missing."""
+    if entry.get("below_grid"):
+        return f"< {_fmt_value(values[0])}"
+    pending = entry.get("pending") or []
+    text = _fmt_value(entry["largest_stable"])
+    return text + (f" ({', '.join(map(_fmt_value, pending))} pending)" if pending else "")
+
+
 def format_sweep(model: str, sweep: dict, chance: float) -> str:
     """The tables of :func:`sweep_analysis`: stability, best value and sensitivity; early speed."""
     key, best_peer = sweep["key"], sweep["best_peer"]
@@ -638,7 +653,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
     family = sum(1 for e in sweep["arms"].values() if e.get("vs_best_peer_p_holm") is not None)
     lines = [f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
              f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
-             "trained and none diverged. *Best*: the value with the lowest mean final error, per arm; each arm at "
+             "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). *Best*: the value with the lowest mean final error, per arm; each arm at "
              f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
              f"and p Holm-adjusted over these {family}. The best values are chosen on the same seeds that measure "
              "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "
@@ -654,7 +669,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
                                             + f" (n = {best['n']})")
         p = e.get("vs_best_peer_p_holm")
         mark = " *" if p is not None and p < 0.05 else ""
-        lines.append(f"| `{arm}` | {_fmt_value(e['largest_stable'])} | {_fmt_value(e['best_value'])} | {at_best} | "
+        lines.append(f"| `{arm}` | {_largest_stable(e, sweep['values'])} | {_fmt_value(e['best_value'])} | {at_best} | "
                      f"{fmt_ci(e['vs_best_peer'])} | {'—' if p is None else fmt_p(p) + mark} | {_fmt(e['spread'])} | "
                      f"{_fmt(e['spread_stable'])} |")
     steps = sweep["loss_steps"]
