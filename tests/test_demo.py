@@ -49,7 +49,7 @@ def test_demo_names_a_policy_whose_training_process_fails_with_its_error_and_log
     assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--no-progress",
                  "--policies", "none", "tsc", "--data-dir", str(tmp_path / "missing")]) != 0
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "training failed for none: tscnet train: error: " in error
+    assert len(error.splitlines()) == 1 and "training failed for none: fashion-mnist data directory " in error
     assert f"{tmp_path / 'missing'} does not exist" in error and str(out / "cifar_resnet8-tsc.log") in error
 
 

@@ -304,6 +304,18 @@ def test_a_run_that_cannot_be_collected_fails_its_cell_and_the_study_goes_on(stu
 
 
 @pytest.mark.slow
+def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
+    spec = _spec(tmp_path, "nodata", seeds=[0], policies=["none"])
+    missing = tmp_path / "no-such-data"
+    assert cli(["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
+                "--set", f"data.data_dir={missing}"]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED: ")]
+    log = tmp_path / "runs" / "cifar_resnet8" / "none" / "seed0.log"
+    assert failed == [f"FAILED: cifar_resnet8 none seed0: exit code 2: fashion-mnist data directory {missing} does not "
+                      f"exist: apt-get install dataset-fashion-mnist or pass --data-dir; see {log}"]
+
+
+@pytest.mark.slow
 def test_other_recipes_are_refused_in_one_results_folder(study, capsys):
     args = [str(study["spec"]), "--results", str(study["results"]), "--runs", str(study["runs"])]
     assert cli(["study", *args, "--set", "train.epochs=3"]) == 2

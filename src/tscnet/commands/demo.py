@@ -131,6 +131,7 @@ def train_side_by_side(configs: list[tuple[str, dict]], runs: list[Path], jobs: 
 
     from ..errors import UserError
     from ..study.executors import create_executor
+    from ..study.results import log_error
     from ..study.scheduler import run_tasks
     from ..train import run as runfiles
     from ..train.console import duration, is_terminal
@@ -159,9 +160,9 @@ def train_side_by_side(configs: list[tuple[str, dict]], runs: list[Path], jobs: 
             diverged = run_dir / runfiles.DIVERGED_FILE
             if diverged.exists():  # a result of the comparison (counted at chance), not a failure
                 bar.write(f"   {policy}: {json.loads(diverged.read_text())['message']}")
-            elif code != 0:  # the trainer's own one-line error is the log's last line
-                lines = running.task.log.read_text().strip().splitlines() if running.task.log.exists() else []
-                failed.append(f"{policy}: {lines[-1] if lines else f'exit code {code}'} (log: {running.task.log})")
+            elif code != 0:
+                why = log_error(running.task.log) or f"exit code {code}"
+                failed.append(f"{policy}: {why} (log: {running.task.log})")
             else:
                 bar.write(f"   {policy}: finished")
 

@@ -78,14 +78,25 @@ def chance_error(config: dict) -> float:
     return chance_from_classes(config.get("model", {}).get("num_classes") or 10)
 
 
-def log_divergence(log: Path) -> Optional[str]:
-    """The engine's one-line divergence error in a run's log (``loss became nan ...``), else ``None``."""
+def _log_errors(log: Path) -> list[str]:
+    """The one-line errors (``tscnet train: error: ...``) in a run's log, oldest first, without the prefix."""
     try:
         lines = Path(log).read_text(errors="replace").splitlines()
     except OSError:
-        return None
-    errors = [line for line in lines if "error:" in line and "loss became" in line]
-    return errors[-1].split("error:", 1)[1].strip() if errors else None
+        return []
+    return [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
+
+
+def log_error(log: Path) -> Optional[str]:
+    """The last one-line error in a run's log (why a trainer that failed did), else ``None``."""
+    errors = _log_errors(log)
+    return errors[-1] if errors else None
+
+
+def log_divergence(log: Path) -> Optional[str]:
+    """The engine's one-line divergence error in a run's log (``loss became nan ...``), else ``None``."""
+    errors = [error for error in _log_errors(log) if "loss became" in error]
+    return errors[-1] if errors else None
 
 
 def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:

@@ -40,7 +40,7 @@ from ..train.preemption import CatchSignals
 from .executors.base import Executor, Task
 from .plan import Cell, Layout, source_cell
 from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
-                      config_difference, diverged_reason, final_error, is_collected, read_metrics, read_yaml,
+                      config_difference, diverged_reason, final_error, is_collected, log_error, read_metrics, read_yaml,
                       run_divergence)
 from .spec import StudySpec
 
@@ -402,7 +402,8 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
                 counts["stopped"] += 1
                 out(f"stopped: {cell} ({stopping}); resumable from {run}")
             else:
-                fail(cell, f"exit code {code}; see {r.task.log}")
+                why = log_error(r.task.log)
+                fail(cell, f"exit code {code}{': ' + why if why else ''}; see {r.task.log}")
 
         settle(cell, record)
         progress(now_running, force=True)
