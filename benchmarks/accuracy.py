@@ -49,7 +49,7 @@ def main() -> int:
     args = p.parse_args()
     jobs = grid_jobs(args.recipe, args.models, args.policies, args.seeds, args.runs, args.set)
     failed = run_sweep(jobs, args.workers, args.threads)
-    done = [j.out for j in jobs if j.finished]
+    done = [j.out for j in jobs if j.finished or j.diverged]
     if done:
         report = build_report(done, args.out)
         print(format_summary(report.summary))

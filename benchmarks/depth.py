@@ -41,9 +41,10 @@ def main() -> int:
                 config["model"].update(name=f"cifar_resnet{depth}", steps=policy)
                 config["train"].update(seed=seed, progress=False)
                 jobs.append(Job(config, args.runs / f"resnet{depth}" / policy.replace(":", "") / f"seed{seed}"))
-    failed = run_sweep(jobs, args.workers, args.threads)
-    for job in failed:  # a diverged run is a result here, not an error: say so
-        print(f"run did not finish (diverged or failed): {job.out}")
+    for job in run_sweep(jobs, args.workers, args.threads):
+        print(f"run did not finish (failed or stopped): {job.out}")
+    for job in (j for j in jobs if j.diverged):  # a result, but without final weights to measure
+        print(f"diverged, left out of the stability measurements: {job.out}")
     done = [j.out for j in jobs if j.finished]
     study = stability_study(done, args.out, images=args.images)
     print(format_stability_table(study.rows))

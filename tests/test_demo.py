@@ -48,9 +48,13 @@ def test_demo_names_a_policy_whose_training_process_fails_with_its_error_and_log
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", "cifar_resnet8", "--epochs", "1", "--no-progress",
                  "--policies", "none", "tsc", "--data-dir", str(tmp_path / "missing")]) != 0
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "training failed for none: fashion-mnist data directory " in error
-    assert f"{tmp_path / 'missing'} does not exist" in error and str(out / "cifar_resnet8-tsc.log") in error
+    captured = capsys.readouterr()
+    failed = [line for line in captured.out.splitlines() if "FAILED" in line]
+    assert len(failed) == 2 and all(f"fashion-mnist data directory {tmp_path / 'missing'} does not exist" in line
+                                    for line in failed)
+    assert any(str(out / "cifar_resnet8-tsc.log") in line for line in failed)
+    assert captured.err.strip() == ("tscnet demo: error: training did not finish for cifar_resnet8-none, "
+                                    "cifar_resnet8-tsc (see above)")
 
 
 def test_the_demo_quotes_the_committed_converged_study():

@@ -12,6 +12,7 @@ the study's committed ``summary.json``.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,82 +119,14 @@ def default_jobs(policies: int, device: str) -> int:
     return 1 if on_gpu else max(1, policies)
 
 
-def train_side_by_side(configs: list[tuple[str, dict]], runs: list[Path], jobs: int, progress: bool) -> None:
-    """Train each ``(policy, config)`` into its run folder, ``jobs`` processes at a time with the
-    cores shared out; one progress bar counts the epochs of all of them. A policy that diverges is
-    printed (its run keeps ``diverged.json``); any other failure raises a one-line error naming its log."""
-    import json
-    import os
-    import tempfile
-    import time
-
-    from tqdm import tqdm
-
-    from ..errors import UserError
-    from ..study.executors import create_executor
-    from ..study.results import log_error
-    from ..study.scheduler import run_tasks
-    from ..train import run as runfiles
-    from ..train.console import duration, is_terminal
-    from ..train.sweep import Job, job_task
-
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-    queue = list(enumerate(zip(configs, runs)))
-    total = sum(config["train"]["epochs"] for _, config in configs)
-    bar = tqdm(total=total, unit="epoch", desc=f"{len(configs)} policies, {jobs} at a time",
-               disable=not (progress and is_terminal()), dynamic_ncols=True)
-    failed: list[str] = []
-
-    def epochs_done() -> int:
-        return sum(len((run / runfiles.METRICS_FILE).read_text().splitlines())
-                   for run in runs if (run / runfiles.METRICS_FILE).exists())
-
-    with tempfile.TemporaryDirectory(prefix="tscnet-demo-") as scratch:
-        def next_task():
-            if not queue:
-                return None
-            index, ((policy, config), run_dir) = queue.pop(0)
-            return job_task(Job(config, run_dir), Path(scratch), threads, index), policy
-
-        def on_end(running, code, stopping) -> None:
-            run_dir, policy = running.task.run_dir, running.tag
-            diverged = run_dir / runfiles.DIVERGED_FILE
-            if diverged.exists():  # a result of the comparison (counted at chance), not a failure
-                bar.write(f"   {policy}: {json.loads(diverged.read_text())['message']}")
-            elif code != 0:
-                why = log_error(running.task.log) or f"exit code {code}"
-                failed.append(f"{policy}: {why} (log: {running.task.log})")
-            else:
-                bar.write(f"   {policy}: finished")
-
-        shown, began = [0], time.monotonic()
-
-        def tick(running) -> None:
-            done = epochs_done()
-            bar.update(done - shown[0])
-            if progress and bar.disable and 10 * done // total > 10 * shown[0] // total:  # a log: a line per tenth
-                elapsed = time.monotonic() - began
-                print(f"{done}/{total} epochs  {done / elapsed:.2f} epoch/s  "
-                      f"ETA {duration(elapsed / done * (total - done))}", flush=True)
-            shown[0] = done
-
-        stopped = run_tasks(create_executor("local", workers=jobs, threads=threads), next_task, on_end,
-                            tick=tick, out=bar.write)
-        tick([])
-        bar.close()
-    if stopped:
-        raise UserError(f"demo stopped by {stopped}; the runs so far are in {runs[0].parent}")
-    if failed:
-        raise UserError(f"training failed for {'; '.join(failed)}")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
+    from ..errors import UserError
     from ..stepping import parse_policy
     from ..train import fit, load_config
     from ..train.config import set_value, validate_config
-    from ..errors import UserError
     from ..train.engine import TrainingDiverged
+    from ..train.sweep import Job, run_sweep
     from .common import check_out_folder
 
     contrast = CONTRASTS[args.contrast]
@@ -218,8 +151,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
               f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images at lr {config['optim']['lr']} "
               f"-> {run_dir}")
-    if jobs > 1:
-        train_side_by_side(configs, runs, min(jobs, len(configs)), progress=not args.no_progress)
+    if jobs > 1:  # one process per policy, the cores shared out
+        jobs = min(jobs, len(configs))
+        left = run_sweep([Job(config, run_dir) for (_, config), run_dir in zip(configs, runs)], workers=jobs,
+                         threads=max(1, len(os.sched_getaffinity(0)) // jobs), progress=not args.no_progress)
+        if left:
+            raise UserError(f"training did not finish for {', '.join(j.out.name for j in left)} (see above)")
     else:
         for (policy, config), run_dir in zip(configs, runs):
             try:
