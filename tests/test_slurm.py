@@ -20,7 +20,7 @@ from run_utils import assert_same_run
 
 submitit = pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip install 'tscnet[slurm]'")
 from tscnet.study.executors import Task, create_executor  # noqa: E402
-from tscnet.study.executors.slurm import parse_time, slurm_running  # noqa: E402
+from tscnet.study.executors.slurm import CellJob, parse_time, slurm_running  # noqa: E402
 
 NO_SLURM = slurm_running()
 needs_slurm = pytest.mark.skipif(NO_SLURM is not None, reason=f"{NO_SLURM}")
@@ -34,10 +34,29 @@ def test_time_limits_parse_like_slurm(value, minutes):
     assert parse_time(value) == minutes
 
 
+def test_a_job_over_several_nodes_runs_torchrun_on_each_meeting_at_the_first(tmp_path):
+    run = tmp_path / "cell"
+    task = Task(name="c", config={}, command=[sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out",
+                                              str(run), "--config", "r.yaml"],
+                recipe=tmp_path / "r.yaml", run_dir=run, log=tmp_path / "cell.log", cwd=tmp_path)
+    job = CellJob(task, procs_per_node=4, nodes=2, time_limit_s=3600, folder=tmp_path)
+    argv = job.argv(node=1, master="gpu-a01", job_id="4242")
+    assert argv[:2] == [sys.executable, "-m"] and argv[2:9] == [
+        "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--nproc-per-node=4", "--master-addr=gpu-a01",
+        f"--master-port={29500 + 4242 % 2000}", "-m"]
+    assert argv[9:] == ["tscnet.cli", *task.command[3:]]
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")  # a requeued job: the run exists, so it resumes
+    single = CellJob(task, procs_per_node=1, nodes=1, time_limit_s=3600, folder=tmp_path).argv(0, "x", "1")
+    assert single == [*task.command, "--resume"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--partition", "gpu"], "--partition is a Slurm option: add --executor slurm"),
     (["--executor", "slurm", "--time", "soon"], "time must be minutes or HH:MM:SS"),
     (["--executor", "slurm", "--gpus-per-node", "-1"], "gpus_per_node must be an integer >= 0"),
+    (["--nodes", "2"], "--nodes is a Slurm option: add --executor slurm"),
+    (["--executor", "slurm", "--nodes", "0"], "nodes must be an integer >= 1"),
 ])
 def test_bad_slurm_options_are_one_line(argv, message, tmp_path, capsys):
     spec = tmp_path / "s.yaml"

@@ -25,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--time", help="each job's time limit: HH:MM:SS, D-HH:MM:SS or minutes")
     slurm.add_argument("--gpus-per-node", type=int, help="GPUs per job (more than 1: torchrun under srun)")
     slurm.add_argument("--cpus-per-task", type=int, help="CPUs per job (default: --threads)")
+    slurm.add_argument("--nodes", type=int, help="nodes per job (more than 1: torchrun on each, DDP across them)")
     parser.add_argument("--max-hours", type=float, help="start no cell after this many hours (nor one that would "
                         "end later)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -53,7 +54,7 @@ def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
 
                 raise UserError(f"--{flag} must be at least 1, got {value}")
             options[flag] = value
-    for flag in ("partition", "time", "gpus_per_node", "cpus_per_task"):
+    for flag in ("partition", "time", "gpus_per_node", "cpus_per_task", "nodes"):
         value = getattr(args, flag, None)
         if value is not None:
             if kind != "slurm":
