@@ -653,7 +653,8 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
     family = sum(1 for e in sweep["arms"].values() if e.get("vs_best_peer_p_holm") is not None)
     lines = [f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
              f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
-             "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). *Best*: the value with the lowest mean final error, per arm; each arm at "
+             "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). "
+             "*Best*: the value with the lowest mean final error, per arm; each arm at "
              f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
              f"and p Holm-adjusted over these {family}. The best values are chosen on the same seeds that measure "
              "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "

@@ -302,7 +302,8 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         out(f"FAILED: {cell}: {why}")
 
     def settle(cell: Cell, action: Callable[[], None]) -> None:
-        """``action()``, which reads an ended run and collects it; if it cannot, the cell fails and the study goes on."""
+        """``action()``, which reads an ended run and collects it; if it cannot, the cell fails and the
+        study goes on."""
         try:
             action()
         except Exception as problem:
