@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
 from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
-from ..train.run import DIVERGED_FILE, Run, load_run
+from ..train.run import Run, load_run, read_diverged
 from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
 from .stability import STABILITY_FILE, format_stability_table
@@ -32,12 +32,7 @@ def _metric(run: Run, key: str) -> list:
 
 def diverged_record(run: Run) -> Optional[dict]:
     """The run's ``diverged.json`` (where its loss became non-finite), ``None`` for a run that did not diverge."""
-    try:
-        return json.loads((run.path / DIVERGED_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise UserError(f"{run.path / DIVERGED_FILE} is not valid JSON; the run diverged, its record is damaged") from None
+    return read_diverged(run.path)
 
 
 def _last_error(run: Run) -> float:

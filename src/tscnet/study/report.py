@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import UserError
-from ..train.run import DIVERGED_FILE
+from ..train.run import read_diverged
 from .plan import grid_tag
 from .results import CELL_FILE, DIVERGED_FILES, RESULT_FILES, definition, read_cell_info, read_metrics, read_yaml
 from .spec import StudySpec, ablation_kind
@@ -76,8 +76,8 @@ class Result:
         found: dict[int, float] = {}
         rows = [m.get("loss_at_step") for m in self.metrics]
         try:
-            rows.append(json.loads((self.folder / DIVERGED_FILE).read_text()).get("loss_at_step"))
-        except (OSError, ValueError, AttributeError):
+            rows.append((read_diverged(self.folder) or {}).get("loss_at_step"))
+        except (OSError, UserError):  # unreadable or damaged: the metrics rows alone
             pass
         for row in rows:
             for step, loss in (row or {}).items() if isinstance(row, dict) else ():

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
 from ..train.run import CONFIG_FILE, DIVERGED_FILE
+from ..train.run import diverged_message
 from ..train.run import read_metrics as read_run_metrics
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
@@ -104,11 +105,11 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
     its log, or (finished) a final test error at chance level."""
     run_dir = Path(run_dir)
     try:
-        info = json.loads((run_dir / DIVERGED_FILE).read_text())
-        return str(info.get("message") or f"loss became {info.get('loss')} at step {info.get('step')}")
-    except (OSError, ValueError, AttributeError):
-        pass
-    message = log_divergence(log) if log is not None else None
+        message = diverged_message(run_dir)
+    except (OSError, UserError):  # unreadable or damaged: the log and the metrics decide
+        message = None
+    if message is None and log is not None:
+        message = log_divergence(log)
     if message:
         return message
     if (run_dir / "model_card.json").is_file():

@@ -123,6 +123,29 @@ def read_config(run_dir: Path) -> dict:
         raise UserError(f"{path}: {error}") from None
 
 
+def read_diverged(run_dir: Path) -> Optional[dict]:
+    """The run's ``diverged.json`` (where its loss became non-finite, written by the engine), ``None``
+    for a run that did not diverge; a damaged record is a one-line error."""
+    path = Path(run_dir) / DIVERGED_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; the run diverged, its record is damaged") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a JSON object; the run diverged, its record is damaged")
+    return record
+
+
+def diverged_message(run_dir: Path) -> Optional[str]:
+    """Why the run diverged, from its ``diverged.json`` (the engine's message), else ``None``."""
+    record = read_diverged(run_dir)
+    if record is None:
+        return None
+    return str(record.get("message") or f"loss became {record.get('loss')} at step {record.get('step')}")
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The epochs recorded in ``metrics.jsonl`` (empty if none finished yet); a line that is not a
     JSON object is a one-line error naming the file and the line."""

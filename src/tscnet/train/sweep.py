@@ -18,7 +18,6 @@ them exactly once, through the sweep.
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from ..errors import UserError
 from . import run as runfiles
 from .config import dump_config
 from .console import duration, is_terminal
@@ -50,8 +50,8 @@ class Job:
     def diverged(self) -> Optional[str]:
         """The engine's divergence message (a result, never retried), else ``None``."""
         try:
-            return str(json.loads((self.out / runfiles.DIVERGED_FILE).read_text())["message"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return runfiles.diverged_message(self.out)
+        except (OSError, UserError):  # damaged: not a result, the next call trains it again
             return None
 
 
