@@ -267,7 +267,11 @@ def test_report_rows_recompute_from_the_runs(study):
     if list(results.rglob("platform.json")):  # runs record where they ran: the report says so per cell
         where = json.loads((results / "summary.json").read_text())["platforms"]
         assert len(where) == 8 and all(label != "unrecorded" for label in where.values())
-        assert "**Platforms.**" in report and "cifar_resnet8 tsc seed0" in report.split("**Platforms.**")[1]
+        platforms = report.split("**Platforms.**")[1].split("\n\n")[0]
+        if len(set(where.values())) == 1:  # one machine: one line, the cells are in summary.json
+            assert f"All 8 runs: {next(iter(where.values()))}." in platforms
+        else:
+            assert "every cell not listed below" in platforms
 
 
 @pytest.mark.slow
@@ -412,3 +416,19 @@ def test_sigint_stops_a_background_study_and_the_next_call_resumes(tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 41))
     assert (results / "cifar_resnet8" / "tsc" / "seed0" / "cell.json").exists()
+
+
+def test_platforms_paragraph_lists_only_the_cells_off_the_main_platform(tmp_path):
+    from tscnet.study.report import Result, _platforms
+
+    def cell(seed: int, cpu: str) -> Result:
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "platform.json").write_text(json.dumps([{"cpu": cpu, "threads": 1}]))
+        return Result("cifar_resnet8", "none", "none", seed, {}, folder, {}, [], {}, {}, {})
+
+    same = [cell(s, "EPYC") for s in range(3)]
+    assert "All 3 runs: EPYC" in _platforms(same) and "seed0" not in _platforms(same)
+    text = _platforms(same + [cell(3, "Xeon")])
+    assert "EPYC" in text and "(3): every cell not listed below" in text
+    assert "Xeon" in text and "cifar_resnet8 none seed3" in text and "seed0" not in text

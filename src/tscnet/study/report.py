@@ -409,16 +409,24 @@ def _method(spec: StudySpec, grid: bool) -> str:
 
 
 def _platforms(found: list[Result]) -> Optional[str]:
-    """Which cells ran where, or ``None`` when no cell recorded its platform."""
+    """Where the cells ran, or ``None`` when no cell recorded its platform.
+
+    The cells of the most common platform are not listed (``summary.json`` maps every cell to its
+    platform); those of the others are, since they are the ones a reader may want to set apart.
+    """
     where: dict[str, list[str]] = {}
     for r in found:
         where.setdefault(r.platform or "unrecorded", []).append(str(r))
     if set(where) == {"unrecorded"}:
         return None
-    lines = ["**Platforms.** Runs are bit-exact on one machine, not across CPU or GPU types; a re-run elsewhere "
-             "matches in distribution, not digit for digit. Where each cell ran:\n"]
-    for label, cells in sorted(where.items(), key=lambda kv: (kv[0] == "unrecorded", kv[0])):
-        lines.append(f"- {label} ({len(cells)}): {', '.join(cells)}")
+    text = ("**Platforms.** Runs are bit-exact on one machine, not across CPU or GPU types; a re-run elsewhere "
+            "matches in distribution, not digit for digit. ")
+    if len(where) == 1:
+        (label, cells), = where.items()
+        return text + f"All {len(cells)} runs: {label}.\n"
+    ranked = sorted(where.items(), key=lambda kv: (-len(kv[1]), kv[0] == "unrecorded", kv[0]))
+    lines = [text + "Where the cells ran:\n", f"- {ranked[0][0]} ({len(ranked[0][1])}): every cell not listed below"]
+    lines += [f"- {label} ({len(cells)}): {', '.join(cells)}" for label, cells in ranked[1:]]
     return "\n".join(lines) + "\n"
 
 
