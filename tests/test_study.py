@@ -432,3 +432,23 @@ def test_platforms_paragraph_lists_only_the_cells_off_the_main_platform(tmp_path
     text = _platforms(same + [cell(3, "Xeon")])
     assert "EPYC" in text and "(3): every cell not listed below" in text
     assert "Xeon" in text and "cifar_resnet8 none seed3" in text and "seed0" not in text
+
+
+def test_sweep_matrix_marks_diverged_seeds_and_missing_ones():
+    from tscnet.study.report import format_sweep_matrix
+
+    def point(value, seeds, errors, diverged=()):
+        mean = statistics.fmean(errors)
+        return {"value": value, "seeds": seeds, "n": len(seeds), "test_errors": errors, "mean": mean,
+                "std": statistics.stdev(errors) if len(errors) > 1 else None, "diverged": list(diverged)}
+
+    sweep = {"key": "optim.lr", "values": [0.1, 0.3], "seeds": [0, 1, 2], "arms": {
+        "depth:0.5": {"points": [point(0.1, [0, 1, 2], [25.0, 27.0, 26.0]), point(0.3, [0, 1, 2], [90.0, 35.5, 90.0], [0, 2])]},
+        "none": {"points": [point(0.1, [0, 1], [90.0, 90.0], [0, 1])]},
+        "tsc": {"points": [point(0.3, [0], [30.0])]},
+    }}
+    rows = {line.split(" | ")[0]: line for line in format_sweep_matrix(sweep).splitlines()}
+    assert rows["| `depth:0.5`"] == "| `depth:0.5` | 26.00 ± 1.00 | ✗ 2/3 (35.50) |"
+    assert rows["| `none`"] == "| `none` | ✗ 2/2 | — |"
+    assert rows["| `tsc`"] == "| `tsc` | — | 30.00 (n = 1) |"
+    assert format_sweep_matrix(sweep).splitlines()[0] == "| policy | `optim.lr` = 0.1 | `optim.lr` = 0.3 |"

@@ -654,12 +654,38 @@ def _largest_stable(entry: dict, values: list) -> str:
     return text + (f" ({', '.join(map(_fmt_value, pending))} pending)" if pending else "")
 
 
+def _matrix_cell(point: Optional[dict], planned: int) -> str:
+    """``26.17 ± 0.81``; ``✗ 2/3 (35.59)``: 2 of 3 seeds diverged, the others' errors in brackets."""
+    if point is None:
+        return "—"
+    bad = set(point["diverged"])
+    if bad:
+        others = [f"{e:.2f}" for seed, e in zip(point["seeds"], point["test_errors"]) if seed not in bad]
+        return f"✗ {len(bad)}/{point['n']}" + (f" ({', '.join(others)})" if others else "")
+    text = f"{point['mean']:.2f}" + ("" if point["std"] is None else f" ± {point['std']:.2f}")
+    return text + (f" (n = {point['n']})" if point["n"] < planned else "")
+
+
+def format_sweep_matrix(sweep: dict) -> str:
+    """Final test error per arm (rows) and grid value (columns): the figure of :func:`plot_sweep` in numbers."""
+    key, values, planned = sweep["key"], sweep["values"], len(sweep["seeds"])
+    lines = ["| policy | " + " | ".join(f"`{key}` = {_fmt_value(v)}" for v in values) + " |",
+             "|---|" + "---:|" * len(values)]
+    for arm, e in sweep["arms"].items():
+        at = {_grid_value(p["value"]): p for p in e["points"]}
+        lines.append(f"| `{arm}` | " + " | ".join(_matrix_cell(at.get(v), planned) for v in values) + " |")
+    return "\n".join(lines)
+
+
 def format_sweep(model: str, sweep: dict, chance: float) -> str:
     """The tables of :func:`sweep_analysis`: stability, best value and sensitivity; early speed."""
     key, best_peer = sweep["key"], sweep["best_peer"]
     seeds = ", ".join(map(str, sweep["seeds"]))
     family = sum(1 for e in sweep["arms"].values() if e.get("vs_best_peer_p_holm") is not None)
-    lines = [f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
+    lines = [f"Final test error % per policy and `{key}`, mean ± std over seeds {seeds}. ✗ k/n: k of the n seeds "
+             "diverged or ended at chance level, and the errors of the others are in brackets; (n = k): only k seeds "
+             "so far.\n", format_sweep_matrix(sweep), "",
+             f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
              f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
              "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). "
              "*Best*: the value with the lowest mean final error, per arm; each arm at "
