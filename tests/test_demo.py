@@ -97,17 +97,18 @@ def test_the_stability_demo_quotes_the_committed_stability_study():
     """Every "lr V, N seeds: policy mean [± std]" the default demo prints is the committed report's."""
     contrast = CONTRASTS["stability"]
     summary = json.loads((Path(__file__).parents[1] / f"benchmarks/results/{contrast.study}/summary.json").read_text())
-    sweep = summary["models"]["cifar_resnet20"]["sweep"]
     checked = 0
     text = contrast.findings.replace("\n    ", " ")  # a line's continuation belongs to it
-    for value, n, rest in re.findall(r"lr ([\d.]+), (\d+) seeds?: (.*)", text):
+    for model, value, n, rest in re.findall(r"(cifar_resnet\d+ )?lr ([\d.]+), (\d+) seeds?: (.*)", text):
+        sweep = summary["models"][model.strip() or "cifar_resnet20"]["sweep"]  # unnamed: the demo's model
         for policy, mean, std in re.findall(r"([\w:.=-]+) (\d+\.\d\d)(?: ± (\d+\.\d\d))?", rest):
             point = next(p for p in sweep["arms"][policy]["points"] if p["value"] == float(value))
-            assert point["n"] == int(n), (value, policy)
+            assert point["n"] == int(n), (model, value, policy)
             quoted = None if point["std"] is None else f"{point['std']:.2f}"
-            assert (mean, std or None) == (f"{point['mean']:.2f}", quoted), (value, policy)
+            assert (mean, std or None) == (f"{point['mean']:.2f}", quoted), (model, value, policy)
             checked += 1
-    assert checked >= 14
+    assert checked >= 21
+    sweep = summary["models"]["cifar_resnet20"]["sweep"]
     assert "optim.lr=0.1" in contrast.overrides and set(contrast.policies) <= set(sweep["arms"])
 
 
