@@ -48,7 +48,8 @@ test error %, mean ± std over seeds 0-2; a run that diverged or ended at chance
   where both train; the norm input changes neither. What sets the largest stable lr is steps that
   are small and stay small (fixed); learned scales, SkipInit's from 0 too, grow and fail at lr 0.3.
   Small steps cost speed at small lr: at 0.01 the dt = 1 arms lead.
-Norm-free cifar_resnet56, same recipe, the same picture:
+Norm-free cifar_resnet56, same recipe, the same picture; with dt = 1 its forward map has exploded
+before the first update (first loss ~2.5e3), so none and tsc diverge at any lr:
   cifar_resnet56 lr 0.1, 3 seeds: none 90.00 ± 0.00, tsc 90.00 ± 0.00 (NaN at step 2 in every seed),
     depth:0.5 28.08 ± 0.34 (the best), tsc-small 30.02 ± 1.65, tsc-norm 29.44 ± 1.78,
     scalar:0 42.01 ± 24.63 (one seed at 70 %), depth:1 41.11 ± 1.33."""
