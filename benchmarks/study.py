@@ -50,6 +50,13 @@ def git_commit(paths: list[Path], message: str, attempts: int = 5) -> bool:
     return False
 
 
+def commit_label(spec: str, results: Optional[Path]) -> str:
+    """The commit messages' subject: the spec, and the results folder where it is not the spec's own
+    (``stability_normfree (stability_fixup_batch128)``), so a side run is not taken for the study."""
+    folder = Path(results).name if results else spec
+    return spec if folder == spec else f"{spec} ({folder})"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = OneLineParser(prog="benchmarks/study.py", description=__doc__.splitlines()[0])
     command.configure(parser)
@@ -58,13 +65,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     hooks = {}
     if args.commit:
+        name = commit_label(Path(args.spec).stem, args.results)
+
         def on_result(result) -> None:
             what = "diverged" if result.diverged else f"error {result.error:.2f} %"
-            name = Path(args.spec).stem
             git_commit([result.folder], f"{name}: {result.cell} ({what})")
 
         def on_report(files: list[Path], runs: int) -> None:
-            git_commit(files, f"{Path(args.spec).stem}: report ({runs} runs)")
+            git_commit(files, f"{name}: report ({runs} runs)")
 
         hooks = {"on_result": on_result, "on_report": on_report}
     try:

@@ -182,6 +182,14 @@ def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
     assert "WARNING: git commit" in capsys.readouterr().out
 
 
+def test_commit_messages_name_a_results_folder_that_is_not_the_specs():
+    assert wrapper.commit_label("stability_normfree", None) == "stability_normfree"
+    assert wrapper.commit_label("stability_normfree", Path("benchmarks/results/stability_normfree")) == \
+        "stability_normfree"
+    assert wrapper.commit_label("stability_normfree", Path("benchmarks/results/fixup_b128")) == \
+        "stability_normfree (fixup_b128)"
+
+
 def test_converged_alias_lists_the_committed_cells(capsys):
     converged = _script("converged")  # benchmarks/converged.py: benchmarks/study.py converged
 
@@ -225,9 +233,10 @@ def test_study_runs_collects_and_commits_each_cell(study):
             assert info["seed"] == seed and info["model"] == "cifar_resnet8" and "diverged" not in info
     assert not list(results.rglob("*.pt")) and not list(results.rglob("*.safetensors"))
     log = _git(repo, "log", "--format=%s").splitlines()
-    runs = [m for m in log if not m.startswith("tiny: report")]
-    assert len(runs) == 8 and all(m.startswith("tiny: cifar_resnet8 ") for m in runs)
-    assert log[0] == "tiny: report (8 runs)"
+    # The results folder is not the spec's own: the messages name both.
+    runs = [m for m in log if not m.startswith("tiny (results): report")]
+    assert len(runs) == 8 and all(m.startswith("tiny (results): cifar_resnet8 ") for m in runs)
+    assert log[0] == "tiny (results): report (8 runs)"
     assert "unrelated.txt" not in _git(repo, "log", "--name-only", "--format=")
     assert _git(repo, "status", "--porcelain", "--", "results") == ""
     # Sources ran before their ablations.
