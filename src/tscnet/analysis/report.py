@@ -30,11 +30,6 @@ def _metric(run: Run, key: str) -> list:
     return [row.get(key) for row in run.metrics]
 
 
-def diverged_record(run: Run) -> Optional[dict]:
-    """The run's ``diverged.json`` (where its loss became non-finite), ``None`` for a run that did not diverge."""
-    return read_diverged(run.path)
-
-
 def _last_error(run: Run) -> float:
     """The test error of the run's last evaluated epoch: the final one of a finished run (an unfinished
     run may end on an epoch that ``train.eval_epochs`` skipped)."""
@@ -51,7 +46,7 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     ``at_chance`` lists the seeds that trained with finite losses to an error at chance level."""
     rows = []
     for (model, policy), runs in groups.items():
-        diverged = {seed_of(r): diverged_record(r) for r in runs}
+        diverged = {seed_of(r): read_diverged(r.path) for r in runs}
         diverged = {seed: record for seed, record in diverged.items() if record is not None}
         chance = chance_error(runs[0].config["model"]["num_classes"])
         errors = [chance if seed_of(r) in diverged else _last_error(r) for r in runs]

@@ -237,6 +237,11 @@ def fmt_ci(test: Optional[dict]) -> str:
     return f"{test['diff']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}"
 
 
+def fmt_mean_std(entry: dict) -> str:
+    """``26.17 ± 0.81`` from an entry's ``mean`` and ``std`` (``26.17`` alone where one seed gives no std)."""
+    return f"{entry['mean']:.2f}" + ("" if entry["std"] is None else f" ± {entry['std']:.2f}")
+
+
 def fmt_p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
 
@@ -247,13 +252,12 @@ def format_table(spec: StudySpec, summary: dict) -> str:
              f"Δ vs `{spec.baseline}` [95 % CI] | Δ vs best peer `{best}` [95 % CI] |",
              "|---|---|---|---|---:|---:|---|---|"]
     for r in summary["rows"]:
-        std = "" if r["std"] is None else f" ± {r['std']:.2f}"
         change = "—" if r["last3_change"] is None else f"{r['last3_change']:.2f}"
         label = f"`{r['policy']}`" + ("" if r["label"] == r["policy"] else f" ({r['label']})")
         per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "")
                              for e, seed in zip(r["test_errors"], r["seeds"]))
         t_mean = "—" if r["T_mean"] is None else f"{r['T_mean']:.3f}"
-        lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {r['mean']:.2f}{std} | "
+        lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {fmt_mean_std(r)} | "
                      f"{per_seed} | {t_mean} | {change} | {fmt_ci(r[key])} | {fmt_ci(r['vs_best_peer'])} |")
     return "\n".join(lines)
 
@@ -662,8 +666,7 @@ def _matrix_cell(point: Optional[dict], planned: int) -> str:
     if bad:
         others = [f"{e:.2f}" for seed, e in zip(point["seeds"], point["test_errors"]) if seed not in bad]
         return f"✗ {len(bad)}/{point['n']}" + (f" ({', '.join(others)})" if others else "")
-    text = f"{point['mean']:.2f}" + ("" if point["std"] is None else f" ± {point['std']:.2f}")
-    return text + (f" (n = {point['n']})" if point["n"] < planned else "")
+    return fmt_mean_std(point) + (f" (n = {point['n']})" if point["n"] < planned else "")
 
 
 def format_sweep_matrix(sweep: dict) -> str:
@@ -672,7 +675,7 @@ def format_sweep_matrix(sweep: dict) -> str:
     lines = ["| policy | " + " | ".join(f"`{key}` = {_fmt_value(v)}" for v in values) + " |",
              "|---|" + "---:|" * len(values)]
     for arm, e in sweep["arms"].items():
-        at = {_grid_value(p["value"]): p for p in e["points"]}
+        at = {p["value"]: p for p in e["points"]}
         lines.append(f"| `{arm}` | " + " | ".join(_matrix_cell(at.get(v), planned) for v in values) + " |")
     return "\n".join(lines)
 
@@ -700,8 +703,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
              "|---|---:|---:|---|---|---:|---:|---:|"]
     for arm, e in sweep["arms"].items():
         best = e["best"]
-        at_best = "—" if best is None else (f"{best['mean']:.2f}" + ("" if best["std"] is None else f" ± {best['std']:.2f}")
-                                            + f" (n = {best['n']})")
+        at_best = "—" if best is None else f"{fmt_mean_std(best)} (n = {best['n']})"
         p = e.get("vs_best_peer_p_holm")
         mark = " *" if p is not None and p < 0.05 else ""
         lines.append(f"| `{arm}` | {_largest_stable(e, sweep['values'])} | {_fmt_value(e['best_value'])} | {at_best} | "
@@ -725,7 +727,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
                     text += f" ({loss['n']}/{pt['n']})"
                 losses.append(text)
             diverged = f", {len(pt['diverged'])}×" if pt["diverged"] else ""
-            final = f"{pt['mean']:.2f}" + ("" if pt["std"] is None else f" ± {pt['std']:.2f}")
+            final = fmt_mean_std(pt)
             lines.append(f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | " + " | ".join(losses)
                          + f" | {_fmt(pt['error_epoch1'], 2)} | {final} | {_fmt(pt['T_mean'], 3)} |")
     return "\n".join(lines)
