@@ -105,6 +105,23 @@ def test_divergence_names_its_first_step_and_writes_diverged_json(tmp_path, caps
     assert last["epoch"] == 1 and step - 20 < batch + 16 < step
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert f"the last good checkpoint (epoch 2, batch {batch}) is kept" in err_each
+    # The first loss was near chance (ln 10): the usual advice stands.
+    assert err.endswith("; lower optim.lr or add sched.warmup_epochs") and "first_loss" not in record
+
+
+def test_a_run_exploding_at_initialisation_is_told_so(tmp_path, capsys, one_thread):
+    """Norm-free ResNet-20 with Δt ≡ 3: the logits at initialisation are huge, so the loss at step 1
+    is far above chance and step 2's is NaN. A lower lr or a warm-up cannot help there; the error says
+    what can, and diverged.json keeps that first loss."""
+    out = tmp_path / "r"
+    assert main(QUICK + ["--model", "cifar_resnet20", "--set", "model.norm=none", "--steps", "fixed:3",
+                         "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    record = json.loads((out / "diverged.json").read_text())
+    assert record["step"] == 2 and isinstance(record["first_loss"], float) and record["first_loss"] > 10 * math.log(10)
+    assert len(err.splitlines()) == 1 and err == f"tscnet train: error: {record['message']}"
+    assert (f"the loss at step 1 was already {record['first_loss']:.4g} (chance: ln 10 = 2.30)" in err
+            and "model.steps=depth:0.5" in err and "add sched.warmup_epochs" not in err), err
 
 
 def test_platform_is_recorded_and_a_move_appends(tmp_path, capsys, monkeypatch):

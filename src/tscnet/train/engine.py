@@ -205,9 +205,10 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
         if bad is not None:
             log.close()
             at, loss = bad
-            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({desc}, batch {at - first_step})",
-                                   {"step": at, "batch": at - first_step, "loss": loss,
-                                    "loss_at_step": loss_at})
+            details = {"step": at, "batch": at - first_step, "loss": loss, "loss_at_step": loss_at}
+            if step <= SYNC_EVERY:  # step 1's slot is not yet overwritten: the loss at initialisation
+                details["first_loss"] = float(recent.values[0])
+            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({desc}, batch {at - first_step})", details)
 
     for i, (images, target) in enumerate(loader, start=start.batch):
         step = first_step + i + 1
@@ -491,7 +492,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
                                            {"step": step, "batch": steps_per_epoch, "loss": row["test_loss"],
                                             "loss_at_step": trained["loss_at_step"]})
             except TrainingDiverged as error:
-                _diverged(out_dir, error, epoch + 1, history, kept, ctx)
+                _diverged(out_dir, error, epoch + 1, history, kept, ctx, config["model"]["num_classes"])
             ctx.check_in_sync(model, epoch + 1)
             dt_mean = [float(s.mean()) for s in step_sizes(model)]
             row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
@@ -527,11 +528,23 @@ def _kept(ckpt_path: Path, epochs_done: int, batch: int = 0) -> str:
     return f"the last good checkpoint ({where}) is kept in {ckpt_path}"
 
 
+def _divergence_hint(first_loss: Optional[float], num_classes: int) -> str:
+    """What to try next. A first loss far above chance (ln C) means the output at initialisation is
+    already huge, e.g. a norm-free ResNet-56 with Δt ≡ 1 (~10³): the damage is done before a lower
+    lr or a warm-up acts (BENCHMARKS.md, "Why vanilla cannot start at depth 56")."""
+    chance = math.log(num_classes)
+    if first_loss is None or (math.isfinite(first_loss) and first_loss <= 10 * chance):
+        return "lower optim.lr or add sched.warmup_epochs"
+    return (f"the loss at step 1 was already {first_loss:.4g} (chance: ln {num_classes} = {chance:.2f}), so the "
+            "output at initialisation is too large for a lower optim.lr or a warm-up to help: start from smaller "
+            "steps (e.g. model.steps=depth:0.5) or normalise the branches")
+
+
 def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[dict], kept: str,
-              ctx: Context) -> None:
+              ctx: Context, num_classes: int) -> None:
     """Write ``diverged.json`` and raise the one-line divergence error."""
-    message = f"training diverged: {error}; {kept}; lower optim.lr or add sched.warmup_epochs"
     details = error.details
+    message = f"training diverged: {error}; {kept}; {_divergence_hint(details.get('first_loss'), num_classes)}"
     if ctx.is_main:
         loss_at = {k: v for row in history for k, v in row.get("loss_at_step", {}).items()}
         loss_at.update(details.get("loss_at_step", {}))
@@ -539,6 +552,9 @@ def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[
         record = {"step": details.get("step"), "epoch": epoch, "batch": details.get("batch"),
                   "loss": loss if math.isfinite(loss) else str(loss),  # strict JSON has no NaN: "nan", "inf"
                   "message": message, "loss_at_step": loss_at}
+        if "first_loss" in details:
+            first = details["first_loss"]
+            record["first_loss"] = first if math.isfinite(first) else str(first)
         runfiles.atomic_write_bytes(out_dir / DIVERGED_FILE, (json.dumps(record, indent=2) + "\n").encode())
     raise TrainingDiverged(message, {**details, "epoch": epoch}) from None
 
