@@ -1,7 +1,8 @@
 """Deployment formats: the folded model is the vanilla one, so it exports like it.
 
 * ONNX: ``torch.onnx.export`` of the folded model, run in onnxruntime, gives the stepped model's
-  outputs (skipped when onnxruntime is not installed: ``pip install 'tscnet[test]'`` has it).
+  outputs (skipped when onnxruntime is not installed: ``pip install 'tscnet[test]'`` has it); the
+  stepped model exports too, its policy computed in the graph.
 * ``torch.export``: the stepped model (training graph and all) and the folded one.
 * TorchScript (deprecated upstream): the folded model scripts; a stepped one is refused in one
   line (tests/test_backbones.py).
@@ -19,9 +20,9 @@ from conftest import sample_batch
 from stepping_utils import randomize_bn, randomize_steps, rel_err
 
 
-def _stepped(name: str, policy: str = "tsc") -> torch.nn.Module:
+def _stepped(name: str, policy: str = "tsc", **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = tscnet.create_model(name, num_classes=10, steps=policy)
+    model = tscnet.create_model(name, num_classes=10, steps=policy, **kwargs)
     randomize_bn(model)
     randomize_steps(model)
     return model.eval()
@@ -56,6 +57,27 @@ def test_folded_model_runs_in_onnxruntime(name, tmp_path):
     folded = tscnet.fold_steps(model).eval()
     x = sample_batch("cifar10")
     torch.onnx.export(folded, (x[:2],), tmp_path / "m.onnx", dynamic_shapes=({0: "batch"},))
+    with torch.no_grad():
+        assert rel_err(_onnxruntime_outputs(tmp_path / "m.onnx", x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("dynamo, name, policy, kwargs", [
+    (False, "cifar_resnet20", "tsc", {}),  # BN sites: γ and β scaled in one multi-tensor op in eager
+    pytest.param(True, "cifar_resnet20", "tsc:dt_init=depth:0.5,summary=l2_sn", {"norm": "none"},
+                 marks=pytest.mark.slow),  # conv sites, the controller fed with power-iteration norms
+    pytest.param(True, "tv:resnet18", "tsc", {}, marks=pytest.mark.slow)])
+def test_stepped_model_runs_in_onnxruntime(dynamo, name, policy, kwargs, tmp_path):
+    """Unfolded, with its step policy in the graph: ONNX has no multi-tensor operator, so under
+    export the steps scale their sites one tensor at a time."""
+    pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    model = _stepped(name, policy, **kwargs)
+    x = sample_batch("cifar10")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x[:2],), tmp_path / "m.onnx", dynamo=dynamo, input_names=["x"],
+                          **({"dynamic_shapes": ({0: "batch"},)} if dynamo else {"dynamic_axes": {"x": {0: "batch"}}}))
     with torch.no_grad():
         assert rel_err(_onnxruntime_outputs(tmp_path / "m.onnx", x), model(x)) < 1e-5
 

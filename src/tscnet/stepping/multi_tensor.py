@@ -41,12 +41,21 @@ def _plain_autograd() -> bool:
     """Use the plain formulas (one op per block) instead of the fused functions?
 
     Yes under ``torch.compile``, which fuses them itself, under forward-mode AD or
-    ``torch.func`` transforms, which would need a custom ``jvp`` that Dynamo cannot trace, and
-    while ``torch.fx`` traces symbolically (the graph then holds the forward ops, and autograd
-    differentiates them when it runs).
+    ``torch.func`` transforms, which would need a custom ``jvp`` that Dynamo cannot trace, while
+    ``torch.fx`` traces symbolically (the graph then holds the forward ops, and autograd
+    differentiates them when it runs), and under ``torch.onnx.export``, whose tracer cannot
+    record an autograd function.
     """
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.autograd.forward_ad._current_level >= 0 or _fx_tracing())
+            or torch.autograd.forward_ad._current_level >= 0 or _fx_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def _mul(tensors: list[Tensor], factors: list[Tensor]) -> list[Tensor]:
+    """``[t ⊙ f for t, f in zip(tensors, factors)]``: one multi-tensor op, or one op per tensor under
+    ``torch.onnx.export``, since ONNX has no multi-tensor (``aten._foreach_*``) operator."""
+    if torch.onnx.is_in_onnx_export():
+        return [t * f for t, f in zip(tensors, factors)]
+    return list(torch._foreach_mul(tensors, factors))
 
 
 def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
@@ -65,7 +74,7 @@ class _ScaleBySteps(torch.autograd.Function):
     @staticmethod
     def forward(n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
         dts, params = list(tensors[:n]), list(tensors[n:])
-        out = torch._foreach_mul(params, dts * (len(params) // n))
+        out = _mul(params, dts * (len(params) // n))
         return tuple(out[i] for i in range(len(params)))  # indexed, not iterated: a torch.fx proxy has no length
 
     @staticmethod
