@@ -50,12 +50,13 @@ def _plain_autograd() -> bool:
             or torch.autograd.forward_ad._current_level >= 0 or _fx_tracing() or torch.onnx.is_in_onnx_export())
 
 
-def _mul(tensors: list[Tensor], factors: list[Tensor]) -> list[Tensor]:
+def _mul(tensors: list[Tensor], factors: list[Tensor]) -> Sequence[Tensor]:
     """``[t ⊙ f for t, f in zip(tensors, factors)]``: one multi-tensor op, or one op per tensor under
-    ``torch.onnx.export``, since ONNX has no multi-tensor (``aten._foreach_*``) operator."""
+    ``torch.onnx.export``, since ONNX has no multi-tensor (``aten._foreach_*``) operator. Index the
+    result, don't iterate it: under ``torch.fx`` it is a proxy, which has no length."""
     if torch.onnx.is_in_onnx_export():
         return [t * f for t, f in zip(tensors, factors)]
-    return list(torch._foreach_mul(tensors, factors))
+    return torch._foreach_mul(tensors, factors)
 
 
 def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
