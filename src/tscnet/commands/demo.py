@@ -56,8 +56,8 @@ update (first loss ~2.5e3), so none and tsc diverge at every lr (0.03, 0.1 and 0
   cifar_resnet56 lr 0.3, 3 seeds: fixed:0.1 27.52 ± 1.58 (the best arm), tsc-small 38.96 ± 6.01
     and tsc-norm 35.17 ± 3.98 train in every seed; depth:0.5 fails in 1 of 3, layerscale in 2,
     scalar:0 and fixup in all 3.
-  Started at 1/sqrt(D), the controllers tie the fixed rules where those train and are the arms
-  least sensitive to the lr (spread 5.7-8.9 pp over 0.03-0.3), not significantly with 3 seeds."""
+  Started at 1/sqrt(D), the controllers tie the fixed rules where those train and are the trained
+  arms least sensitive to the lr (spread 5.7-8.9 pp over 0.03-0.3), not significantly with 3 seeds."""
 
 CONVERGED_FINDINGS = """\
 What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
