@@ -157,6 +157,11 @@ class RecentLosses:
         value = float(total) / (n * ctx.world_size)
         return value if math.isfinite(value) else None
 
+    def first(self, step: int) -> Optional[float]:
+        """This rank's loss at step 1 while ``step`` (the latest step recorded) has not yet overwritten
+        its slot, else None: the loss at initialisation, which the divergence message reads."""
+        return float(self.values[0]) if step <= SYNC_EVERY else None
+
     def first_bad(self, after: int, upto: int, ctx: Context, finite: bool) -> Optional[tuple[int, float]]:
         """``(step, loss)`` of the first step in ``after+1 .. upto`` (at most 20 steps) whose loss was
         not finite on some rank, with that step's mean loss over the ranks; None if every loss was
@@ -206,8 +211,8 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScal
             log.close()
             at, loss = bad
             details = {"step": at, "batch": at - first_step, "loss": loss, "loss_at_step": loss_at}
-            if step <= SYNC_EVERY:  # step 1's slot is not yet overwritten: the loss at initialisation
-                details["first_loss"] = float(recent.values[0])
+            if (first := recent.first(step)) is not None:
+                details["first_loss"] = first
             raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({desc}, batch {at - first_step})", details)
 
     for i, (images, target) in enumerate(loader, start=start.batch):
