@@ -199,6 +199,30 @@ def test_converged_alias_lists_the_committed_cells(capsys):
     assert lines[-1] == "11 results"
 
 
+def test_a_model_without_finished_runs_is_estimated_by_flops_from_the_nearest_one():
+    """A study whose ResNet-56 runs have finished once guessed its first ResNet-110 runs at ResNet-20's
+    default speed (2 min for a 17-min run): a model without runs is scaled by forward FLOPs from the
+    finished model nearest in FLOPs, or from the default guess for ResNet-20."""
+    from tscnet.study.cost import CostModel
+
+    config = {"model": {"name": "cifar_resnet56", "norm": "none"}, "data": {"name": "fashion-mnist", "train_subset": 2560},
+              "train": {"epochs": 10}}
+    cost = CostModel(speed={"cifar_resnet8": 2000.0, "cifar_resnet56": 60.0})
+    r56, source = cost.seconds("cifar_resnet56", config)
+    assert source == "finished runs of the model" and r56 == pytest.approx(2560 / 60.0 * 1.35 * 10)
+    r110, source = cost.seconds("cifar_resnet110", config)
+    assert source == "finished runs of cifar_resnet56, scaled by FLOPs"
+    assert 1.95 < r110 / r56 < 2.05  # per stage, 17.5 full-cost 3×3 convs against 35.5 (a strided one costs half)
+    nothing = CostModel()
+    (r20, source20), (r56, source56) = nothing.seconds("cifar_resnet20", config), nothing.seconds("cifar_resnet56", config)
+    assert source20 == source56 == "default guess, 300 img/s for cifar_resnet20 on fashion-mnist, scaled by FLOPs"
+    assert r20 == pytest.approx(2560 / 300.0 * 1.35 * 10)
+    assert 3.0 < r56 / r20 < 3.2  # 17.5 against 5.5
+    # The default guess is for a 28×28 grey image: a 3×32×32 CIFAR image costs more.
+    cifar = {**config, "data": {"name": "cifar10", "train_subset": 2560}}
+    assert 1.2 < nothing.seconds("cifar_resnet20", cifar)[0] / r20 < 1.4  # (32/28)² = 1.31, the stem aside
+
+
 # ---------------------------------------------------------------------------------------------
 # Studies end to end
 

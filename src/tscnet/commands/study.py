@@ -69,7 +69,8 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int) -> None:
     """Print each cell's state and estimated cost, and the totals (training time; wall time at ``capacity``
     cells at once)."""
     from ..study.results import base_config, check_configs, check_recipe
-    from ..study.scheduler import CostModel, cell_state, format_hours
+    from ..study.cost import CostModel, format_hours
+    from ..study.scheduler import cell_state
 
     check_configs(spec, cells, extra)
     check_recipe(spec, cells, layout, extra)

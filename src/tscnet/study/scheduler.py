@@ -27,29 +27,22 @@ from __future__ import annotations
 
 import json
 import signal
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from ..train.config import dump_config
 from ..train.preemption import CatchSignals
+from .cost import CostModel, format_hours
 from .executors.base import Executor, Task
 from .plan import Cell, Layout, source_cell
 from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
                       config_difference, diverged_reason, final_error, is_collected, log_error, read_metrics, read_yaml,
                       run_divergence)
 from .spec import StudySpec
-
-# Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):
-# evaluation, start-up and checkpoints, measured on the converged study (6.5 min per 20-epoch
-# ResNet-20 run of 14.4 s training epochs: 1.35).
-WALL_PER_TRAIN_TIME = 1.35
-DEFAULT_IMAGES_PER_S = 300.0  # a guess (ResNet-20, one CPU thread) when no run of the model has finished
-DEFAULT_TRAIN_IMAGES = 50_000
 
 
 @dataclass
@@ -64,71 +57,6 @@ class CellResult:
 
     def describe(self) -> str:
         return f"DIVERGED ({self.diverged})" if self.diverged else f"final test error {self.error:.2f} %"
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost
-
-
-@dataclass
-class CostModel:
-    """Estimated wall seconds of a cell: ``epochs × images per epoch / images per second × 1.35``.
-
-    Images per second per model come from finished runs of that model (``images_per_s`` in their
-    ``metrics.jsonl``, in the results and scratch folders), and are replaced by wall times measured
-    in this invocation as runs finish; without any, :data:`DEFAULT_IMAGES_PER_S` (``source`` says
-    which was used).
-    """
-
-    speed: dict[str, float] = field(default_factory=dict)  # model -> training images per second
-    images: dict[str, float] = field(default_factory=dict)  # model -> training images per epoch seen
-    measured: dict[str, list[float]] = field(default_factory=dict)  # model -> wall seconds per epoch
-
-    @classmethod
-    def from_folders(cls, folders: list[Path]) -> "CostModel":
-        speeds: dict[str, list[float]] = {}
-        images: dict[str, list[float]] = {}
-        seen: set[Path] = set()
-        for folder in folders:
-            if not Path(folder).is_dir():
-                continue
-            for card_file in Path(folder).rglob("model_card.json"):
-                if card_file.resolve() in seen:
-                    continue
-                seen.add(card_file.resolve())
-                try:
-                    model = json.loads(card_file.read_text())["model"]
-                    rows = [r for r in read_metrics(card_file.parent) if r.get("images_per_s")]
-                except (OSError, ValueError, KeyError, TypeError, UserError):  # no estimate from a damaged run
-                    continue
-                if rows:
-                    speeds.setdefault(model, []).append(statistics.median(r["images_per_s"] for r in rows))
-                    images.setdefault(model, []).append(statistics.median(r["images_per_s"] * r["epoch_time"]
-                                                                          for r in rows if r.get("epoch_time")))
-        return cls({m: statistics.median(v) for m, v in speeds.items()},
-                   {m: statistics.median(v) for m, v in images.items() if v})
-
-    def epoch_seconds(self, model: str, config: dict) -> tuple[float, str]:
-        """``(estimated wall seconds per epoch, where the estimate comes from)``."""
-        if self.measured.get(model):
-            return statistics.median(self.measured[model]), "measured here"
-        images = config.get("data", {}).get("train_subset") or self.images.get(model, DEFAULT_TRAIN_IMAGES)
-        if model in self.speed:
-            return images / self.speed[model] * WALL_PER_TRAIN_TIME, "finished runs of the model"
-        return images / DEFAULT_IMAGES_PER_S * WALL_PER_TRAIN_TIME, f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s"
-
-    def seconds(self, model: str, config: dict, done_epochs: int = 0) -> tuple[float, str]:
-        per_epoch, source = self.epoch_seconds(model, config)
-        epochs = max(0, int(config.get("train", {}).get("epochs", 1)) - done_epochs)
-        return per_epoch * epochs, source
-
-    def record(self, model: str, seconds: float, epochs: int) -> None:
-        if epochs > 0:
-            self.measured.setdefault(model, []).append(seconds / epochs)
-
-
-def format_hours(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""How long a study's cells will take: the ``--dry-run`` estimates, ``progress: ... ~H h left`` and
+``--max-hours``.
+
+A cell's wall time is ``epochs × images per epoch / images per second × 1.35``. Images per second
+of a model come from its finished runs; a model without any (the first ResNet-110 of a study whose
+ResNet-56 runs have finished) is scaled from the finished model nearest in cost by the ratio of
+forward FLOPs per image, since a CPU or GPU trains a plain ResNet at a roughly constant FLOP rate:
+
+    speed(M) ≈ speed(R) · FLOPs(R) / FLOPs(M).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from .results import read_metrics
+
+# Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):
+# evaluation, start-up and checkpoints, measured on the converged study (6.5 min per 20-epoch
+# ResNet-20 run of 14.4 s training epochs: 1.35).
+WALL_PER_TRAIN_TIME = 1.35
+# A guess when no run of any model has finished: ResNet-20 on Fashion-MNIST, one CPU thread.
+DEFAULT_MODEL, DEFAULT_DATA = "cifar_resnet20", "fashion-mnist"
+DEFAULT_IMAGES_PER_S = 300.0
+DEFAULT_TRAIN_IMAGES = 50_000
+
+
+@lru_cache(maxsize=None)
+def _flops(model: str, in_chans: int, image_size: int, options: tuple) -> Optional[float]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models import create_model
+
+    try:
+        net = create_model(model, num_classes=10, in_chans=in_chans, **dict(options)).eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            net(torch.zeros(1, in_chans, image_size, image_size))
+    except Exception:  # an estimate is never worth failing a study for: no scaling then
+        return None
+    return float(counter.get_total_flops()) or None
+
+
+def flops_per_image(model: str, config: dict) -> Optional[float]:
+    """Forward FLOPs of the plain ``model`` on one image of the recipe's dataset (None if unknown)."""
+    from ..data import get_dataset_spec
+    from ..train.run import model_options
+
+    data = config.get("data", {})
+    try:
+        info = get_dataset_spec(data.get("name", "fashion-mnist")).info
+    except UserError:
+        return None
+    in_chans = config.get("model", {}).get("in_chans") or info.in_chans
+    image_size = data.get("image_size") or info.image_size
+    options = model_options(config) if "model" in config else {}
+    return _flops(model, in_chans, image_size, tuple(sorted(options.items())))
+
+
+@dataclass
+class CostModel:
+    """Estimated wall seconds of a cell: ``epochs × images per epoch / images per second × 1.35``.
+
+    Images per second per model come from finished runs of that model (``images_per_s`` in their
+    ``metrics.jsonl``, in the results and scratch folders), and are replaced by wall times measured
+    in this invocation as runs finish. A model without finished runs is scaled by FLOPs from the
+    finished model nearest in FLOPs (both on the cell's data: the runs are taken to be of the same
+    data), else from :data:`DEFAULT_IMAGES_PER_S` for ResNet-20 on Fashion-MNIST (``source`` says which).
+    """
+
+    speed: dict[str, float] = field(default_factory=dict)  # model -> training images per second
+    images: dict[str, float] = field(default_factory=dict)  # model -> training images per epoch seen
+    measured: dict[str, list[float]] = field(default_factory=dict)  # model -> wall seconds per epoch
+
+    @classmethod
+    def from_folders(cls, folders: list[Path]) -> "CostModel":
+        speeds: dict[str, list[float]] = {}
+        images: dict[str, list[float]] = {}
+        seen: set[Path] = set()
+        for folder in folders:
+            if not Path(folder).is_dir():
+                continue
+            for card_file in Path(folder).rglob("model_card.json"):
+                if card_file.resolve() in seen:
+                    continue
+                seen.add(card_file.resolve())
+                try:
+                    model = json.loads(card_file.read_text())["model"]
+                    rows = [r for r in read_metrics(card_file.parent) if r.get("images_per_s")]
+                except (OSError, ValueError, KeyError, TypeError, UserError):  # no estimate from a damaged run
+                    continue
+                if rows:
+                    speeds.setdefault(model, []).append(statistics.median(r["images_per_s"] for r in rows))
+                    images.setdefault(model, []).append(statistics.median(r["images_per_s"] * r["epoch_time"]
+                                                                          for r in rows if r.get("epoch_time")))
+        return cls({m: statistics.median(v) for m, v in speeds.items()},
+                   {m: statistics.median(v) for m, v in images.items() if v})
+
+    def images_per_second(self, model: str, config: dict) -> tuple[float, str]:
+        """``(training images per second, where the estimate comes from)``."""
+        if model in self.speed:
+            return self.speed[model], "finished runs of the model"
+        flops = flops_per_image(model, config)
+        known = {m: f for m in self.speed if (f := flops_per_image(m, config))}
+        if flops and known:
+            nearest = min(known, key=lambda m: abs(math.log(known[m] / flops)))
+            return self.speed[nearest] * known[nearest] / flops, f"finished runs of {nearest}, scaled by FLOPs"
+        default = flops_per_image(DEFAULT_MODEL, {"data": {"name": DEFAULT_DATA}})
+        if flops and default:
+            return (DEFAULT_IMAGES_PER_S * default / flops,
+                    f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s for {DEFAULT_MODEL} on {DEFAULT_DATA}, scaled by FLOPs")
+        return DEFAULT_IMAGES_PER_S, f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s"
+
+    def epoch_seconds(self, model: str, config: dict) -> tuple[float, str]:
+        """``(estimated wall seconds per epoch, where the estimate comes from)``."""
+        if self.measured.get(model):
+            return statistics.median(self.measured[model]), "measured here"
+        images = config.get("data", {}).get("train_subset") or self.images.get(model, DEFAULT_TRAIN_IMAGES)
+        speed, source = self.images_per_second(model, config)
+        return images / speed * WALL_PER_TRAIN_TIME, source
+
+    def seconds(self, model: str, config: dict, done_epochs: int = 0) -> tuple[float, str]:
+        per_epoch, source = self.epoch_seconds(model, config)
+        epochs = max(0, int(config.get("train", {}).get("epochs", 1)) - done_epochs)
+        return per_epoch * epochs, source
+
+    def record(self, model: str, seconds: float, epochs: int) -> None:
+        if epochs > 0:
+            self.measured.setdefault(model, []).append(seconds / epochs)
+
+
+def format_hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
