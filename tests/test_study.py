@@ -341,15 +341,37 @@ def test_a_run_that_cannot_be_collected_fails_its_cell_and_the_study_goes_on(stu
 
 
 @pytest.mark.slow
+def test_data_the_runs_cannot_read_stops_the_study_before_any_cell(tmp_path, capsys, monkeypatch):
+    """One line and exit 2 for a missing folder, also for a dry run and a folder relative to where
+    the runs start; before, each of a study's cells started and failed with the same error."""
+    spec = _spec(tmp_path, "nodata", seeds=[0, 1], policies=["none", "tsc"])
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        assert cli(["study", str(spec), "--results", "r", "--runs", "runs", "--set", "data.data_dir=no-such-data",
+                    *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"tscnet study: error: fashion-mnist data directory {tmp_path / 'no-such-data'} does not exist: "
+                       f"apt-get install dataset-fashion-mnist or pass --data-dir (relative to {tmp_path}, where the "
+                       "runs start); no cell was started"), err
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
+
+
 def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
-    spec = _spec(tmp_path, "nodata", seeds=[0], policies=["none"])
-    missing = tmp_path / "no-such-data"
+    """Data whose test split reads but whose training images are truncated: the trainer's error."""
+    data = tmp_path / "data"
+    data.mkdir()
+    source = Path("/usr/share/datasets/fashion-mnist")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(source / name, data / name)
+    (data / "train-images-idx3-ubyte.gz").write_bytes((source / "train-images-idx3-ubyte.gz").read_bytes()[:1000])
+    spec = _spec(tmp_path, "damaged", seeds=[0], policies=["none"])
     assert cli(["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
-                "--set", f"data.data_dir={missing}"]) == 1
+                "--set", f"data.data_dir={data}"]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED: ")]
     log = tmp_path / "runs" / "cifar_resnet8" / "none" / "seed0.log"
-    assert failed == [f"FAILED: cifar_resnet8 none seed0: exit code 2: fashion-mnist data directory {missing} does not "
-                      f"exist: apt-get install dataset-fashion-mnist or pass --data-dir; see {log}"]
+    assert failed == [f"FAILED: cifar_resnet8 none seed0: exit code 2: {data / 'train-images-idx3-ubyte.gz'}: cannot "
+                      "decompress (Compressed file ended before the end-of-stream marker was reached); re-download the "
+                      f"file; see {log}"]
 
 
 @pytest.mark.slow

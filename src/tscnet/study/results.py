@@ -231,6 +231,28 @@ def check_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = (
         validate_config(config)
 
 
+def check_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = ()) -> None:
+    """Every dataset the ``cells`` train on can be read from ``workdir``, where their runs start: a
+    missing or damaged data folder fails once, before any cell starts, instead of once per cell."""
+    from ..data import build_dataset
+
+    seen = set()
+    for cell in cells:
+        data = base_config(spec, cell, extra)["data"]
+        key = (data["name"], data["data_dir"], data["image_size"])
+        if key in seen:
+            continue
+        seen.add(key)
+        folder = data["data_dir"]
+        if folder is not None and not Path(folder).expanduser().is_absolute():
+            folder = workdir / folder
+        try:
+            build_dataset(data["name"], folder, split="test", image_size=data["image_size"])
+        except UserError as error:
+            relative = f" (relative to {workdir}, where the runs start)" if folder != data["data_dir"] else ""
+            raise UserError(f"{error}{relative}; no cell was started") from None
+
+
 def cell_config(spec: StudySpec, cell: Cell, layout: Layout, extra: tuple[str, ...] = ()) -> dict:
     """The resolved recipe of ``cell`` (what its run trains)."""
     from ..train.config import load_config, set_value, validate_config
