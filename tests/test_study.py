@@ -313,6 +313,7 @@ def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
     assert wrapper.main(args) == 0
     out = capsys.readouterr().out
     assert "8 of 8 cells already have results" in out and "starting:" not in out
+    assert "study tiny: 8 cells: 8 already had results in " in out
     # Trained but not collected (the study stopped in between): collected without training.
     copied = study["results"] / "cifar_resnet8" / "none" / "seed1"
     before = (copied / "metrics.jsonl").read_text()
@@ -320,6 +321,7 @@ def test_second_call_trains_nothing_and_collects_a_trained_cell(study, capsys):
     assert wrapper.main(args) == 0
     out = capsys.readouterr().out
     assert "starting:" not in out and "done: cifar_resnet8 none seed1" in out
+    assert "study tiny: 8 cells: 7 already had results, 1 collected, 1 of them trained before this call in " in out
     assert (copied / "metrics.jsonl").read_text() == before
     assert cli(["study", *args, "--dry-run"]) == 0
     states = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
@@ -367,7 +369,9 @@ def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
     spec = _spec(tmp_path, "damaged", seeds=[0], policies=["none"])
     assert cli(["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
                 "--set", f"data.data_dir={data}"]) == 1
-    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED: ")]
+    out = capsys.readouterr().out
+    assert "study damaged: 1 cell: 0 already had results, 1 failed in " in out
+    failed = [line for line in out.splitlines() if line.startswith("FAILED: ")]
     log = tmp_path / "runs" / "cifar_resnet8" / "none" / "seed0.log"
     assert failed == [f"FAILED: cifar_resnet8 none seed0: exit code 2: {data / 'train-images-idx3-ubyte.gz'}: cannot "
                       "decompress (Compressed file ended before the end-of-stream marker was reached); re-download the "

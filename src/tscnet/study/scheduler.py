@@ -25,7 +25,6 @@ executor's capacity (see :class:`CostModel`).
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -352,5 +351,18 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             "to resume them")
     counts["not_run"] = len(pending)
     counts["signal"] = stopped
-    out(f"study {spec.name}: {json.dumps(counts)} in {format_hours(time.time() - start)}")
+    out(f"study {spec.name}: {summary_line(counts, len(cells))} in {format_hours(time.time() - start)}")
     return counts
+
+
+def summary_line(counts: dict[str, Any], cells: int) -> str:
+    """``120 cells: 14 already had results, 3 trained and collected (1 diverged), 1 failed, 102 not run``."""
+    parts = [f"{counts['skipped']} already had results"]
+    if counts["collected"]:
+        diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
+        untrained = counts["collected"] - counts["trained"]
+        parts.append(f"{counts['collected']} collected{diverged}"
+                     + (f", {untrained} of them trained before this call" if untrained else ""))
+    parts += [f"{counts[key]} {label}" for key, label in (("failed", "failed"), ("stopped", "stopped with a checkpoint"),
+                                                          ("not_run", "not run")) if counts[key]]
+    return f"{cells} cell{'s' if cells != 1 else ''}: " + ", ".join(parts)
