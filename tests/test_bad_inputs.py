@@ -302,11 +302,16 @@ CASES = [
     ("study-slurm-flag-on-local", lambda env: ["study", env.file("s.yaml", STUDY), "--partition", "gpu"], "is a Slurm option"),
     ("study-report-without-results", lambda env: ["study", env.file("s.yaml", STUDY), "--report-only", "--results", str(env.tmp / "r")],
      "no results folder"),
+    ("study-data-missing", lambda env: ["study", env.file("s.yaml", STUDY), "--set", f"data.data_dir={env.tmp / 'nodata'}",
+                                        "--results", str(env.tmp / "r"), "--runs", str(env.tmp / "runs")],
+     "data directory"),
     # ---- demo and the top level ----------------------------------------------------------------------
     ("demo-epochs-0", lambda env: ["demo", "--epochs", "0", "--out", str(env.tmp / "demo")], "train.epochs must be a positive integer, got 0"),
     ("demo-train-subset-negative", lambda env: ["demo", "--train-subset", "-5", "--out", str(env.tmp / "demo")],
      "data.train_subset must be a positive integer"),
     ("demo-policy-bogus", lambda env: ["demo", "--policies", "none", "bogus", "--out", str(env.tmp / "demo")], "bogus"),
+    ("demo-data-dir-missing", lambda env: ["demo", "--data-dir", str(env.tmp / "nodata"), "--out", str(env.tmp / "demo")],
+     "fashion-mnist data directory"),
     ("demo-out-under-a-file", lambda env: ["demo", "--epochs", "1", "--out", env.file("afile", "x") + "/demo"], "is a file, not a folder"),
     ("unknown-command", lambda env: ["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
 ]
