@@ -312,6 +312,8 @@ CASES = [
     ("demo-policy-bogus", lambda env: ["demo", "--policies", "none", "bogus", "--out", str(env.tmp / "demo")], "bogus"),
     ("demo-data-dir-missing", lambda env: ["demo", "--data-dir", str(env.tmp / "nodata"), "--out", str(env.tmp / "demo")],
      "fashion-mnist data directory"),
+    ("demo-train-subset-too-large", lambda env: ["demo", "--train-subset", "60001", "--out", str(env.tmp / "demo")],
+     "train_subset must be in [1, 60000], got 60001"),
     ("demo-out-under-a-file", lambda env: ["demo", "--epochs", "1", "--out", env.file("afile", "x") + "/demo"], "is a file, not a folder"),
     ("unknown-command", lambda env: ["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
 ]

@@ -356,26 +356,24 @@ def test_data_the_runs_cannot_read_stops_the_study_before_any_cell(tmp_path, cap
                        f"apt-get install dataset-fashion-mnist or pass --data-dir (relative to {tmp_path}, where the "
                        "runs start); no cell was started"), err
         assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
+    # A subset larger than the data (a recipe for Fashion-MNIST on a smaller set of the user's).
+    assert cli(["study", str(spec), "--results", "r", "--runs", "runs", "--set", "data.test_subset=10001"]) == 2
+    assert capsys.readouterr().err.strip() == ("tscnet study: error: test_subset must be in [1, 10000], got 10001; "
+                                               "no cell was started")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
-    """Data whose test split reads but whose training images are truncated: the trainer's error."""
-    data = tmp_path / "data"
-    data.mkdir()
-    source = Path("/usr/share/datasets/fashion-mnist")
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        shutil.copy(source / name, data / name)
-    (data / "train-images-idx3-ubyte.gz").write_bytes((source / "train-images-idx3-ubyte.gz").read_bytes()[:1000])
-    spec = _spec(tmp_path, "damaged", seeds=[0], policies=["none"])
+    """A device the trainer refuses (no CUDA here, or not 100 GPUs): the trainer's one line, and the log."""
+    spec = _spec(tmp_path, "nodevice", seeds=[0], policies=["none"])
     assert cli(["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
-                "--set", f"data.data_dir={data}"]) == 1
+                "--set", "train.device=cuda:99"]) == 1
     out = capsys.readouterr().out
-    assert "study damaged: 1 cell: 0 already had results, 1 failed in " in out
+    assert "study nodevice: 1 cell: 0 already had results, 1 failed in " in out
     failed = [line for line in out.splitlines() if line.startswith("FAILED: ")]
     log = tmp_path / "runs" / "cifar_resnet8" / "none" / "seed0.log"
-    assert failed == [f"FAILED: cifar_resnet8 none seed0: exit code 2: {data / 'train-images-idx3-ubyte.gz'}: cannot "
-                      "decompress (Compressed file ended before the end-of-stream marker was reached); re-download the "
-                      f"file; see {log}"]
+    assert len(failed) == 1 and failed[0].endswith(f"; see {log}"), failed
+    assert failed[0].startswith("FAILED: cifar_resnet8 none seed0: exit code 2: device 'cuda:99' asked for, but "), failed
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def default_jobs(policies: int, device: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.report import build_report, format_summary
-    from ..data import build_dataset
+    from ..data import check_data
     from ..errors import UserError
     from ..stepping import parse_policy
     from ..train import fit, load_config
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     data = configs[0][1]["data"]  # the same for every policy; unreadable data: one line, before any folder
-    build_dataset(data["name"], data["data_dir"], split="test", image_size=data["image_size"])
+    check_data(data["name"], data["data_dir"], image_size=data["image_size"], train_subset=data["train_subset"],
+               test_subset=data["test_subset"])
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
     runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]

@@ -129,7 +129,7 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
     from ..errors import UserError
     from ..study import build_report, create_executor, default_layout, load_spec, plan_cells, run_study
     from ..study.report import load_results
-    from ..study.results import check_data, is_collected
+    from ..study.results import check_cell_data, is_collected
 
     spec = load_spec(args.spec)
     layout = default_layout(spec, args.results, args.runs)
@@ -143,7 +143,7 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
         if args.dry_run:
             dry_run(spec, cells, layout, extra, int(options.get("workers", 1)))
         if kind == "local":  # a cluster's nodes may see other folders than this machine
-            check_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra)
+            check_cell_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra)
         if args.dry_run:
             return 0
         executor = create_executor(kind, **options)

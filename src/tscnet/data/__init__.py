@@ -12,6 +12,7 @@ from .registry import (
     DatasetInfo,
     DatasetSpec,
     build_dataset,
+    check_data,
     create_loaders,
     create_test_loader,
     get_dataset_spec,
@@ -24,6 +25,6 @@ __all__ = [
     "DataError", "DataFormatError", "DataNotFoundError", "UnknownDatasetError", "UnsafeDataError",
     "IMAGENET_MEAN", "IMAGENET_STD", "EpochDataLoader", "build_image_folder", "imagenet_transform",
     "load_idx_split", "read_idx", "TensorLoader", "crop_flip", "epoch_generator", "subset_indices",
-    "DatasetInfo", "DatasetSpec", "build_dataset", "create_loaders", "create_test_loader", "get_dataset_spec",
+    "DatasetInfo", "DatasetSpec", "build_dataset", "check_data", "create_loaders", "create_test_loader", "get_dataset_spec",
     "list_datasets", "register_dataset",
 ]

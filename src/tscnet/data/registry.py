@@ -18,7 +18,7 @@ from .idx import load_idx_split
 from .loader import TensorLoader, subset_indices
 
 __all__ = [
-    "DatasetInfo", "DatasetSpec", "register_dataset", "list_datasets", "get_dataset_spec",
+    "DatasetInfo", "DatasetSpec", "check_data", "register_dataset", "list_datasets", "get_dataset_spec",
     "build_dataset", "create_loaders",
 ]
 
@@ -206,6 +206,32 @@ def _check_labels(dataset: ArrayDataset, info: DatasetInfo, root: Optional[Path]
         raise DataFormatError(f"{info.name} in {root}: labels outside [0, {info.num_classes})")
 
 
+def check_data(
+    name: str,
+    data_dir: Optional[PathLike] = None,
+    *,
+    image_size: Optional[int] = None,
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+) -> DatasetInfo:
+    """Read both splits of ``name`` as :func:`create_loaders` does and check the subsets fit; the
+    info, or the run's one-line :class:`DataError`. For commands that start many runs: a problem
+    with the data is told once, before any of them starts."""
+    return _read_splits(get_dataset_spec(name), data_dir, False, image_size, train_subset, test_subset)[2]
+
+
+def _read_splits(spec: DatasetSpec, data_dir: Optional[PathLike], download: bool, image_size: Optional[int],
+                 train_subset: Optional[int], test_subset: Optional[int]) -> tuple[Dataset, Dataset, DatasetInfo]:
+    train = build_dataset(spec.info.name, data_dir, "train", download, image_size)
+    test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
+    train = _subset(train, train_subset, "train_subset")
+    test = _subset(test, test_subset, "test_subset")
+    info = replace(spec.info, num_train=len(train), num_test=len(test))
+    if not spec.in_memory:
+        info = _folder_info(info, train, test, image_size or info.image_size)
+    return train, test, info
+
+
 def create_loaders(
     name: str,
     data_dir: Optional[PathLike] = None,
@@ -234,11 +260,7 @@ def create_loaders(
     ``world_size > 1`` both loaders are sharded for ``rank``.
     """
     spec = get_dataset_spec(name)
-    train = build_dataset(spec.info.name, data_dir, "train", download, image_size)
-    test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
-    train = _subset(train, train_subset, "train_subset")
-    test = _subset(test, test_subset, "test_subset")
-    info = replace(spec.info, num_train=len(train), num_test=len(test))
+    train, test, info = _read_splits(spec, data_dir, download, image_size, train_subset, test_subset)
     eval_batch_size = eval_batch_size or batch_size
     shard = dict(rank=rank, world_size=world_size)
     if spec.in_memory:
@@ -246,7 +268,6 @@ def create_loaders(
         pad, flip = (spec.pad, spec.flip) if augment else (0, False)
         train_loader = TensorLoader(train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common)
         return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
-    info = _folder_info(info, train, test, image_size or info.image_size)
     if not augment:
         _base(train).transform = _base(test).transform
     common = dict(workers=workers, seed=seed, device=device, **shard)

@@ -231,15 +231,16 @@ def check_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = (
         validate_config(config)
 
 
-def check_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = ()) -> None:
-    """Every dataset the ``cells`` train on can be read from ``workdir``, where their runs start: a
-    missing or damaged data folder fails once, before any cell starts, instead of once per cell."""
-    from ..data import build_dataset
+def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = ()) -> None:
+    """Every dataset the ``cells`` train on can be read from ``workdir``, where their runs start, with
+    their subsets: a missing or damaged data folder fails once, before any cell starts, instead of
+    once per cell."""
+    from ..data import check_data
 
     seen = set()
     for cell in cells:
         data = base_config(spec, cell, extra)["data"]
-        key = (data["name"], data["data_dir"], data["image_size"])
+        key = tuple(data[k] for k in ("name", "data_dir", "image_size", "train_subset", "test_subset"))
         if key in seen:
             continue
         seen.add(key)
@@ -247,7 +248,8 @@ def check_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[s
         if folder is not None and not Path(folder).expanduser().is_absolute():
             folder = workdir / folder
         try:
-            build_dataset(data["name"], folder, split="test", image_size=data["image_size"])
+            check_data(data["name"], folder, image_size=data["image_size"], train_subset=data["train_subset"],
+                       test_subset=data["test_subset"])
         except UserError as error:
             relative = f" (relative to {workdir}, where the runs start)" if folder != data["data_dir"] else ""
             raise UserError(f"{error}{relative}; no cell was started") from None

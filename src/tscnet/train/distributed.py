@@ -55,6 +55,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():  # else a traceback at the first .to(device)
+            raise UserError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
