@@ -107,7 +107,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
-    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
+    parser.add_argument("--data-dir", help="the data's folder (default for Fashion-MNIST: the Debian package's; "
+                        "another dataset with --set data.name=NAME)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int,
                         help="policies trained at once, each a process (default: all of them on a CPU, "
@@ -160,14 +161,14 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     data = configs[0][1]["data"]  # the same for every policy; unreadable data: one line, before any folder
-    check_data(data["name"], data["data_dir"], image_size=data["image_size"], train_subset=data["train_subset"],
-               test_subset=data["test_subset"])
+    info = check_data(data["name"], data["data_dir"], image_size=data["image_size"], train_subset=data["train_subset"],
+                      test_subset=data["test_subset"])
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
     runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]
     for (policy, config), run_dir in zip(configs, runs):
         print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
-              f"{config['data']['train_subset'] or 'all'} Fashion-MNIST images at lr {config['optim']['lr']} "
+              f"{config['data']['train_subset'] or 'all'} {info.name} images at lr {config['optim']['lr']} "
               f"-> {run_dir}")
     if jobs > 1:  # one process per policy, the cores shared out
         jobs = min(jobs, len(configs))
