@@ -15,7 +15,8 @@ import torch
 
 from conftest import sample_dir, sample_images
 from tscnet.data import (
-    DataFormatError, DataNotFoundError, UnsafeDataError, build_dataset, create_loaders, create_test_loader, load_cifar, read_idx,
+    DataError, DataFormatError, DataNotFoundError, UnsafeDataError, build_dataset, check_data, create_loaders,
+    create_test_loader, load_cifar, read_idx,
 )
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -262,3 +263,21 @@ def test_imagefolder_real_jpgs(tmp_path):
     x_alone, y_alone = next(iter(alone))
     assert torch.equal(x_alone, x) and torch.equal(y_alone, y)
     assert (alone_info.num_classes, alone_info.num_test, alone_info.image_size) == (len(classes), 20, 224)
+
+
+def test_check_data_reads_both_splits_as_a_run_does(tmp_path):
+    """What a study or the demo checks once before starting runs: the run's info, or its one-line error."""
+    files = sorted(sample_dir().glob("imagenet_*.jpg"))
+    for split in ("train", "val"):
+        for f in files:
+            (tmp_path / split / f.stem.split("_")[-1]).mkdir(parents=True, exist_ok=True)
+            (tmp_path / split / f.stem.split("_")[-1] / f.name).symlink_to(f)
+    info = check_data("imagefolder", tmp_path, image_size=64, train_subset=12)
+    assert (info.num_train, info.num_test, info.image_size) == (12, 20, 64)
+    assert info.num_classes == len({f.stem.split("_")[-1] for f in files})
+    with pytest.raises(DataError, match=r"^test_subset must be in \[1, 20\], got 21$"):
+        check_data("imagefolder", tmp_path, test_subset=21)
+    odd = next((tmp_path / "val").iterdir())
+    odd.rename(odd.with_name("zz-not-a-training-class"))
+    with pytest.raises(DataFormatError, match="train has .* classes but val has"):
+        check_data("imagefolder", tmp_path)
