@@ -299,6 +299,8 @@ CASES = [
      "unknown config key 'optim.lrr'"),
     ("study-workers-0", lambda env: ["study", env.file("s.yaml", STUDY), "--workers", "0", "--results", str(env.tmp / "r")],
      "--workers must be at least 1"),
+    ("study-max-hours-0", lambda env: ["study", env.file("s.yaml", STUDY), "--max-hours", "0", "--results", str(env.tmp / "r")],
+     "--max-hours must be a positive number of hours, got 0"),
     ("study-slurm-flag-on-local", lambda env: ["study", env.file("s.yaml", STUDY), "--partition", "gpu"], "is a Slurm option"),
     ("study-report-without-results", lambda env: ["study", env.file("s.yaml", STUDY), "--report-only", "--results", str(env.tmp / "r")],
      "no results folder"),

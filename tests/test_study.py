@@ -364,6 +364,18 @@ def test_data_the_runs_cannot_read_stops_the_study_before_any_cell(tmp_path, cap
     assert not (tmp_path / "runs").exists()
 
 
+def test_max_hours_starts_no_cell_estimated_to_end_after_them(tmp_path, capsys):
+    """Before a run of the model has ended here, its estimate decides (it was 0: any first cell started).
+    ResNet-8 is estimated at ~1000 img/s: 200 epochs of 512 images ~2 min, past a 36 s limit."""
+    spec = _spec(tmp_path, "long", seeds=[0], policies=["none", "tsc"], set=["data.train_subset=512", "train.epochs=200"])
+    args = ["study", str(spec), "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")]
+    assert cli([*args, "--max-hours", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "starting:" not in out and "not started: 2 cells (--max-hours 0.01 reached); run again to continue" in out
+    assert "study long: 2 cells: 0 already had results, 2 not run in " in out
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
     """A device the trainer refuses (no CUDA here, or not 100 GPUs): the trainer's one line, and the log."""
     spec = _spec(tmp_path, "nodevice", seeds=[0], policies=["none"])

@@ -136,6 +136,8 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
     extra = tuple(args.set)
     if args.report_only and args.dry_run:
         raise UserError("--dry-run and --report-only exclude each other")
+    if args.max_hours is not None and not args.max_hours > 0:
+        raise UserError(f"--max-hours must be a positive number of hours, got {args.max_hours:g}")
     counts: dict = {}
     if not args.report_only:
         cells = plan_cells(spec, args.models, args.policies, args.seeds, parse_grid_filter(args.grid))

@@ -16,7 +16,7 @@ Stopping: SIGINT or SIGTERM to the study (Ctrl-C, ``kill -INT PID``, or to its p
 starts no further cell and is forwarded to every running cell (each signal once), whose trainer
 writes a mid-epoch checkpoint and exits; the next invocation resumes them. ``max_hours``: no cell
 is started after that many hours, nor one that would end after them by the longest run of its
-model seen so far.
+model seen so far (before one has ended, by its estimate: :class:`CostModel`).
 
 Progress: a line whenever a cell starts or ends and every ``progress_every`` seconds:
 ``progress: D/N done (x diverged), R running, Q queued, F failed; ~H h left``, where the time left
@@ -242,7 +242,9 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         return source is None or is_collected(layout.result_dir(source))
 
     def fits(cell: Cell) -> bool:
-        return deadline is None or time.time() + longest.get(cell.model, 0.0) <= deadline
+        """Ends before the deadline: by the longest run of its model seen here, else by the estimate."""
+        expected = longest.get(cell.model) or cost.seconds(cell.model, planned[cell])[0]
+        return deadline is None or time.time() + expected <= deadline
 
     def progress(running: list[Running], force: bool = False) -> None:
         now = time.time()
@@ -364,5 +366,7 @@ def summary_line(counts: dict[str, Any], cells: int) -> str:
         parts.append(f"{counts['collected']} collected{diverged}"
                      + (f", {untrained} of them trained before this call" if untrained else ""))
     parts += [f"{counts[key]} {label}" for key, label in (("failed", "failed"), ("stopped", "stopped with a checkpoint"),
-                                                          ("not_run", "not run")) if counts[key]]
+                                                          ("not_run", "not run"),
+                                                          ("not_run_diverged_source", "not run: source diverged"))
+              if counts.get(key)]
     return f"{cells} cell{'s' if cells != 1 else ''}: " + ", ".join(parts)
