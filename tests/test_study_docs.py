@@ -1,4 +1,5 @@
-"""The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, norm-free)."""
+"""The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, norm-free),
+and the tables of where the nets start are what their scripts print."""
 import json
 import re
 from pathlib import Path
@@ -58,3 +59,48 @@ def test_benchmarks_tables_of_the_norm_free_study_are_the_reports(model, intro):
     table = text[text.index(intro):].split("\n\n")[1]
     got = [line.split(" | ")[1:] for line in table.splitlines()[2:]]
     assert len(want) == 10 and got == want
+
+
+def _quoted(text: str) -> float:
+    """A number as BENCHMARKS writes it: ``0.118``, ``1.83·10³``."""
+    mantissa, _, power = text.strip().partition("·10")
+    return float(mantissa) * 10 ** int(power.translate(str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")) or 0)
+
+
+@pytest.mark.slow
+def test_benchmarks_tables_of_the_start_are_what_their_scripts_print():
+    """'Why vanilla cannot start at depth 56' and 'Where the BN nets start': logit std and first
+    loss at initialisation (seed 0, the first 256 test images), recomputed, to 1 %."""
+    import torch
+
+    import tscnet
+    from tscnet.data.registry import create_test_loader
+
+    x, y = next(iter(create_test_loader("fashion-mnist", batch_size=256, workers=0)[0]))
+
+    def start(model, steps, norm="batch", init="he"):
+        torch.manual_seed(0)
+        net = tscnet.create_model(model, num_classes=10, in_chans=1, steps=steps, norm=norm, init=init)
+        with torch.no_grad():
+            out = net.train()(x.float())
+        return out.std().item(), torch.nn.functional.cross_entropy(out, y).item()
+
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    checked = 0
+    for line in _section(text, "### Why vanilla cannot start at depth 56").splitlines():
+        if line.startswith("| `cifar"):
+            model, *numbers = [cell.strip(" `") for cell in line.strip("|").split("|")]
+            measured = [*start(model, "none", "none"), *start(model, "depth:0.5", "none")]
+            assert measured == pytest.approx([_quoted(n) for n in numbers], rel=0.01), (model, measured)
+            checked += 1
+    columns = [[("none", "he"), ("tsc", "he")], [("none", "zero_last"), ("scalar:0", "he")], [("fixed:0.5", "he")],
+               [("depth:0.5", "he"), ("tsc:dt_init=depth:0.5", "he")]]
+    for line in _section(text, "### Where the BN nets start").splitlines():
+        if line.startswith("| `cifar"):
+            model, *cells = [cell.strip(" `") for cell in line.strip("|").split("|")]
+            for cell, arms in zip(cells, columns, strict=True):
+                std, loss = re.fullmatch(r"std (\S+), loss (\S+)", cell).groups()
+                for steps, init in arms:
+                    assert start(model, steps, init=init) == pytest.approx((float(std), float(loss)), rel=0.01), (model, steps)
+            checked += 1
+    assert checked == 4
