@@ -242,12 +242,18 @@ def test_cifar_missing_files_message(tmp_path):
 # ---- ImageFolder -----------------------------------------------------------------------------
 
 
-def test_imagefolder_real_jpgs(tmp_path):
+def _imagefolder(root: Path) -> list[Path]:
+    """The real ImageNet sample images as root/train/<class>/ and root/val/<class>/ (links); the files."""
     files = sorted(sample_dir().glob("imagenet_*.jpg"))
     for split in ("train", "val"):
         for f in files:
-            (tmp_path / split / f.stem.split("_")[-1]).mkdir(parents=True, exist_ok=True)
-            (tmp_path / split / f.stem.split("_")[-1] / f.name).symlink_to(f)
+            (root / split / f.stem.split("_")[-1]).mkdir(parents=True, exist_ok=True)
+            (root / split / f.stem.split("_")[-1] / f.name).symlink_to(f)
+    return files
+
+
+def test_imagefolder_real_jpgs(tmp_path):
+    files = _imagefolder(tmp_path)
     train, test, info = create_loaders("imagefolder", tmp_path, batch_size=8, workers=1)
     classes = sorted({f.stem.split("_")[-1] for f in files})
     assert info.num_classes == len(classes) and info.image_size == 224 and info.num_test == 20
@@ -267,11 +273,7 @@ def test_imagefolder_real_jpgs(tmp_path):
 
 def test_check_data_reads_both_splits_as_a_run_does(tmp_path):
     """What a study or the demo checks once before starting runs: the run's info, or its one-line error."""
-    files = sorted(sample_dir().glob("imagenet_*.jpg"))
-    for split in ("train", "val"):
-        for f in files:
-            (tmp_path / split / f.stem.split("_")[-1]).mkdir(parents=True, exist_ok=True)
-            (tmp_path / split / f.stem.split("_")[-1] / f.name).symlink_to(f)
+    files = _imagefolder(tmp_path)
     info = check_data("imagefolder", tmp_path, image_size=64, train_subset=12)
     assert (info.num_train, info.num_test, info.image_size) == (12, 20, 64)
     assert info.num_classes == len({f.stem.split("_")[-1] for f in files})
