@@ -693,7 +693,9 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
              "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). "
              "*Best*: the value with the lowest mean final error, per arm; each arm at "
              f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
-             f"and p Holm-adjusted over these {family} comparisons{' (none yet: a comparison needs two seeds of the arm and of the best peer)' if not family else ''}. The best values are chosen on the same seeds that measure "
+             f"and p Holm-adjusted over these {family} comparisons"
+             f"{'' if family else ' (none yet: a comparison needs two seeds of the arm and of the best peer)'}. "
+             "The best values are chosen on the same seeds that measure "
              "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "
              "corrected for that choice. *Spread*: max − min of the mean final error over the whole grid, and over "
              "the stable values only (sensitivity to the choice).\n",

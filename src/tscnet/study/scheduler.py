@@ -358,13 +358,13 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
 
 
 def summary_line(counts: dict[str, Any], cells: int) -> str:
-    """``120 cells: 14 already had results, 3 trained and collected (1 diverged), 1 failed, 102 not run``."""
+    """``120 cells: 14 already had results, 3 collected (1 diverged), 1 failed, 102 not run``."""
     parts = [f"{counts['skipped']} already had results"]
     if counts["collected"]:
         diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
         untrained = counts["collected"] - counts["trained"]
         parts.append(f"{counts['collected']} collected{diverged}"
-                     + (f", {untrained} of them trained before this call" if untrained else ""))
+                     + (f", {untrained} of them trained before this call" if untrained > 0 else ""))
     parts += [f"{counts[key]} {label}" for key, label in (("failed", "failed"), ("stopped", "stopped with a checkpoint"),
                                                           ("not_run", "not run"),
                                                           ("not_run_diverged_source", "not run: source diverged"))
