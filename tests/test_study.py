@@ -343,7 +343,6 @@ def test_a_run_that_cannot_be_collected_fails_its_cell_and_the_study_goes_on(stu
     assert not (results / "cifar_resnet8" / "none" / "seed0").exists()  # nothing half-written: retried next time
 
 
-@pytest.mark.slow
 def test_data_the_runs_cannot_read_stops_the_study_before_any_cell(tmp_path, capsys, monkeypatch):
     """One line and exit 2 for a missing folder, also for a dry run and a folder relative to where
     the runs start; before, each of a study's cells started and failed with the same error."""
@@ -376,6 +375,7 @@ def test_max_hours_starts_no_cell_estimated_to_end_after_them(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_cell_is_named_with_its_trainers_error(tmp_path, capsys):
     """A device the trainer refuses (no CUDA here, or not 100 GPUs): the trainer's one line, and the log."""
     spec = _spec(tmp_path, "nodevice", seeds=[0], policies=["none"])
