@@ -247,6 +247,8 @@ CASES = [
     ("ode-safety-nan", lambda env: ["ode", "--safety", "nan"], "--safety must be in (0, 1], got nan"),
     ("ode-order-0", lambda env: ["ode", "--order", "0"], "--order must be >= 1, got 0"),
     ("ode-out-is-a-file", lambda env: ["ode", "--out", env.file("afile", "keep me")], "is a file, not a folder"),
+    ("ode-over-an-earlier-ode", lambda env: ["ode", "--out", str(Path(env.file("o/ode.json", "{}")).parent)],
+     "already holds ode.json from an earlier call; choose another --out, or pass --overwrite"),
     # ---- stability -----------------------------------------------------------------------------------
     ("stability-no-runs", lambda env: ["stability"], "the following arguments are required: RUN"),
     ("stability-not-a-run", lambda env: ["stability", env.folder("empty")], "is not a tscnet run folder"),
@@ -265,6 +267,8 @@ CASES = [
     ("stability-eps-negative", lambda env: ["stability", str(env.run), "--eps", "-1"], "--eps must be a positive finite number, got -1"),
     ("stability-norm-bogus", lambda env: ["stability", str(env.run), "--norm", "bogus"], "argument --norm: invalid choice: 'bogus'"),
     ("stability-out-is-a-file", lambda env: ["stability", str(env.run), "--out", env.file("afile", "keep me")], "is a file, not a folder"),
+    ("stability-over-an-earlier-study", lambda env: ["stability", str(env.run), "--out", str(Path(env.file("s/stability.md", "# mine")).parent)],
+     "already holds stability.md from an earlier call"),
     # ---- report --------------------------------------------------------------------------------------
     ("report-no-runs", lambda env: ["report", "--out", str(env.tmp / "r")], "the following arguments are required: RUN"),
     ("report-without-out", lambda env: ["report", str(env.run)], "the following arguments are required: --out"),
@@ -277,6 +281,8 @@ CASES = [
     ("report-empty-metrics", lambda env: ["report", str(env.copy(metrics__jsonl="")), "--out", str(env.tmp / "r")],
      "has no finished epoch"),
     ("report-out-is-a-file", lambda env: ["report", str(env.run), "--out", env.file("afile", "keep me")], "is a file, not a folder"),
+    ("report-over-an-earlier-report", lambda env: ["report", str(env.run), "--out", str(Path(env.file("r/report.md", "# mine")).parent)],
+     "already holds report.md from an earlier call"),
     ("report-stability-missing", lambda env: ["report", str(env.run), "--out", str(env.tmp / "r"), "--stability", str(env.tmp / "s.json")],
      "does not exist"),
     ("report-stability-garbage", lambda env: ["report", str(env.run), "--out", str(env.tmp / "r"), "--stability", env.file("s.json", "{not json")],

@@ -36,8 +36,14 @@ def test_ode_writes_figure_and_table_and_h05_oscillates(tmp_path, capsys):
     assert rows["h=0.5"]["error"] == pytest.approx(1.0, abs=1e-4) and rows["tol=0.0001"]["steps"] < 50
 
 
-def test_ode_options_reach_the_solvers(tmp_path):
-    assert main(["ode", "--out", str(tmp_path), "--h", "0.1", "--tol", "1e-6", "--safety", "0.8", "--order", "4"]) == 0
+def test_ode_options_reach_the_solvers_and_replace_an_earlier_figure_only_when_asked(tmp_path, capsys):
+    assert main(["ode", "--out", str(tmp_path)]) == 0
+    earlier = (tmp_path / "ode.json").read_bytes()
+    options = ["ode", "--out", str(tmp_path), "--h", "0.1", "--tol", "1e-6", "--safety", "0.8", "--order", "4"]
+    assert main(options) == 2
+    assert "already holds ode.png, ode.json" in capsys.readouterr().err
+    assert (tmp_path / "ode.json").read_bytes() == earlier
+    assert main([*options, "--overwrite"]) == 0
     saved = json.loads((tmp_path / "ode.json").read_text())
     assert [t["setting"] for t in saved["trajectories"]] == ["h=0.1", "tol=1e-06"]
     assert saved["rkf45"] == {"tol": 1e-6, "safety": 0.8, "order": 4}

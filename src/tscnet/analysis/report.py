@@ -23,7 +23,7 @@ from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plo
 from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
 from .stability import STABILITY_FILE, format_stability_table
 
-__all__ = ["Report", "build_report", "summarize", "format_summary"]
+__all__ = ["Report", "REPORT_FILES", "build_report", "summarize", "format_summary"]
 
 
 def _metric(run: Run, key: str) -> list:
@@ -121,6 +121,10 @@ def _read_stability(path: Path) -> dict:
     if not isinstance(saved, dict) or not isinstance(saved.get("runs"), list):
         raise UserError(f"stability file {path} is not a tscnet stability.json (no list of runs)")
     return saved
+
+
+REPORT_FILES = ("report.md", "summary.json", "training_curves.png", "evolution_time.png", "dt_heatmap.png",
+                "dt_evolution.png")
 
 
 @dataclass

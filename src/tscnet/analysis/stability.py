@@ -21,9 +21,12 @@ from .perturbation import amplification
 from .plots import plot_gradient_flow, plot_stability_vs_depth
 from .runs import group_runs, load_runs, policy_of, seed_of, test_batch
 
-__all__ = ["StabilityStudy", "run_stability", "stability_study", "format_stability_table", "STABILITY_FILE"]
+__all__ = ["StabilityStudy", "run_stability", "stability_study", "format_stability_table", "STABILITY_FILE",
+           "STABILITY_FILES"]
 
 STABILITY_FILE = "stability.json"
+# what a study leaves that nothing else writes (``tscnet report`` redraws stability.png from the JSON)
+STABILITY_FILES = (STABILITY_FILE, "stability.md", "gradient_flow.png")
 _COLUMNS = (  # (key, header, format)
     ("run", "run", "{}"), ("model", "model", "{}"), ("policy", "policy", "{}"), ("seed", "seed", "{}"),
     ("depth", "depth", "{}"), ("evolution_time", "T", "{:.2f}"), ("test_error", "test err %", "{:.2f}"),

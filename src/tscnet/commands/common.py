@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from torch import nn
 
@@ -9,14 +10,19 @@ from ..errors import UserError
 from ..train import run as runfiles
 
 
-def check_out_folder(out: Path, flag: str = "--out") -> Path:
-    """An output folder that exists or can be made: no file stands at ``out`` or at a parent of it."""
+def check_out_folder(out: Path, flag: str = "--out", writes: Iterable[str] = (), overwrite: bool = False) -> Path:
+    """An output folder that exists or can be made: no file stands at ``out`` or at a parent of it,
+    and (unless ``overwrite``) none of the files ``writes`` names is there from an earlier call."""
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 where = f"{flag} {out}" if path == out else f"{flag} {out}: {path}"
                 raise UserError(f"{where} is a file, not a folder; choose another {flag}")
             break
+    earlier = [name for name in writes if (out / name).exists()]
+    if earlier and not overwrite:
+        raise UserError(f"{flag} {out} already holds {', '.join(earlier)} from an earlier call; "
+                        f"choose another {flag}, or pass --overwrite to replace them")
     return out
 
 

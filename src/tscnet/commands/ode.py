@@ -19,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=float, default=RKF_TOL, help=f"RKF45 tolerance Tol (default {RKF_TOL:g})")
     parser.add_argument("--safety", type=float, default=0.9, help="RKF45 safety factor k (default 0.9)")
     parser.add_argument("--order", type=int, default=4, help="order p in the exponent 1/(p+1) (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace ode.png and ode.json in --out (refused by default)")
 
 
 def _trajectory(result, setting: str) -> dict:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--safety must be in (0, 1], got {args.safety:g}")
     if args.order < 1:
         raise UserError(f"--order must be >= 1, got {args.order}")
-    out = check_out_folder(Path(args.out))
+    out = check_out_folder(Path(args.out), writes=("ode.png", "ode.json"), overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     options = {"safety": args.safety, "order": args.order}
     rows = poster_figure(out / "ode.png", args.h, args.tol, **options)

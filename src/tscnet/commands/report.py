@@ -12,13 +12,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one dataset)")
     parser.add_argument("--out", required=True, help="output folder for report.md, summary.json and the PNGs")
     parser.add_argument("--stability", help="a stability.json to include (default: OUT/stability.json if present)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import build_report, format_summary
+    from ..analysis.report import REPORT_FILES, build_report, format_summary
     from .common import check_out_folder
 
-    check_out_folder(Path(args.out))
+    check_out_folder(Path(args.out), writes=REPORT_FILES, overwrite=args.overwrite)
     report = build_report([Path(r) for r in args.runs], Path(args.out),
                           Path(args.stability) if args.stability else None)
     print(format_summary(report.summary))

@@ -19,10 +19,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--norm", choices=("power", "fft"), default="power",
                         help="conv norms: power iteration on the true operator (default), or the FFT upper bound (fast)")
     parser.add_argument("--no-gradient-flow", action="store_true", help="skip gradient_flow.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier stability study in --out (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.stability import format_stability_table, stability_study
+    from ..analysis.stability import STABILITY_FILES, format_stability_table, stability_study
     from ..errors import UserError
     from .common import check_out_folder
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be a positive integer, got {value}")
     if not (math.isfinite(args.eps) and args.eps > 0):
         raise UserError(f"--eps must be a positive finite number, got {args.eps:g}")
-    check_out_folder(Path(args.out))  # before the study's minutes, not after
+    check_out_folder(Path(args.out), writes=STABILITY_FILES, overwrite=args.overwrite)  # before the minutes
     study = stability_study([Path(r) for r in args.runs], Path(args.out), images=args.images,
                             directions=args.directions, method=args.norm, gradient_flow_plot=not args.no_gradient_flow,
                             eps=args.eps, power_iters=args.power_iters)
