@@ -744,23 +744,29 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
     numeric = all(_numeric(v) for v in sweep["values"])
     positions = {v: (v if numeric else i) for i, v in enumerate(sweep["values"])}
     arms = list(sweep["arms"])
-    for arm, color in zip(arms, _colors(len(arms))):
+    log_x = numeric and min(sweep["values"]) > 0 and (sweep["key"].rpartition(".")[2].startswith("lr")
+                                                    or max(sweep["values"]) / min(sweep["values"]) >= 10)
+    span = (max(positions.values()) - min(positions.values())) or 1.0
+    for i, (arm, color) in enumerate(zip(arms, _colors(len(arms)))):
         points = sweep["arms"][arm]["points"]
-        xs = [positions[p["value"]] for p in points]
+        # each arm a little to the side (×1.5 % a step on a log axis), so error bars of equal means stay apart
+        dodge = (i - (len(arms) - 1) / 2) * 0.015
+        xs = [positions[p["value"]] * (1 + dodge) if log_x else positions[p["value"]] + dodge * span for p in points]
         dashed = _kind(sweep["arms"][arm]["steps"]) not in CONTROLLERS
         ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] or 0.0 for p in points], color=color,
                     marker="o", capsize=3, lw=1.5, label=arm, ls="--" if dashed else "-")
-        bad = [(positions[p["value"]], chance) for p in points for _ in p["diverged"]]
+        bad = [(x, chance) for x, p in zip(xs, points) for _ in p["diverged"]]
         if bad:
             ax.scatter(*zip(*bad), marker="x", s=70, color=color, zorder=5)
-    if numeric and min(sweep["values"]) > 0 and (sweep["key"].rpartition(".")[2].startswith("lr")
-                                                   or max(sweep["values"]) / min(sweep["values"]) >= 10):
+    if log_x:
         ax.set_xscale("log")
+        ax.set_xticks(sweep["values"], [_fmt_value(v) for v in sweep["values"]])  # the grid, not powers of 10
+        ax.minorticks_off()
     if not numeric:
         ax.set_xticks(list(positions.values()), [_fmt_value(v) for v in sweep["values"]])
     ax.axhline(chance, color="grey", lw=0.8, ls=":")
     ax.set(xlabel=sweep["key"], ylabel="final test error (%)",
-           title=f"{model}: final test error against {sweep['key']} (mean ± std over seeds; × a diverged seed, at chance)")
+           title=f"{model}: final test error against {sweep['key']}\n(mean ± std over seeds; × a diverged seed, counted at chance)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
