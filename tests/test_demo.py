@@ -94,12 +94,16 @@ def test_the_demo_quotes_the_committed_converged_study():
 
 
 def test_the_stability_demo_quotes_the_committed_stability_study():
-    """Every "lr V, N seeds: policy mean [± std]" the default demo prints is the committed report's."""
+    """Every "lr V, N seeds: policy mean [± std]" the default demo prints is the committed report's
+    (its norm-free study's; lines that start with "BN", the BN regime's)."""
     contrast = CONTRASTS["stability"]
-    summary = json.loads((Path(__file__).parents[1] / f"benchmarks/results/{contrast.study}/summary.json").read_text())
+    results = Path(__file__).parents[1] / "benchmarks/results"
+    summaries = {study: json.loads((results / study / "summary.json").read_text())
+                 for study in (contrast.study, "stability_bn")}
     checked = 0
     text = contrast.findings.replace("\n    ", " ")  # a line's continuation belongs to it
-    for model, value, n, rest in re.findall(r"(cifar_resnet\d+ )?lr ([\d.]+), (\d+) seeds?: (.*)", text):
+    for bn, model, value, n, rest in re.findall(r"(BN )?(cifar_resnet\d+ )?lr ([\d.]+), (\d+) seeds?: (.*)", text):
+        summary = summaries["stability_bn" if bn else contrast.study]
         sweep = summary["models"][model.strip() or "cifar_resnet20"]["sweep"]  # unnamed: the demo's model
         for policy, mean, std in re.findall(r"([\w:.=-]+) (\d+\.\d\d)(?: ± (\d+\.\d\d))?", rest):
             point = next(p for p in sweep["arms"][policy]["points"] if p["value"] == float(value))
@@ -107,8 +111,8 @@ def test_the_stability_demo_quotes_the_committed_stability_study():
             quoted = None if point["std"] is None else f"{point['std']:.2f}"
             assert (mean, std or None) == (f"{point['mean']:.2f}", quoted), (model, value, policy)
             checked += 1
-    assert checked >= 21
-    sweep = summary["models"]["cifar_resnet20"]["sweep"]
+    assert checked >= 30
+    sweep = summaries[contrast.study]["models"]["cifar_resnet20"]["sweep"]
     assert "optim.lr=0.1" in contrast.overrides and set(contrast.policies) <= set(sweep["arms"])
 
 

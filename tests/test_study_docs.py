@@ -1,4 +1,4 @@
-"""The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, norm-free),
+"""The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, stability),
 and the tables of where the nets start are what their scripts print."""
 import json
 import re
@@ -44,21 +44,22 @@ def test_readme_results_of_the_converged_study_are_the_reports(model):
         assert row in known, row
 
 
-@pytest.mark.parametrize("model, intro", [
-    ("cifar_resnet20", "Norm-free ResNet-20, final-epoch test error %"),
-    ("cifar_resnet56", "Norm-free ResNet-56, complete"),
+@pytest.mark.parametrize("study, model, intro, arms", [
+    ("stability_normfree", "cifar_resnet20", "Norm-free ResNet-20, final-epoch test error %", 10),
+    ("stability_normfree", "cifar_resnet56", "Norm-free ResNet-56, complete", 10),
+    ("stability_bn", "cifar_resnet56", "BN ResNet-56, final-epoch test error %", 8),
 ])
-def test_benchmarks_tables_of_the_norm_free_study_are_the_reports(model, intro):
-    """Each policy × lr cell of BENCHMARKS' norm-free tables is the report's (the labels may differ:
+def test_benchmarks_tables_of_the_stability_study_are_the_reports(study, model, intro, arms):
+    """Each policy × lr cell of BENCHMARKS' stability tables is the report's (the labels may differ:
     BENCHMARKS names the arms for a reader, the report by their spec names; the order is the spec's)."""
-    report = (ROOT / "benchmarks" / "results" / "stability_normfree" / "report.md").read_text()
+    report = (ROOT / "benchmarks" / "results" / study / "report.md").read_text()
     blocks = _section(report, f"## {model}: final test error against `optim.lr`").split("\n\n")
     matrix = next(b for b in blocks if b.startswith("| policy |"))  # the first table: policy × lr
     want = [line.split(" | ")[1:] for line in matrix.splitlines()[2:]]
     text = (ROOT / "BENCHMARKS.md").read_text()
     table = text[text.index(intro):].split("\n\n")[1]
     got = [line.split(" | ")[1:] for line in table.splitlines()[2:]]
-    assert len(want) == 10 and got == want
+    assert len(want) == arms and got == want
 
 
 def _quoted(text: str) -> float:
