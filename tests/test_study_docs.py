@@ -1,6 +1,7 @@
 """The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, stability),
-and the tables of where the nets start are what their scripts print."""
+and the tables of where the nets start and of SkipInit's branch scale are what their scripts print."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -105,3 +106,33 @@ def test_benchmarks_tables_of_the_start_are_what_their_scripts_print():
                     assert start(model, steps, init=init) == pytest.approx((float(std), float(loss)), rel=0.01), (model, steps)
             checked += 1
     assert checked == 4
+
+
+@pytest.mark.slow
+def test_benchmarks_branch_scale_table_is_its_json_and_the_script_reproduces_its_first_steps(tmp_path):
+    """'Why SkipInit fails where zero-γ trains': every cell is the committed JSON's, and the script,
+    re-run for 5 steps at lr 1.6, gives the same loss and branch scale to 1 %."""
+    import subprocess
+    import sys
+
+    saved = json.loads((ROOT / "benchmarks" / "results" / "branch_scale.json").read_text())
+    section = _section((ROOT / "BENCHMARKS.md").read_text(), "### Why SkipInit fails where zero-γ trains")
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    steps = [int(s) for s in re.findall(r"step (\d+)", rows[0])]
+    for row in rows[1:]:
+        arm, lr, *cells = [cell.strip() for cell in row.strip("|").split("|")]
+        trace = {r["step"]: r for r in saved["traces"][arm.replace("`", "")][lr]}
+        for step, cell in zip(steps, cells, strict=True):
+            r = trace.get(step)
+            want = "NaN" if r is None or r["loss"] != r["loss"] else f"{r['loss']:.3g} / {r['scale']:.3g}"
+            assert cell == want, (arm, lr, step)
+    assert len(rows) == 5
+
+    out = tmp_path / "scale.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "branch_scale.py"), "--lrs", "1.6", "--steps", "5",
+                    "--out", str(out)], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    again = json.loads(out.read_text())["traces"]
+    for arm, by_lr in again.items():
+        for new, old in zip(by_lr["1.6"], saved["traces"][arm]["1.6"], strict=False):
+            assert (new["loss"], new["scale"]) == pytest.approx((old["loss"], old["scale"]), rel=0.01), (arm, new["step"])
+        assert len(by_lr["1.6"]) == 5
