@@ -40,7 +40,7 @@ def branch_scale(model: torch.nn.Module, stepped: bool) -> float:
 
 
 def trace(steps_policy: str, init: str, lr: float, steps: int, recipe: dict) -> list[dict]:
-    """Loss and branch scale after each of the first ``steps`` SGD steps (stops at a non-finite loss)."""
+    """Loss and branch scale after each of the first ``steps`` SGD steps (stops at a non-finite loss: None)."""
     torch.manual_seed(0)
     model = tscnet.create_model("cifar_resnet56", num_classes=10, in_chans=1, steps=steps_policy, init=init)
     optimizer = build_optimizer(model, {**recipe["optim"], "lr": lr})
@@ -57,8 +57,10 @@ def trace(steps_policy: str, init: str, lr: float, steps: int, recipe: dict) -> 
             loss.backward()
             optimizer.step()
             scheduler.step()
-            rows.append({"step": len(rows) + 1, "loss": loss.item(), "scale": branch_scale(model, steps_policy != "none")})
-            if len(rows) == steps or not math.isfinite(loss.item()):
+            finite = math.isfinite(loss.item())  # JSON has no NaN: a non-finite loss is written as null
+            rows.append({"step": len(rows) + 1, "loss": loss.item() if finite else None,
+                         "scale": branch_scale(model, steps_policy != "none") if finite else None})
+            if len(rows) == steps or not finite:
                 return rows
     return rows
 
@@ -66,7 +68,7 @@ def trace(steps_policy: str, init: str, lr: float, steps: int, recipe: dict) -> 
 def fmt(row: dict | None) -> str:
     if row is None:
         return "—"
-    if not math.isfinite(row["loss"]):
+    if row["loss"] is None:
         return "NaN"
     return f"{row['loss']:.3g} / {row['scale']:.3g}"
 
@@ -88,7 +90,7 @@ def main() -> None:
         for lr, rows in by_lr.items():
             at = {r["step"]: r for r in rows}
             last = rows[-1]["step"]
-            cells = [fmt(at.get(s)) if s <= last else ("NaN" if not math.isfinite(rows[-1]["loss"]) else "—") for s in shown]
+            cells = [fmt(at.get(s)) if s <= last else ("NaN" if rows[-1]["loss"] is None else "—") for s in shown]
             print(f"| {arm} | {lr} | " + " | ".join(cells) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
