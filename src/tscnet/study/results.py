@@ -252,7 +252,8 @@ def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tu
                        test_subset=data["test_subset"])
         except UserError as error:
             relative = f" (relative to {workdir}, where the runs start)" if folder != data["data_dir"] else ""
-            raise UserError(f"{error}{relative}; no cell was started") from None
+            message = str(error).replace("--data-dir", "--set data.data_dir=DIR")  # train's flag; a study's --set
+            raise UserError(f"{message}{relative}; no cell was started") from None
 
 
 def cell_config(spec: StudySpec, cell: Cell, layout: Layout, extra: tuple[str, ...] = ()) -> dict:
