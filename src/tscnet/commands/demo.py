@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     data = configs[0][1]["data"]  # the same for every policy; unreadable data: one line, before any folder
     info = check_data(data["name"], data["data_dir"], image_size=data["image_size"], train_subset=data["train_subset"],
-                      test_subset=data["test_subset"])
+                      test_subset=data["test_subset"], download=data["download"])
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
     runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]

@@ -188,5 +188,5 @@ def load_cifar(root: PathLike, name: str = "cifar10", split: str = "train") -> t
     expected = " or ".join(f"{l.archive} (or {l.folder}/)" for l in layouts)
     raise DataNotFoundError(
         f"no {name} data in {root}: expected {expected}; download from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html, pass --data-dir, or use download=True"
+        "https://www.cs.toronto.edu/~kriz/cifar.html, pass --data-dir, or set data.download=true"
     )

@@ -111,7 +111,7 @@ def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) 
             if not download:
                 raise
         if root is None:
-            raise DataError(f"download=True needs a data_dir to download {name} into")
+            raise DataError(f"data.download=true needs a data_dir to download {name} into")
         import torchvision.datasets as tvd  # downloads into root/<tv_name>/raw
 
         getattr(tvd, tv_name)(str(root), train=split == "train", download=True)
@@ -121,7 +121,7 @@ def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) 
 
 
 def _cifar_builder(name: str) -> Builder:
-    how = "pass --data-dir with the python or binary archive from https://www.cs.toronto.edu/~kriz/cifar.html, or use download=True"
+    how = "pass --data-dir with the python or binary archive from https://www.cs.toronto.edu/~kriz/cifar.html, or set data.download=true to fetch it there"
 
     def build(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
         try:
@@ -162,7 +162,7 @@ register_dataset(DatasetSpec(
 ))
 register_dataset(DatasetSpec(
     DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,)),
-    _idx_builder("mnist", "MNIST", None, "pass --data-dir with the MNIST IDX files (or use download=True)"),
+    _idx_builder("mnist", "MNIST", None, "pass --data-dir with the MNIST IDX files (or set data.download=true to fetch them there)"),
     pad=2, flip=False,
 ))
 register_dataset(DatasetSpec(DatasetInfo("cifar10", 10, 3, 32, *_CIFAR10_STATS), _cifar_builder("cifar10"), pad=4, flip=True))
@@ -213,11 +213,13 @@ def check_data(
     image_size: Optional[int] = None,
     train_subset: Optional[int] = None,
     test_subset: Optional[int] = None,
+    download: bool = False,
 ) -> DatasetInfo:
     """Read both splits of ``name`` as :func:`create_loaders` does and check the subsets fit; the
     info, or the run's one-line :class:`DataError`. For commands that start many runs: a problem
-    with the data is told once, before any of them starts."""
-    return _read_splits(get_dataset_spec(name), data_dir, False, image_size, train_subset, test_subset)[2]
+    with the data is told once, before any of them starts (and with ``download``, CIFAR or MNIST is
+    fetched once, not by every run at the same time)."""
+    return _read_splits(get_dataset_spec(name), data_dir, download, image_size, train_subset, test_subset)[2]
 
 
 def _read_splits(spec: DatasetSpec, data_dir: Optional[PathLike], download: bool, image_size: Optional[int],

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
               "init": None},
     "data": {
         "name": "fashion-mnist", "data_dir": None, "train_subset": None, "test_subset": None, "augment": True,
-        "batch_size": 128, "eval_batch_size": 512, "workers": 4, "image_size": None,
+        "batch_size": 128, "eval_batch_size": 512, "workers": 4, "image_size": None, "download": False,
     },
     "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "label_smoothing": 0.0},
     "sched": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "step_size": 30,
@@ -194,6 +194,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "model.init": (lambda v: v in (None, "he", "zero_last", "fixup"), "null (the model's), he, zero_last or fixup"),
     "data.name": (_name, "a dataset name such as fashion-mnist"),
     "data.data_dir": (lambda v: v is None or _name(v), "a folder or null"),
+    "data.download": (lambda v: isinstance(v, bool), "true or false (fetch CIFAR or MNIST into data_dir if missing)"),
     "data.train_subset": (_optional_positive_int, "a positive integer or null (all images)"),
     "data.test_subset": (_optional_positive_int, "a positive integer or null (all images)"),
     "data.batch_size": (_positive_int, "a positive integer"),
