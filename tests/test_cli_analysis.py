@@ -10,6 +10,8 @@ import torch
 import yaml
 from PIL import Image
 
+from tscnet.analysis.report import REPORT_FILES
+from tscnet.analysis.stability import STABILITY_FILES
 from tscnet.cli import main
 
 
@@ -90,6 +92,8 @@ def test_stability_then_report_on_real_runs(runs, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["data"] == "fashion-mnist"
     for name in ("training_curves.png", "evolution_time.png", "dt_heatmap.png", "dt_evolution.png", "stability.png"):
         assert_png(out / name)
+    # the names --overwrite guards are the files the two commands write (report redraws stability.png)
+    assert {p.name for p in out.iterdir()} == {*REPORT_FILES, *STABILITY_FILES, "stability.png"}
 
 
 def test_stability_of_runs_whose_checkpoint_was_deleted(runs, tmp_path, capsys):

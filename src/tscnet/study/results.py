@@ -36,8 +36,8 @@ RESULT_FILES = ("config.yaml", "metrics.jsonl", "steps.json", "model_card.json")
 DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
 OPTIONAL_FILES = ("platform.json", DIVERGED_FILE)  # copied when the run wrote them
 # Keys that place a run, not define it: a resumed or skipped cell may differ in these.
-PLACEMENT = {("data", "data_dir"), ("data", "download"), ("data", "workers"), ("data", "eval_batch_size"), ("train", "device"),
-             ("train", "progress")}
+PLACEMENT = {("data", "data_dir"), ("data", "download"), ("data", "workers"), ("data", "eval_batch_size"),
+             ("train", "device"), ("train", "progress")}
 
 
 def read_cell_info(folder: Path) -> Optional[dict]:
@@ -249,7 +249,7 @@ def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tu
             folder = workdir / folder
         try:
             check_data(data["name"], folder, image_size=data["image_size"], train_subset=data["train_subset"],
-                       test_subset=data["test_subset"], download=data.get("download", False))
+                       test_subset=data["test_subset"], download=data["download"])
         except UserError as error:
             relative = f" (relative to {workdir}, where the runs start)" if folder != data["data_dir"] else ""
             message = str(error).replace("--data-dir", "--set data.data_dir=DIR")  # train's flag; a study's --set

@@ -391,7 +391,7 @@ def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
         dc["name"], dc["data_dir"], batch_size=dc["batch_size"] // ctx.world_size, device=ctx.device,
         seed=tc["seed"], train_subset=dc["train_subset"], augment=dc["augment"], rank=ctx.rank,
         world_size=ctx.world_size, workers=dc["workers"], eval_batch_size=dc["eval_batch_size"],
-        image_size=dc["image_size"], test_subset=dc["test_subset"], download=dc.get("download", False))
+        image_size=dc["image_size"], test_subset=dc["test_subset"], download=dc["download"])
     config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
     config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
     model = runfiles.build_model_from_config(config).to(ctx.device)
