@@ -203,7 +203,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "tscnet.cli", "train", *QUICK, "--steps", "tsc", "--train-subset", "1024", "--test-subset", "256",
-           "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--out", str(out)]
+           "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--out", str(out),
+           "--set", "data.download=true"]  # the data is here: rank 0 checks it alone while rank 1 waits
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = read_metrics(out)

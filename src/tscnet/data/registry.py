@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from .arrays import ArrayDataset
@@ -234,6 +235,17 @@ def _read_splits(spec: DatasetSpec, data_dir: Optional[PathLike], download: bool
     return train, test, info
 
 
+def _fetch_on_first_rank(name: str, data_dir: Optional[PathLike], image_size: Optional[int], rank: int) -> bool:
+    """Rank 0 fetches the data while the other ranks wait at a barrier; then no rank downloads.
+
+    Why: every rank of a ``torchrun`` job writing the same archive at once can corrupt it. If rank 0
+    fails, it exits with its error and ``torchrun`` stops the waiting ranks."""
+    if rank == 0:
+        build_dataset(name, data_dir, "train", True, image_size)
+    dist.barrier()
+    return False
+
+
 def create_loaders(
     name: str,
     data_dir: Optional[PathLike] = None,
@@ -259,9 +271,12 @@ def create_loaders(
     ``augment``, randomly cropped/flipped; ``train_subset`` keeps the first N of a fixed seeded
     permutation; ``test_subset`` likewise for the test split (quick runs only: reported errors are
     then on that subset). The test loader never augments or shuffles and keeps every sample. With
-    ``world_size > 1`` both loaders are sharded for ``rank``.
+    ``world_size > 1`` both loaders are sharded for ``rank``, and a ``download`` is done by rank 0
+    alone, before any rank reads.
     """
     spec = get_dataset_spec(name)
+    if download and world_size > 1:
+        download = _fetch_on_first_rank(name, data_dir, image_size, rank)
     train, test, info = _read_splits(spec, data_dir, download, image_size, train_subset, test_subset)
     eval_batch_size = eval_batch_size or batch_size
     shard = dict(rank=rank, world_size=world_size)
