@@ -3,11 +3,21 @@ photos and digits, each file named ``<set>_<index>_<label>``)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2``, the README's command) each worker process gets one core: two
+    OpenMP threads per worker would spin-wait for each other's (see :func:`one_thread`). The CLI
+    subprocesses the tests start inherit the setting."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
