@@ -24,8 +24,6 @@ from tscnet.study.executors.slurm import CellJob, parse_time, slurm_running  # n
 
 NO_SLURM = slurm_running()
 needs_slurm = pytest.mark.skipif(NO_SLURM is not None, reason=f"{NO_SLURM}")
-# One xdist worker runs them all (`--dist loadgroup`): a 2-process job needs both CPUs of the single node.
-pytestmark = pytest.mark.xdist_group("slurm")
 
 TINY = ["data.train_subset=512", "data.test_subset=256", "data.batch_size=32", "train.epochs=2"]
 
