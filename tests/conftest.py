@@ -12,9 +12,9 @@ import torch
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``-n 2``, the README's command) each worker process gets one core: two
-    OpenMP threads per worker would spin-wait for each other's (see :func:`one_thread`). The CLI
-    subprocesses the tests start inherit the setting."""
+    """Under pytest-xdist (``-n auto``, the README's command: one worker per core) each worker gets
+    one thread: two OpenMP threads per worker would spin-wait for each other (see :func:`one_thread`).
+    The CLI subprocesses the tests start inherit the setting."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)

@@ -2,10 +2,11 @@
 :func:`build_dataset` and :func:`create_loaders`."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -235,15 +236,17 @@ def _read_splits(spec: DatasetSpec, data_dir: Optional[PathLike], download: bool
     return train, test, info
 
 
-def _fetch_on_first_rank(name: str, data_dir: Optional[PathLike], image_size: Optional[int], rank: int) -> bool:
-    """Rank 0 fetches the data while the other ranks wait at a barrier; then no rank downloads.
+@contextlib.contextmanager
+def _rank_zero_first(enabled: bool, rank: int) -> Iterator[None]:
+    """When ``enabled``, rank 0 runs the block while the other ranks wait at a barrier, then they run it.
 
-    Why: every rank of a ``torchrun`` job writing the same archive at once can corrupt it. If rank 0
-    fails, it exits with its error and ``torchrun`` stops the waiting ranks."""
-    if rank == 0:
-        build_dataset(name, data_dir, "train", True, image_size)
-    dist.barrier()
-    return False
+    Why: every rank of a ``torchrun`` job downloading the same archive at once can corrupt it. If
+    rank 0 fails, it exits with its error and ``torchrun`` stops the waiting ranks."""
+    if enabled and rank != 0:
+        dist.barrier()
+    yield
+    if enabled and rank == 0:
+        dist.barrier()
 
 
 def create_loaders(
@@ -275,9 +278,8 @@ def create_loaders(
     alone, before any rank reads.
     """
     spec = get_dataset_spec(name)
-    if download and world_size > 1:
-        download = _fetch_on_first_rank(name, data_dir, image_size, rank)
-    train, test, info = _read_splits(spec, data_dir, download, image_size, train_subset, test_subset)
+    with _rank_zero_first(download and world_size > 1, rank):  # the others read what rank 0 fetched
+        train, test, info = _read_splits(spec, data_dir, download and rank == 0, image_size, train_subset, test_subset)
     eval_batch_size = eval_batch_size or batch_size
     shard = dict(rank=rank, world_size=world_size)
     if spec.in_memory:
