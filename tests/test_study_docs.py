@@ -49,6 +49,7 @@ def test_readme_results_of_the_converged_study_are_the_reports(model):
     ("stability_normfree", "cifar_resnet20", "Norm-free ResNet-20, final-epoch test error %", 10),
     ("stability_normfree", "cifar_resnet56", "Norm-free ResNet-56, complete", 10),
     ("stability_bn", "cifar_resnet56", "BN ResNet-56, final-epoch test error %", 8),
+    ("stability_bn", "cifar_resnet110", "BN ResNet-110, final-epoch test error %", 8),
 ])
 def test_benchmarks_tables_of_the_stability_study_are_the_reports(study, model, intro, arms):
     """Each policy × lr cell of BENCHMARKS' stability tables is the report's (the labels may differ:

@@ -58,15 +58,21 @@ update (first loss ~2.5e3), so none and tsc diverge at every lr (0.03, 0.1 and 0
     scalar:0 and fixup in all 3.
   Started at 1/sqrt(D), the controllers tie the fixed rules where those train and are the trained
   arms least sensitive to the lr (spread 5.7-8.9 pp over 0.03-0.3), not significantly with 3 seeds.
-BN cifar_resnet56 without warm-up (python benchmarks/study.py --commit stability_bn; same recipe, BN
-ending every branch; benchmarks/results/stability_bn/report.md):
+BN cifar_resnet56 and cifar_resnet110 without warm-up (python benchmarks/study.py --commit stability_bn;
+same recipe, BN ending every branch; benchmarks/results/stability_bn/report.md):
   BN cifar_resnet56 lr 0.4, 3 seeds: none 68.35 ± 6.81 (gamma = 1), zero-gamma 22.47 ± 1.68 (no steps),
     fixed:0.5 34.93 ± 9.48, depth:0.5 19.69 ± 0.65, tsc-small 20.07 ± 0.91, tsc-norm 19.11 ± 0.37.
   BN cifar_resnet56 lr 0.1, 3 seeds: none 42.81 ± 15.71, tsc 32.50 ± 10.28, depth:0.5 18.82 ± 0.64.
+  BN cifar_resnet110 lr 0.4, 3 seeds: none 90.00 ± 0.00 (chance in every seed), zero-gamma 25.47 ± 2.49,
+    depth:0.5 18.78 ± 0.31, tsc-small 19.61 ± 1.02, tsc-norm 19.30 ± 1.22.
+  BN cifar_resnet110 lr 1.6, 3 seeds: depth:0.5 29.23 ± 9.77, tsc-small 46.41 ± 29.34,
+    tsc-norm 39.33 ± 12.89 (each controller with one poor seed); none, tsc and scalar:0 at chance.
   Under BN a step rescales the branch's last gamma, so what helps is a small start, which zero-gamma
-  (the last gamma at 0) gets without steps. The controllers tie the fixed 1/sqrt(D) they start from
-  at every lr up to 1.6; from dt = 1 the controller keeps vanilla's bad start; SkipInit (scalar:0)
-  ends at chance in every seed at lr 0.4 and 1.6, where zero-gamma trains."""
+  (the last gamma at 0) gets without steps, though it falls behind 1/sqrt(D) at depth 110. The fixed
+  1/sqrt(D) is the best peer at both depths and trains in every seed up to lr 1.6; the controllers
+  started there tie it at its best lr and trail it, within the noise, at 1.6. From dt = 1 the
+  controller keeps vanilla's bad start; SkipInit (scalar:0) ends at chance from lr 0.4 up.
+Nowhere in the study does adaptive stepping beat a fixed rule."""
 
 CONVERGED_FINDINGS = """\
 What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
