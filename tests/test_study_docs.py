@@ -112,7 +112,7 @@ def test_benchmarks_tables_of_the_start_are_what_their_scripts_print():
 @pytest.mark.slow
 def test_benchmarks_branch_scale_table_is_its_json_and_the_script_reproduces_its_first_steps(tmp_path):
     """'Why SkipInit fails where zero-γ trains': every cell is the committed JSON's, and the script,
-    re-run for 5 steps at lr 1.6, gives the same loss and branch scale to 1 %."""
+    re-run for 4 steps at lr 0.4 and 1.6, gives the same loss and branch scale to 1 %."""
     import subprocess
     import sys
 
@@ -130,10 +130,13 @@ def test_benchmarks_branch_scale_table_is_its_json_and_the_script_reproduces_its
     assert len(rows) == 5
 
     out = tmp_path / "scale.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "branch_scale.py"), "--lrs", "1.6", "--steps", "5",
+    # 4 steps, not 5: at lr 1.6 SkipInit's scale runs away, and a CPU with other float kernels moves it by
+    # 1.6e-4 at step 4 and 1.1 % at step 5 (an Intel Xeon against the machine that wrote the JSON).
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "branch_scale.py"), "--lrs", "0.4", "1.6", "--steps", "4",
                     "--out", str(out)], check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     again = json.loads(out.read_text())["traces"]
     for arm, by_lr in again.items():
-        for new, old in zip(by_lr["1.6"], saved["traces"][arm]["1.6"]):
-            assert (new["loss"], new["scale"]) == pytest.approx((old["loss"], old["scale"]), rel=0.01), (arm, new["step"])
-        assert len(by_lr["1.6"]) == 5
+        for lr in ("0.4", "1.6"):
+            for new, old in zip(by_lr[lr], saved["traces"][arm][lr]):
+                assert (new["loss"], new["scale"]) == pytest.approx((old["loss"], old["scale"]), rel=0.01), (arm, lr, new["step"])
+            assert len(by_lr[lr]) == 4
