@@ -107,7 +107,7 @@ CONTRASTS: dict[str, Contrast] = {
 
 NAME = "demo"
 HELP = ("train step policies side by side on Fashion-MNIST where the stability study found a contrast "
-        "(3-4 minutes on 2 cores)")
+        "(2.5-4 minutes on 2 cores)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
