@@ -78,7 +78,7 @@ def test_bf16_autocast_trains_like_fp32(tmp_path):
 def test_fp16_grad_scaler_state_resumes_exactly(tmp_path):
     # CPU autocast supports float16 in torch 2.14 (conv training runs, ~12x slower than fp32 here),
     # so the GPU's fp16 path runs for real. A constant schedule lets a 1-epoch run continue to 2.
-    common = ["--train-subset", "192", "--test-subset", "64", "--set", "sched.name=constant",
+    common = ["--train-subset", "96", "--batch-size", "32", "--test-subset", "32", "--set", "sched.name=constant",
               "--set", "train.amp=fp16"]
     straight = tmp_path / "straight"
     _train(straight, *common, "--epochs", "2")
