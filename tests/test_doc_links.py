@@ -2,6 +2,7 @@
 names a file that exists and, with a ``#fragment``, a heading of that file, slugged as GitHub does."""
 import re
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glo
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+@cache  # a page is linked to many times
 def _anchors(path: Path) -> set[str]:
     """GitHub's heading ids: lower case, punctuation dropped (letters of any script kept), spaces to
     hyphens; the n-th repeat of an id gets ``-n``."""
