@@ -1,5 +1,6 @@
 """Preemption: a real SIGTERM/SIGINT stops a run with a checkpoint, and --resume ends exactly where
 an uninterrupted run ends (same weights, same metrics), wherever the signal landed."""
+import argparse
 import os
 import signal
 import subprocess
@@ -63,6 +64,37 @@ def test_signal_stops_with_a_checkpoint_and_resume_is_exact(point, where, straig
     assert main(ARGS + ["--out", str(out), "--resume"]) == 0
     assert_same_run(straight, out)
     assert set(read_metrics(out)[1]["loss_at_step"]) == {"12", "16"}
+
+
+@pytest.mark.parametrize("point, where", [
+    ("step@3", "during epoch 1"), ("eval@1.2", "during the evaluation of epoch 1"), ("save@1", "after epoch 1")])
+def test_a_study_recipe_with_keys_left_to_the_data_resumes(point, where, straight, tmp_path, monkeypatch, capsys,
+                                                           one_thread):
+    """A study writes each cell's recipe with every key, ``model.num_classes: null`` and
+    ``model.in_chans: null`` among them (left to the data), and a requeued Slurm job restarts it as
+    ``--config RECIPE --resume``: the resolved 10 and 1 in the run's config are no change."""
+    from tscnet.commands.train import build_config, configure
+    from tscnet.train.config import dump_config
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    config = build_config(parser.parse_args(ARGS[1:]))
+    assert config["model"]["num_classes"] is None and config["model"]["in_chans"] is None
+    recipe = tmp_path / "cell.recipe.yaml"
+    recipe.write_text(dump_config(config))
+    out = tmp_path / "run"
+    command = ["train", "--config", str(recipe), "--out", str(out)]
+    monkeypatch.setenv("TSCNET_TEST_SIGNAL", point)
+    assert main(command) == 2
+    assert f"stopped by SIGTERM {where}" in capsys.readouterr().err
+    monkeypatch.delenv("TSCNET_TEST_SIGNAL")
+    assert main(command + ["--resume"]) == 0, capsys.readouterr().err
+    assert_same_run(straight, out)
+    # A real change of a key left to the data is still refused.
+    changed = tmp_path / "changed.recipe.yaml"
+    changed.write_text(recipe.read_text().replace("num_classes: null", "num_classes: 7"))
+    assert main(["train", "--config", str(changed), "--out", str(out), "--resume"]) == 2
+    assert "model.num_classes (saved 10, given 7)" in capsys.readouterr().err
 
 
 def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):

@@ -148,7 +148,9 @@ def test_a_job_requeued_mid_epoch_resumes_exactly(procs, tmp_path):
     # 1024 images at batch 32: 32 steps an epoch, 2 epochs. A checkpoint after every step shows
     # how far the job got (periodic checkpoints leave the run unchanged: test_preemption).
     recipe = tmp_path / "cell.yaml"
-    config = {"model": {"name": "cifar_resnet8", "steps": "tsc"},
+    # Keys left to the data, as in the recipe a study writes for each cell: the restart's
+    # `--config RECIPE --resume` must take them as the resolved values of the saved config.
+    config = {"model": {"name": "cifar_resnet8", "steps": "tsc", "num_classes": None, "in_chans": None},
               "data": {"name": "fashion-mnist", "train_subset": 1024, "test_subset": 256, "batch_size": 32},
               "train": {"epochs": 2, "checkpoint_every": 1, "loss_steps": [10, 40], "device": "cpu"}}
     recipe.write_text(yaml.safe_dump(config))

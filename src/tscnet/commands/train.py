@@ -78,12 +78,14 @@ def _given_keys(args: argparse.Namespace) -> list[str]:
 
 def check_resume(args: argparse.Namespace, saved: dict) -> None:
     """``--resume`` added to the command that started a run is accepted; a flag that would change
-    the saved config is refused, naming every such key with its saved and given values."""
-    from ..train.config import get
+    the saved config is refused, naming every such key with its saved and given values. A key the
+    recipe leaves to the data (``model.num_classes: null``) matches the value the run resolved, so
+    a study's cell recipe resumes its run (a requeued Slurm job runs ``--config RECIPE --resume``)."""
+    from ..train.config import get, same_setting
 
     given = build_config(args)
     conflicts = [f"{key} (saved {get(saved, key)!r}, given {get(given, key)!r})"
-                 for key in _given_keys(args) if get(saved, key) != get(given, key)]
+                 for key in _given_keys(args) if not same_setting(key, get(saved, key), get(given, key))]
     if conflicts:
         raise UserError("--resume continues the run with its saved config, and these flags differ from it: "
                         + "; ".join(conflicts) + " — drop them or start a new run with another --out")

@@ -36,6 +36,11 @@ DEFAULTS: dict[str, Any] = {
               "loss_steps": [100, 300], "eval_epochs": None},
 }
 
+# Keys a recipe may leave null for the run to fill in from its data (engine: the dataset's classes
+# and channels). A run's saved config.yaml holds the resolved value; on ``--resume`` a null given
+# for one of them is the same recipe, not a change.
+RESOLVED_AT_RUN_TIME = frozenset({"model.num_classes", "model.in_chans"})
+
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
 # such as "aot_eager".
 FLAG_OR_NAME = {"train.compile"}
@@ -263,6 +268,12 @@ def evaluated_epochs(config: dict) -> set[int]:
 
 def dump_config(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def same_setting(key: str, saved: Any, given: Any) -> bool:
+    """Whether a key of a saved (resolved) config and of a given recipe mean the same run: equal, or
+    left null in the recipe for the run to resolve (:data:`RESOLVED_AT_RUN_TIME`)."""
+    return saved == given or (given is None and key in RESOLVED_AT_RUN_TIME)
 
 
 def get(config: dict, key: str, default: Optional[Any] = None) -> Any:
