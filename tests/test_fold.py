@@ -143,7 +143,7 @@ def test_unfold_inverts_fold_and_keeps_the_function(name, tmp_path):
     changed_by_fold = [k for k, v in folded.state_dict().items() if not torch.equal(v, original[k])]
     assert changed_by_fold, "the steps must change some weights when folded"
     branch = tscnet.get_policy(rebuilt).branches[0]
-    target = branch.norm if branch.norm is not None else branch.conv
+    target = branch.norm if branch.norm is not None else branch.last_layer
     zeroed = {k for k, v in rebuilt.named_parameters() if v is target.weight or v is target.bias}
     for key in changed_by_fold:
         a, b = original[key], unfolded[key]

@@ -9,7 +9,6 @@ from torch import nn
 import tscnet
 from tscnet.models.cifar_resnet import cifar_resnet
 from tscnet.models.fixup import FixupBasicBlock, FixupBottleneck
-from tscnet.stepping.power_iteration import branch_convs
 from tscnet.train.optim import build_optimizer
 
 from conftest import sample_batch, sample_images
@@ -51,8 +50,8 @@ def test_every_policy_folds_bitwise_into_the_norm_free_net(net, policy, one_thre
     vanilla.load_state_dict(folded.state_dict(), strict=True)
     # The step sits on the branch's last conv (no BN to carry it): W[c] ← Δt_c · W[c], bit for bit.
     for branch, dt in zip(tscnet.stepping.branches_of(model), steps):
-        want = branch.conv.weight * dt.view(-1, 1, 1, 1)
-        got = vanilla.get_submodule(_name_of(model, branch.block)).get_submodule(branch.conv_attr).weight
+        want = branch.last_layer.weight * dt.view(-1, 1, 1, 1)
+        got = vanilla.get_submodule(_name_of(model, branch.block)).get_submodule(branch.last_attr).weight
         assert torch.equal(got, want)
     with torch.no_grad():
         assert torch.equal(vanilla.eval()(x), model(x))
@@ -131,7 +130,7 @@ def test_zero_last_zeroes_the_end_of_every_branch(net):
     for norm in ("batch", "none"):
         model = cifar_resnet(**NETS[net], norm=norm, init="zero_last")
         for branch in tscnet.stepping.find_branches(model):
-            end = branch.norm if branch.norm is not None else branch.conv
+            end = branch.norm if branch.norm is not None else branch.last_layer
             assert not end.weight.any(), (net, norm)
         x = sample_batch("cifar10")[:2]
         plain = cifar_resnet(**NETS[net], norm=norm)
@@ -154,8 +153,8 @@ def test_power_iteration_finds_each_branchs_spectral_norm(one_thread):
         first = spectral()
         for _ in range(200):  # one iteration per training forward, warm-started
             spectral()
-    true = torch.tensor([sum(math.log(float(torch.linalg.matrix_norm(c.weight.flatten(1), ord=2)))
-                             for c in branch_convs(b)) for b in tscnet.stepping.branches_of(model)])
+    true = torch.tensor([sum(math.log(float(torch.linalg.matrix_norm(w.detach().flatten(1), ord=2)))
+                             for w in b.weights()) for b in tscnet.stepping.branches_of(model)])
     with torch.no_grad():
         assert not torch.allclose(first, true, atol=0.02)  # one step from a random start is not enough
         assert torch.allclose(spectral(), true, atol=1e-3)

@@ -74,10 +74,10 @@ def test_layerscale_steps_train_without_weight_decay_and_other_policies_keep_it(
     # With zero gradients only weight decay moves parameters: the steps stay, the weights shrink.
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    dt, conv = policy.dt.detach().clone(), policy.branches[0].conv.weight.detach().clone()
+    dt, conv = policy.dt.detach().clone(), policy.branches[0].last_layer.weight.detach().clone()
     optimizer.step()
     assert torch.equal(policy.dt.detach(), dt)
-    assert not torch.equal(policy.branches[0].conv.weight.detach(), conv)
+    assert not torch.equal(policy.branches[0].last_layer.weight.detach(), conv)
     for steps in ("channel:0.1", "tsc", "none"):
         groups = build_optimizer(tscnet.create_model("cifar_resnet8", steps=steps), SGD).param_groups
         assert len(groups) == 1 and groups[0]["weight_decay"] == 0.5

@@ -91,7 +91,7 @@ def test_step_depends_on_own_and_earlier_weights_only(policy, earlier):
     model = tscnet.create_model("cifar_resnet20", steps=policy)
     randomize_steps(model)
     policy_module = tscnet.get_policy(model)
-    convs = [b.conv.weight for b in policy_module.branches]
+    convs = [b.last_layer.weight for b in policy_module.branches]
     for d in (1, 4, 7):
         grads = torch.autograd.grad(policy_module.compute()[d].sum(), convs, allow_unused=True)
         touched = [g is not None and bool(g.abs().sum() > 0) for g in grads]
@@ -112,7 +112,7 @@ def test_controller_gradients_reach_controller_and_conv_weights(name, policy):
     policy = tscnet.get_policy(model)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
     # Through the summary ‖W_d[c]‖: the weight gradient differs from a detached-summary run.
-    conv = policy.branches[1].conv
+    conv = policy.branches[1].last_layer
     g_joint = conv.weight.grad.clone()
     model.zero_grad()
     steps = policy.compute()

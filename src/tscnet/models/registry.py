@@ -4,7 +4,9 @@ Names:
 
 * ``cifar_resnet20`` ... ``cifar_resnet1202``, ``cifar_preact_resnet164``, ...: ours (:mod:`.cifar_resnet`);
 * ``tv:resnet50``, ``tv:resnext50_32x4d``, ...: torchvision's ResNet family, unmodified;
-* ``timm:resnet50`` or a bare timm name (``resnet50``, ``seresnet50``, ...): timm's, unmodified.
+* ``timm:resnet50`` or a bare timm name (``resnet50``, ``seresnet50``, ``vit_small_patch16_224``, ...):
+  timm's, unmodified; ``mini_vit_d6/12/24`` and ``mini_convnext`` (:mod:`.mini`) are small timm
+  ViTs and ConvNeXts for 28–32 px images.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from ..registry import Registry
 from ..stepping import PolicySpec, attach_steps, parse_policy
+from . import mini  # noqa: F401  (registers mini_vit_d*, mini_convnext with timm)
 from .cifar_resnet import CIFAR_MODELS
 
 # prefix -> fn(name, num_classes, in_chans, zero_init, **kw): builds "prefix:name"; raises KeyError if unknown
@@ -43,9 +46,11 @@ def _timm(name: str, num_classes: int, in_chans: int, zero_init: bool, **kwargs)
 
     if not timm.is_model(name):
         raise KeyError(name)
-    # timm zero-initialises the last BN of each branch by default; with steps attached that
-    # would make dL/dΔt = 0 at the start, so it is off unless the model is vanilla.
-    kwargs.setdefault("zero_init_last", zero_init)
+    # timm's ResNets zero-initialise the last BN of each branch by default; with steps attached
+    # that would make dL/dΔt = 0 at the start, so it is off unless the model is vanilla. Other
+    # families (ViT, ConvNeXt) have no such option.
+    if timm.models.model_entrypoint(name).__module__ == "timm.models.resnet":
+        kwargs.setdefault("zero_init_last", zero_init)
     return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 

@@ -1,5 +1,6 @@
 """Step sizes on residual branches: sites, policies, controllers, attach and fold."""
 from . import controllers  # noqa: F401  (registers the "mlp" and "tsc" policies)
+from . import linear_branches  # noqa: F401  (registers the ViT, CaiT and ConvNeXt blocks)
 from .attach import (attach_steps, branches_of, convert_sync_batchnorm, evolution_time, get_policies, get_policy,
                      policy_name, replace_steps, step_sizes)
 from .branches import Branch, find_branches, register_block, supported_blocks

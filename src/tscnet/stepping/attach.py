@@ -39,10 +39,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _check_sites(policy: StepPolicy) -> None:
     """Raise if a step site of ``policy`` was replaced behind its back (its block would lose Δt)."""
     for index, (branch, site) in enumerate(zip(policy.branches, policy.sites)):
-        if getattr(branch.block, branch.site_attr) is not site:
+        if branch.site_module is not site:
             raise RuntimeError(
                 f"the step site of block {index} ({type(branch.block).__name__}.{branch.site_attr}) was replaced "
-                f"by a {type(getattr(branch.block, branch.site_attr)).__name__}, so its step Δt is gone; "
+                f"by a {type(branch.site_module).__name__}, so its step Δt is gone; "
                 "use tscnet.convert_sync_batchnorm(model) instead of nn.SyncBatchNorm.convert_sync_batchnorm")
 
 
@@ -110,7 +110,7 @@ def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") 
     if policy is None:
         return model
     for branch in branches:
-        setattr(branch.block, branch.site_attr, SITES[branch.site].wrap(getattr(branch.block, branch.site_attr)))
+        branch.set_site(SITES[branch.site].wrap(branch.site_module))
     _bind(policy, spec)
     return model
 
@@ -131,9 +131,9 @@ def replace_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.M
 
 def _bind(policy: StepPolicy, spec: PolicySpec) -> None:
     """Point every branch's step site at ``policy``; the first site holds it as its child ``step_policy``."""
-    weight = policy.branches[0].conv.weight
+    weight = policy.branches[0].last_layer.weight
     policy.to(device=weight.device, dtype=weight.dtype)  # a model cast to half/bf16 gets a policy to match
-    sites = [getattr(branch.block, branch.site_attr) for branch in policy.branches]
+    sites = [branch.site_module for branch in policy.branches]
     for index, site in enumerate(sites):
         site.bind(policy, index)
     policy.__dict__["sites"] = sites
@@ -149,12 +149,12 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     policy = get_policy(model)
     if policy is None:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
-    norm_sites = [b for b in policy.branches if isinstance(getattr(b.block, b.site_attr), StepBatchNorm2d)]
+    norm_sites = [b for b in policy.branches if isinstance(b.site_module, StepBatchNorm2d)]
     for branch in norm_sites:
-        setattr(branch.block, branch.site_attr, getattr(branch.block, branch.site_attr).unwrap())
+        branch.set_site(branch.site_module.unwrap())
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for branch in norm_sites:
-        setattr(branch.block, branch.site_attr, StepSyncBatchNorm.wrap(getattr(branch.block, branch.site_attr)))
+        branch.set_site(StepSyncBatchNorm.wrap(branch.site_module))
     _bind(policy, parse_policy(policy.spec))
     return model
 

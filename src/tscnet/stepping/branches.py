@@ -7,56 +7,87 @@ timm and torchvision are only imported when the user builds one of their models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..registry import Registry, qualname
 
 
 @dataclass(eq=False)
 class Branch:
-    """The residual branch of one block.
+    """One residual branch ``F`` of a block, the update ``y + Δt ⊙ F(y)``.
+
+    A ResNet block has one branch; a transformer block two (attention and MLP), each its own
+    :class:`Branch` with its own step, so the depth D of the depth rules counts residual updates.
+    Attribute paths are relative to ``block`` and may be dotted (``"attn.proj"``, ``"block.5"``).
 
     Attributes:
         block: the residual block.
-        conv_attr: attribute of ``block`` holding the branch's last conv (controller input,
-            fold target of pre-activation branches).
-        norm_attr: attribute holding the branch's last BN (fold target), ``None`` if the branch
-            ends in a conv (pre-activation).
-        se_attr: attribute holding a channel gate between the last BN and the add, or ``None``.
-        site: where Δt is applied while training: ``"norm"``, ``"conv"`` or ``"slot"``.
-        site_attr: attribute the site replaces.
+        last_attr: the branch's last weight layer, an ``nn.Conv2d`` or ``nn.Linear`` (controller
+            input: the L2 norm of each output filter or row; fold target when nothing follows it).
+        norm_attr: the branch's last BN (fold target), ``None`` if the branch ends in its last layer.
+        se_attr: a channel gate between the last BN and the add, or ``None``.
+        site: where Δt is applied while training, a key of :data:`tscnet.stepping.sites.SITES`.
+        site_attr: the module the site replaces.
+        scale_attr: a per-channel scale parameter that ends the branch (LayerScale's ``γ``,
+            ConvNeXt's ``gamma``): the fold target, ``Δt ⊙ (γ ⊙ u) = (Δt γ) ⊙ u``; ``None`` if none.
+        weight_attrs: the branch's weight tensors in order (the spectral estimate of
+            ``summary=l2_sn``); ``None``: the weights of the block's direct ``nn.Conv2d`` children.
         refusal: why steps must not be attached to this block (``None``: they may); the block
             still counts as a residual block with Δt ≡ 1 for analysis.
     """
 
     block: nn.Module
-    conv_attr: str
+    last_attr: str
     norm_attr: Optional[str]
     se_attr: Optional[str] = None
     site: str = "norm"
     site_attr: str = ""
+    scale_attr: Optional[str] = None
+    weight_attrs: Optional[tuple[str, ...]] = None
     refusal: Optional[str] = None
 
     @property
-    def conv(self) -> nn.Conv2d:
-        return getattr(self.block, self.conv_attr)
+    def last_layer(self) -> nn.Module:
+        return self.block.get_submodule(self.last_attr)
 
     @property
     def norm(self) -> Optional[nn.BatchNorm2d]:
-        return None if self.norm_attr is None else getattr(self.block, self.norm_attr)
+        return None if self.norm_attr is None else self.block.get_submodule(self.norm_attr)
 
     @property
     def se(self) -> Optional[nn.Module]:
         return None if self.se_attr is None else getattr(self.block, self.se_attr)
 
     @property
+    def scale(self) -> Optional[nn.Parameter]:
+        return None if self.scale_attr is None else self.block.get_parameter(self.scale_attr)
+
+    @property
     def channels(self) -> int:
-        return self.conv.out_channels
+        layer = self.last_layer
+        return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+    @property
+    def site_module(self) -> Optional[nn.Module]:
+        parent, _, name = self.site_attr.rpartition(".")
+        return getattr(self.block.get_submodule(parent) if parent else self.block, name)
+
+    def set_site(self, module: Optional[nn.Module]) -> None:
+        """Put ``module`` where the site goes (replacing the step site or the module it wraps)."""
+        parent, _, name = self.site_attr.rpartition(".")
+        setattr(self.block.get_submodule(parent) if parent else self.block, name, module)
+
+    def weights(self) -> list[Tensor]:
+        """The branch's weight tensors, in order (for ``Σ_j log σ(W_j)``)."""
+        if self.weight_attrs is None:
+            return [m.weight for m in self.block.children() if isinstance(m, nn.Conv2d)]
+        return [self.block.get_parameter(name) for name in self.weight_attrs]
 
 
-Adapter = Callable[[nn.Module], Branch]
+# An adapter describes a block's residual branch(es): one Branch, or a list (a transformer block's two).
+Adapter = Callable[[nn.Module], Union[Branch, list[Branch]]]
 _ADAPTERS: Registry[Adapter] = Registry("residual block adapter")
 register_block = _ADAPTERS.register  # register_block("module.Class", ...)(adapter)
 
@@ -131,7 +162,8 @@ def find_branches(model: nn.Module) -> list[Branch]:
     def visit(module: nn.Module) -> None:
         adapter = _ADAPTERS.get(qualname(module))
         if adapter is not None:
-            branches.append(adapter(module))
+            found = adapter(module)
+            branches.extend(found if isinstance(found, list) else [found])
             return  # a registered block's children are its branch, never more blocks
         if _looks_residual(module) and not any(_looks_residual(c) for c in module.children()):
             unsupported.add(qualname(module))

@@ -34,7 +34,8 @@ details):
   controller sees the factor ``‖W_d‖₂`` of the stability bound ``Π_d (1 + ‖W_d‖₂ Δt_d)`` it can hold
   in check;
 * hidden size 64, Δt_max = 2, Δt_min = 0.01, Δt_init = 1, implicit feedback. ``dt_init`` may also be
-  ``depth:P``: Δt_init = D^(−P) for D residual blocks (``depth:0.5`` starts at 1/√D).
+  ``depth:P``: Δt_init = D^(−P) for D residual updates (``depth:0.5`` starts at 1/√D), or ``cait``:
+  LayerScale's ε for the depth in blocks (then ``dt_min`` must lie below it, e.g. ``dt_min=1e-6``).
 """
 from __future__ import annotations
 
@@ -46,28 +47,12 @@ from torch import Tensor, nn
 from .branches import Branch
 from .lstm import BlockLSTM
 from .multi_tensor import filter_norms
-from .policies import StepPolicy, register_policy
+from .policies import InitStep, StepPolicy, register_policy
 from .power_iteration import BranchSpectralNorms
 from .projections import HiddenToWidth, WidthToHidden
 
 SUMMARIES = ("l2", "l2_bn", "l2_sn")
 FEEDBACK = ("implicit", "explicit")
-
-
-class InitStep(str):
-    """The ``dt_init`` option: a number, or ``depth:P`` for D^(−P) with D residual blocks."""
-
-    description = "number or depth:P"
-
-    def __new__(cls, value) -> "InitStep":
-        text = str(value).strip()
-        float(text[len("depth:"):] if text.startswith("depth:") else text)  # ValueError: not a valid InitStep
-        return super().__new__(cls, text)
-
-    def resolve(self, blocks: int) -> float:
-        if self.startswith("depth:"):
-            return float(blocks) ** -float(self[len("depth:"):])
-        return float(self)
 
 
 class WeightController(StepPolicy):
@@ -76,7 +61,7 @@ class WeightController(StepPolicy):
     def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
                  dt_min: float = 0.01, dt_init: float | str = 1.0) -> None:
         super().__init__(branches)
-        dt_init = InitStep(dt_init).resolve(len(branches))
+        dt_init = InitStep(dt_init).resolve(branches)
         if summary not in SUMMARIES:
             raise ValueError(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
         if summary == "l2_bn" and any(b.norm is None for b in branches):
@@ -100,7 +85,7 @@ class WeightController(StepPolicy):
 
     def summaries(self) -> Tensor:
         """``s_d`` of every block, flat: ``‖W_d[c]‖₂`` (and ``|γ_d[c]|`` for ``l2_bn``, per block)."""
-        norms = filter_norms([b.conv.weight for b in self.branches])
+        norms = filter_norms([b.last_layer.weight for b in self.branches])
         if self.summary != "l2_bn":
             return norms
         scales = torch.cat([b.norm.weight for b in self.branches]).abs()

@@ -53,12 +53,19 @@ def _fold_timm_ese(gate: nn.Module, dt: torch.Tensor) -> None:
     _divide_input_columns(gate.fc, dt, gate)
 
 
+def fold_targets(branch: Branch) -> list[torch.Tensor]:
+    """The tensors whose first dimension is the branch's output channel and that Δt multiplies:
+    the scale that ends it (LayerScale γ), else its last BN's γ and β, else its last layer's
+    weight rows (filters) and bias."""
+    if branch.scale is not None:
+        return [branch.scale]
+    target = branch.norm if branch.norm is not None else branch.last_layer
+    return [t for t in (target.weight, target.bias) if t is not None]
+
+
 def _fold_branch(branch: Branch, dt: torch.Tensor) -> None:
-    target = branch.norm if branch.norm is not None else branch.conv
-    shape = (-1,) + (1,) * (target.weight.dim() - 1)
-    target.weight.mul_(dt.view(shape))
-    if target.bias is not None:
-        target.bias.mul_(dt)
+    for target in fold_targets(branch):
+        target.mul_(dt.view((-1,) + (1,) * (target.dim() - 1)))
     gate = branch.se
     if gate is not None:
         folder = _GATE_FOLDERS.get(qualname(gate))
@@ -82,9 +89,8 @@ def fold_steps(model: nn.Module) -> nn.Module:
         for policy in get_policies(folded).values():  # one per part steps were attached to
             steps = policy.compute()
             for branch, dt in zip(policy.branches, steps):
-                site = getattr(branch.block, branch.site_attr)
-                setattr(branch.block, branch.site_attr, site.unwrap())  # the first site takes the policy with it
-                _fold_branch(branch, dt.detach().to(branch.conv.weight.dtype))
+                branch.set_site(branch.site_module.unwrap())  # the first site takes the policy with it
+                _fold_branch(branch, dt.detach().to(branch.last_layer.weight.dtype))
     return folded
 
 
@@ -106,6 +112,6 @@ def unfold_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Mo
         return model
     with torch.no_grad():
         for branch, dt in zip(policy.branches, policy.compute()):
-            dt = dt.detach().to(branch.conv.weight.dtype)
+            dt = dt.detach().to(branch.last_layer.weight.dtype)
             _fold_branch(branch, torch.where(dt == 0, torch.ones_like(dt), dt.reciprocal()))
     return model

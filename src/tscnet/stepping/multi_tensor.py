@@ -119,7 +119,8 @@ def scale_by_steps(dts: Sequence[Tensor], *params: Sequence[Tensor]) -> list[lis
 class _FilterNorms(torch.autograd.Function):
     @staticmethod
     def forward(runs: list[tuple[int, int]], *weights: Tensor) -> Tensor:
-        return torch.cat([torch.linalg.vector_norm(torch.stack(weights[a:b]), dim=(2, 3, 4)).view(-1) for a, b in runs])
+        return torch.cat([torch.linalg.vector_norm(torch.stack(weights[a:b]).flatten(2), dim=2).view(-1)
+                          for a, b in runs])
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -129,14 +130,19 @@ class _FilterNorms(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         norms, *weights = ctx.saved_tensors
         # ∂‖w‖/∂w = w/‖w‖; an all-zero filter gets 0 (like torch.linalg.vector_norm's backward).
-        coef = (grad / norms.clamp_min(torch.finfo(norms.dtype).tiny)).view(-1, 1, 1, 1)
-        coefs = coef.split([w.shape[0] for w in weights])
-        return (None, *torch._foreach_mul(weights, list(coefs)))
+        coef = grad / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+        dims = {w.dim() for w in weights}
+        if len(dims) == 1:  # one view for all blocks (all convs, or all linears)
+            coefs = list(coef.view((-1,) + (1,) * (dims.pop() - 1)).split([w.shape[0] for w in weights]))
+        else:
+            coefs = [c.view((-1,) + (1,) * (w.dim() - 1)) for c, w in zip(coef.split([w.shape[0] for w in weights]), weights)]
+        return (None, *torch._foreach_mul(weights, coefs))
 
 
 def filter_norms(weights: Sequence[Tensor]) -> Tensor:
-    """``cat_d [‖W_d[c]‖₂ for c]``: the L2 norm of every output filter of 4-D conv weights ``W_d``."""
-    if any(w.dim() != 4 for w in weights):
-        raise ValueError("filter_norms expects 4-D conv weights")
+    """``cat_d [‖W_d[c]‖₂ for c]``: the L2 norm of every output filter of conv weights (``C × C_in × k × k``)
+    or every output row of Linear weights (``C × C_in``)."""
+    if any(w.dim() < 2 for w in weights):
+        raise ValueError("filter_norms expects conv or linear weights (2-D or more)")
     norms = _FilterNorms.forward if _plain_autograd() else _FilterNorms.apply
     return norms(equal_shape_runs(weights), *weights)

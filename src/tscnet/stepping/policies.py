@@ -91,6 +91,43 @@ class StepPolicy(nn.Module):
         return f"blocks={len(self.sizes)}"
 
 
+class InitStep(str):
+    """A starting step: a number, ``depth:P`` for D^(−P) with D residual updates (branches), or
+    ``cait`` for LayerScale's ε of the network's depth in blocks (:func:`layerscale_init`)."""
+
+    description = "number, depth:P or cait"
+
+    def __new__(cls, value) -> "InitStep":
+        text = str(value).strip()
+        if text != "cait":
+            float(text[len("depth:"):] if text.startswith("depth:") else text)  # ValueError: not a valid InitStep
+        return super().__new__(cls, text)
+
+    def resolve(self, branches: list[Branch]) -> float:
+        """The step for a network with these residual ``branches``."""
+        if self == "cait":
+            return layerscale_init(count_blocks(branches))
+        if self.startswith("depth:"):
+            return float(len(branches)) ** -float(self[len("depth:"):])
+        return float(self)
+
+
+def init_option(value: Any) -> Union[float, InitStep]:
+    """A free step's ``init``: a number stays a number, ``depth:P`` and ``cait`` an :class:`InitStep`."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return InitStep(value)
+
+
+init_option.description = InitStep.description  # type: ignore[attr-defined]
+
+
+def count_blocks(branches: list[Branch]) -> int:
+    """Residual blocks, as LayerScale's depth rule counts them: a transformer block's two branches are one block."""
+    return len({id(b.block) for b in branches})
+
+
 class FixedSteps(StepPolicy):
     """Δt_d ≡ ``value`` (a constant, not trained)."""
 
@@ -113,11 +150,11 @@ class FixedSteps(StepPolicy):
 class FreeSteps(StepPolicy):
     """Free learnable steps: one per block (``per_channel=False``) or one per block and channel."""
 
-    def __init__(self, branches: list[Branch], init: float = 1.0, per_channel: bool = True) -> None:
+    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
         self.per_channel = per_channel
         n = sum(self.sizes) if per_channel else len(self.sizes)
-        self.dt = nn.Parameter(torch.full((n,), float(init)))
+        self.dt = nn.Parameter(torch.full((n,), InitStep(init).resolve(branches)))
         block_of_channel = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
         self.register_buffer("block_of_channel", block_of_channel, persistent=False)
 
@@ -152,9 +189,10 @@ def layerscale_init(blocks: int) -> float:
     """LayerScale's published initialisation ε for a network of ``blocks`` residual blocks.
 
     Touvron et al. 2021 (CaiT, "Going deeper with image transformers"): ε = 0.1 for depth up to
-    18, 1e-5 for depth 24 and 1e-6 beyond. Their depth counts transformer blocks, each a residual
-    layer; we map it onto our number D of residual blocks: ε = 0.1 for D ≤ 18, 1e-5 for
-    18 < D ≤ 24, 1e-6 for D > 24 (cifar_resnet20, D = 9: 0.1; cifar_resnet56, D = 27: 1e-6).
+    18, 1e-5 for depth 24 and 1e-6 beyond. Their depth counts transformer blocks; we count blocks
+    the same way, a ResNet block or a transformer block (whose two residual updates share the
+    block's ε): ε = 0.1 for ≤ 18 blocks, 1e-5 for 19–24, 1e-6 for more (cifar_resnet20, 9 blocks:
+    0.1; cifar_resnet56, 27 blocks: 1e-6; a ViT of 12 blocks: 0.1, of 24 blocks: 1e-5).
     """
     if blocks <= 18:
         return 0.1
@@ -176,7 +214,7 @@ class LayerScaleSteps(FreeSteps):
     weight_decay = 0.0
 
     def __init__(self, branches: list[Branch], init: Optional[float] = None) -> None:
-        init = layerscale_init(len(branches)) if init is None else float(init)
+        init = layerscale_init(count_blocks(branches)) if init is None else float(init)
         super().__init__(branches, init, per_channel=True)
         self.init = init
 
@@ -318,8 +356,9 @@ def build_policy(spec: Union[str, PolicySpec, dict], branches: list[Branch]) -> 
 
 register_policy("none", None)
 register_policy("fixed", FixedSteps, positional="value", value=float)
-register_policy("scalar", lambda b, init=1.0: FreeSteps(b, init, per_channel=False), positional="init", init=float)
-register_policy("channel", lambda b, init=1.0: FreeSteps(b, init, per_channel=True), positional="init", init=float)
+register_policy("scalar", lambda b, init=1.0: FreeSteps(b, init, per_channel=False), positional="init", init=init_option)
+register_policy("channel", lambda b, init=1.0: FreeSteps(b, init, per_channel=True), positional="init",
+                init=init_option)
 register_policy("depth", DepthSteps, positional="power", power=float)
 register_policy("layerscale", LayerScaleSteps, positional="init", init=float)
 register_policy("profile", ProfileSteps, positional="path", path=str)

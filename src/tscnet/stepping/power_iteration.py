@@ -30,11 +30,6 @@ from .branches import Branch
 from .multi_tensor import _plain_autograd
 
 
-def branch_convs(branch: Branch) -> list[nn.Conv2d]:
-    """The convs of a block's residual branch: its direct ``nn.Conv2d`` children (shortcuts are containers)."""
-    return [m for m in branch.block.children() if isinstance(m, nn.Conv2d)]
-
-
 class _PaddedFilterMatrices(torch.autograd.Function):
     """Conv weights (grouped by shape, groups contiguous) → one zero-padded batch ``N × R × K`` of
     filter matrices; the backward crops each group's gradient and unbinds it in a few ops per shape
@@ -81,8 +76,8 @@ class BranchSpectralNorms(nn.Module):
         self.__dict__["branches"] = branches  # the model's blocks, not submodules of this module
         shapes: dict[torch.Size, list[tuple[int, int]]] = {}  # weight shape -> [(block, conv index)]
         for d, branch in enumerate(branches):
-            for j, conv in enumerate(branch_convs(branch)):
-                shapes.setdefault(conv.weight.shape, []).append((d, j))
+            for j, weight in enumerate(branch.weights()):
+                shapes.setdefault(weight.shape, []).append((d, j))
         self.members = [m for members in shapes.values() for m in members]  # (block, conv) in group order
         self.counts = tuple(len(members) for members in shapes.values())
         self.rows = max(shape[0] for shape in shapes)
@@ -96,8 +91,8 @@ class BranchSpectralNorms(nn.Module):
         self.register_buffer("block_of", torch.tensor([d for d, _ in self.members]), persistent=False)
 
     def forward(self) -> Tensor:
-        convs = [branch_convs(self.branches[d]) for d in range(len(self.branches))]
-        weights = [convs[d][j].weight for d, j in self.members]
+        per_branch = [branch.weights() for branch in self.branches]
+        weights = [per_branch[d][j] for d, j in self.members]
         if _plain_autograd():  # torch.compile / torch.func: plain autograd through the same formula
             w = _padded(self.counts, self.rows, self.cols, weights)
         else:

@@ -12,6 +12,9 @@ the first block's site (``<site>.step_policy.*``, see :func:`tscnet.stepping.att
   channel: ``Δt ⊙ (W * x + b) = (ΔtW) * x + Δt b``.
 * :class:`StepScale` — an explicit ``x·Δt`` (timm's ``drop_path`` slot, which runs after SE and
   right before the residual add), for branches whose last BN feeds a gate.
+* :class:`StepLinear` — the last Linear of a transformer or ConvNeXt branch with weight rows and
+  bias ``·Δt``; :class:`StepTokenScale` — ``x·Δt`` on channels-last tokens, where the last
+  Linear is not called as a module (torchvision's ``nn.MultiheadAttention``).
 
 Sites hold no parameters of their own. Once per forward pass (when the first block's site runs)
 the step policy computes every Δt and, through :meth:`prepare` of each site class, every site's
@@ -290,7 +293,53 @@ class StepScale(nn.Module, StepSite):
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-SITES: dict[str, type] = {"norm": NormSite, "conv": StepConv2d, "slot": StepScale}
+class StepLinear(nn.Linear, StepSite):
+    """Linear whose output features are scaled by Δt through its weight rows and bias:
+    ``Δt ⊙ (W x + b) = (diag(Δt) W) x + Δt ⊙ b``. The site of a branch that ends in a Linear
+    (a transformer's attention projection and MLP output, ConvNeXt's MLP): C × C_in work per
+    step instead of a multiply of every token's activations."""
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear) -> "StepLinear":
+        if type(linear) is not nn.Linear:
+            raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
+        return _retype(linear, cls)
+
+    def unwrap(self) -> nn.Linear:
+        return _retype(self, nn.Linear)
+
+    @staticmethod
+    def step_views(flat, sizes):
+        # (rows view, vector view) per block: two split ops for all blocks, none per block.
+        return list(zip(flat.view(-1, 1).split(sizes), flat.split(sizes)))
+
+    @classmethod
+    def prepare(cls, sites, dts):
+        (weights,) = scale_by_steps([rows for rows, _ in dts], [s.weight for s in sites])
+        biased = [i for i, s in enumerate(sites) if s.bias is not None]
+        biases: list[Optional[Tensor]] = [None] * len(sites)
+        if biased:
+            (scaled,) = scale_by_steps([dts[i][1] for i in biased], [sites[i].bias for i in biased])
+            for k, i in enumerate(biased):
+                biases[i] = scaled[k]
+        return list(zip(weights, biases))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, *self.step_args(x))
+
+
+class StepTokenScale(StepScale):
+    """:class:`StepScale` for channels-last activations (transformer tokens, ``N × L × C``):
+    ``x ↦ Δt ⊙ x`` with Δt broadcast over the last dimension. For branches whose last layer is
+    not called as a module (``nn.MultiheadAttention`` applies ``out_proj``'s weights itself)."""
+
+    @staticmethod
+    def step_views(flat, sizes):
+        return flat.split(sizes)
+
+
+SITES: dict[str, type] = {"norm": NormSite, "conv": StepConv2d, "slot": StepScale, "linear": StepLinear,
+                          "token_slot": StepTokenScale}
 
 
 def prepare_sites(sites: list[StepSite], flat: Tensor, sizes: list[int]) -> list[Any]:

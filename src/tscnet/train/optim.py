@@ -52,43 +52,88 @@ def lr_factor(t: float, epochs: int, cfg: dict) -> float:
     return w * SCHEDULES[cfg["name"]](t, epochs, cfg)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+# Which parameters the optimizer's weight decay (the regulariser R) reaches:
+# "tscnet": every parameter, the step policy's included (a policy class may set its own, layerscale: 0);
+# "timm": timm's rule (timm.optim.param_groups_weight_decay): none for 1-D parameters, biases and the
+#         model's no_weight_decay() names — so no Δt of scalar/channel/layerscale and no controller
+#         bias is decayed, while the controller's 2-D weights (LSTM, projections) are.
+WEIGHT_DECAY_RULES = ("tscnet", "timm")
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names timm's rule exempts: 1-D, ``.bias``, or listed by ``model.no_weight_decay()``."""
+    from ..stepping.attach import unwrap_model
+
+    root = unwrap_model(model)
+    listed = set(root.no_weight_decay()) if hasattr(root, "no_weight_decay") else set()
+    return {name for name, p in root.named_parameters()
+            if p.ndim <= 1 or name.endswith(".bias") or name in listed}
+
+
+def depth_lr(model: nn.Module, cfg: dict) -> float:
+    """``lr · (D / D₀)^(−P)`` (P = ``depth_lr_power``, D₀ = ``depth_lr_base``, D the residual updates):
+    the learning rate of a depth-µP rule (P = 0.5: Adam's 1/√depth); ``lr`` itself when P = 0."""
+    if not cfg.get("depth_lr_power"):
+        return cfg["lr"]
+    from ..stepping import branches_of
+
+    depth = len(branches_of(model))
+    return cfg["lr"] * (depth / cfg["depth_lr_base"]) ** -cfg["depth_lr_power"]
+
+
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """SGD with momentum over every parameter, the step policy's included (its regulariser R is wd).
+    """SGD with momentum (``optim.name: sgd``) or AdamW (``adamw``) over every parameter, the step
+    policy's included.
 
-    Parameter groups, only where needed (otherwise one group, as before):
+    Parameter groups, only where needed (otherwise one group):
 
-    * a step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm and CaiT exclude
-      LayerScale's 1-D ``gamma`` from weight decay) gets that weight decay;
+    * ``optim.weight_decay_rule`` (:data:`WEIGHT_DECAY_RULES`) says which parameters are decayed;
+      under ``tscnet`` a step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm
+      and CaiT exclude LayerScale's 1-D ``gamma``) gets that weight decay;
     * a model with ``param_lr_scale()`` (``{name: multiplier}``; Fixup's scalars: 0.1, as in the
       authors' code) trains those parameters at ``lr · multiplier``.
     """
     from ..stepping import get_policy
     from ..stepping.attach import unwrap_model
 
-    sgd = dict(lr=cfg["lr"], momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]),
-               weight_decay=cfg["weight_decay"])
+    lr = depth_lr(model, cfg)
+    name = cfg.get("name", "sgd")
+    if name == "sgd":
+        options = dict(lr=lr, momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"])
+        make = torch.optim.SGD
+    else:
+        options = dict(lr=lr, betas=tuple(cfg["betas"]), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+        make = torch.optim.AdamW
     policy = get_policy(model)
     own_decay = getattr(policy, "weight_decay", None)
     policy_params = {id(p) for p in policy.parameters()} if policy is not None and own_decay is not None else set()
     root = unwrap_model(model)
+    exempt = ({id(p) for n, p in root.named_parameters() if n in _no_decay_names(root)}
+              if cfg.get("weight_decay_rule", "tscnet") == "timm" else set())
     scales = root.param_lr_scale() if hasattr(root, "param_lr_scale") else {}
-    scale_of = {id(root.get_parameter(name)): multiplier for name, multiplier in scales.items()}
+    scale_of = {id(root.get_parameter(n)): multiplier for n, multiplier in scales.items()}
+
+    def decay_of(p: nn.Parameter) -> Optional[float]:  # None: the optimizer's weight decay
+        if id(p) in exempt:
+            return 0.0
+        return float(own_decay) if id(p) in policy_params else None
+
     groups: dict[tuple[float, Optional[float]], list[nn.Parameter]] = {}
     for p in model.parameters():
-        key = (float(scale_of.get(id(p), 1.0)), float(own_decay) if id(p) in policy_params else None)
-        groups.setdefault(key, []).append(p)
+        groups.setdefault((float(scale_of.get(id(p), 1.0)), decay_of(p)), []).append(p)
     if list(groups) == [(1.0, None)]:
-        return torch.optim.SGD(model.parameters(), **sgd)
+        return make(model.parameters(), **options)
     param_groups = []
     # The base group first: the scheduler's get_last_lr()[0], logged as the run's lr, is then optim.lr's.
     for (scale, decay), params in sorted(groups.items(), key=lambda group: group[0][0] != 1.0):
         group: dict = {"params": params}
         if scale != 1.0:
-            group["lr"] = cfg["lr"] * scale
+            group["lr"] = lr * scale
         if decay is not None:
             group["weight_decay"] = decay
         param_groups.append(group)
-    return torch.optim.SGD(param_groups, **sgd)
+    return make(param_groups, **options)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,

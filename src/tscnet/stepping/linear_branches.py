@@ -1,0 +1,126 @@
+"""Residual branches that end in a Linear: Vision Transformers and ConvNeXts (timm and torchvision).
+
+A transformer block makes two residual updates, ``x + ls1(attn(norm1 x))`` and
+``x + ls2(mlp(norm2 x))``, so it has two :class:`~tscnet.stepping.branches.Branch` es, each with its
+own step (D counts residual updates: 2 × blocks). A ConvNeXt block has one. Every branch ends in
+a Linear with a bias (or a 1×1 conv), optionally followed by a per-channel scale (LayerScale ``γ``,
+CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scale``), then DropPath:
+
+* **while training** Δt multiplies the last Linear's rows and bias (:class:`~.sites.StepLinear`),
+  ``Δt ⊙ (W u + b)``; the scale and DropPath act per channel, so this is ``Δt`` on the branch's
+  output before DropPath. torchvision's ``nn.MultiheadAttention`` applies ``out_proj`` without
+  calling it, so there the step is an explicit ``x·Δt`` in the block's ``dropout`` slot;
+* **folding** multiplies Δt into the per-channel scale where the block has one
+  (``γ ← Δt γ``), else into the last Linear's rows and bias: exact, stock keys kept;
+* **the controller** reads the L2 norm of each output row of the last Linear (the analogue of
+  the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
+
+Blocks with other residual structure (post-norm ``ResPostBlock``, parallel blocks, ...) have no
+adapter and are refused by name.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .branches import Branch, register_block
+
+
+def _weights_under(block: nn.Module, *roots: str) -> tuple[str, ...]:
+    """Dotted names of the Linear/Conv2d weights under ``roots`` of ``block``, in module order."""
+    names = []
+    for root in roots:
+        for name, module in block.get_submodule(root).named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                names.append(".".join(p for p in (root, name, "weight") if p))
+    return tuple(names)
+
+
+def _refuse(block: nn.Module, why: str) -> Branch:
+    return Branch(block, "", None, site="linear", refusal=f"cannot attach steps to {type(block).__name__}: {why}")
+
+
+def _linear_site(block: nn.Module, last_attr: str) -> Optional[str]:
+    """The site kind for a branch ending in ``last_attr``, or ``None`` if it is neither a Linear nor a 1×1 conv."""
+    layer = block.get_submodule(last_attr)
+    if type(layer) is nn.Linear:
+        return "linear"
+    if type(layer) is nn.Conv2d and layer.kernel_size == (1, 1):
+        return "conv"
+    return None
+
+
+def _linear_branch(block: nn.Module, last_attr: str, scale_attr: Optional[str], roots: tuple[str, ...]) -> Branch:
+    site = _linear_site(block, last_attr)
+    if site is None:
+        layer = block.get_submodule(last_attr)
+        return _refuse(block, f"its branch ends in {last_attr} = {type(layer).__name__}, not a Linear or 1x1 conv, "
+                              "so Δt cannot enter through its output rows")
+    return Branch(block, last_attr, None, site=site, site_attr=last_attr, scale_attr=scale_attr,
+                  weight_attrs=_weights_under(block, *roots))
+
+
+def _layer_scale(block: nn.Module, attr: str) -> tuple[Optional[str], Optional[str]]:
+    """``(scale parameter path, refusal)`` of timm's ``ls1``/``ls2`` slot: LayerScale, or Identity (none)."""
+    module = getattr(block, attr)
+    if isinstance(module, nn.Identity):
+        return None, None
+    gamma = getattr(module, "gamma", None)
+    if isinstance(gamma, nn.Parameter) and gamma.dim() == 1:
+        return f"{attr}.gamma", None
+    return None, f"its {attr} is a {type(module).__name__}, not timm's LayerScale or Identity"
+
+
+def _has(block: nn.Module, *paths: str) -> Optional[str]:
+    for path in paths:
+        try:
+            block.get_submodule(path)
+        except AttributeError:
+            return path
+    return None
+
+
+@register_block("timm.models.vision_transformer.Block")
+def _timm_vit_block(block: nn.Module) -> list[Branch]:
+    missing = _has(block, "attn.proj", "mlp.fc2")
+    if missing:
+        return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
+    branches = []
+    for ls, last, root in (("ls1", "attn.proj", "attn"), ("ls2", "mlp.fc2", "mlp")):
+        scale, refusal = _layer_scale(block, ls)
+        branches.append(_refuse(block, refusal) if refusal else _linear_branch(block, last, scale, (root,)))
+    return branches
+
+
+@register_block("timm.models.cait.LayerScaleBlock", "timm.models.cait.LayerScaleBlockClassAttn")
+def _timm_cait_block(block: nn.Module) -> list[Branch]:
+    # Both block kinds update their stream as x + drop_path(gamma_k * branch_k(...)); the
+    # class-attention blocks update the class token, and count as residual updates too.
+    return [_linear_branch(block, "attn.proj", "gamma_1", ("attn",)),
+            _linear_branch(block, "mlp.fc2", "gamma_2", ("mlp",))]
+
+
+@register_block("timm.models.convnext.ConvNeXtBlock")
+def _timm_convnext_block(block: nn.Module) -> Branch:
+    # x = shortcut + drop_path(gamma ⊙ mlp(norm(conv_dw(x)))); ConvNeXt-V2 (GRN) has no gamma.
+    scale = "gamma" if getattr(block, "gamma", None) is not None else None
+    return _linear_branch(block, "mlp.fc2", scale, ("conv_dw", "mlp"))
+
+
+@register_block("torchvision.models.convnext.CNBlock")
+def _tv_convnext_block(block: nn.Module) -> Branch:
+    # result = stochastic_depth(layer_scale ⊙ block(x)) + x, block = [dwconv, permute, LN, fc1, GELU, fc2, permute]
+    return _linear_branch(block, "block.5", "layer_scale", ("block",))
+
+
+@register_block("torchvision.models.vision_transformer.EncoderBlock")
+def _tv_vit_block(block: nn.Module) -> list[Branch]:
+    attention = block.self_attention
+    if not attention._qkv_same_embed_dim or attention.in_proj_weight is None:
+        return [_refuse(block, "its attention has separate q/k/v projections")]
+    # nn.MultiheadAttention applies out_proj's weights itself, never calling it: the step goes in
+    # the dropout slot that follows it; it folds into out_proj's rows and bias.
+    attn = Branch(block, "self_attention.out_proj", None, site="token_slot", site_attr="dropout",
+                  weight_attrs=("self_attention.in_proj_weight", "self_attention.out_proj.weight"))
+    return [attn, _linear_branch(block, "mlp.3", None, ("mlp",))]
