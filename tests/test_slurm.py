@@ -19,8 +19,8 @@ from tscnet.train import read_metrics
 from run_utils import assert_same_run
 
 submitit = pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip install 'tscnet[slurm]'")
-from tscnet.study.executors import Task, create_executor  # noqa: E402
-from tscnet.study.executors.slurm import CellJob, parse_time, slurm_running  # noqa: E402
+from tscnet.jobs.executors import Task, create_executor  # noqa: E402
+from tscnet.jobs.executors.slurm import CellJob, parse_time, slurm_running  # noqa: E402
 
 NO_SLURM = slurm_running()
 needs_slurm = pytest.mark.skipif(NO_SLURM is not None, reason=f"{NO_SLURM}")

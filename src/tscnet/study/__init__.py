@@ -12,7 +12,8 @@
 
 ``tscnet study SPEC`` is this, with ``--dry-run`` and ``--report-only``.
 """
-from .executors import Executor, Task, create_executor, register_executor
+# The job layer's executors, re-exported: ``from tscnet.study import create_executor`` is the documented API.
+from ..jobs.executors import Executor, Task, create_executor, register_executor
 from .plan import Cell, Layout, default_layout, plan_cells
 from .report import build_report
 from .scheduler import CellResult, run_study

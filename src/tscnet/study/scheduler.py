@@ -25,7 +25,6 @@ executor's capacity (see :class:`CostModel`).
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,10 +32,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import UserError
+from ..jobs.executors.base import Executor, Task
+from ..jobs.runner import Running, run_tasks
 from ..train.config import dump_config
-from ..train.preemption import CatchSignals
 from .cost import CostModel, format_hours
-from .executors.base import Executor, Task
 from .plan import Cell, Layout, source_cell
 from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
                       config_difference, diverged_reason, final_error, is_collected, log_error, read_metrics, read_yaml,
@@ -92,93 +91,6 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
     command += ["--resume"] if resume else ["--config", str(recipe)]
     return Task(name=str(cell), config=config, command=command, recipe=recipe, run_dir=run, log=layout.log(cell),
                 cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
-
-
-class StopSignals(CatchSignals):
-    """While active, SIGINT/SIGTERM to this process are recorded, not raised.
-
-    :attr:`signal` is the first one's name (``None`` while none came); :meth:`take` returns the
-    signals received since its last call, for the scheduler to forward (``kill -INT`` stops a
-    ``nohup``-ed study).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.signal: Optional[str] = None
-        self._received: list[int] = []
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signal = self.signal or signal.Signals(signum).name
-        self._received.append(signum)
-
-    def take(self) -> list[int]:
-        taken, self._received = self._received, []
-        return taken
-
-
-# ---------------------------------------------------------------------------------------------
-# Running: one loop for every scheduler (studies, and tscnet.train.sweep)
-
-
-@dataclass
-class Running:
-    """A started task: its handle and when it started (``began``, ``time.time()``)."""
-
-    task: Task
-    handle: Any
-    began: float
-    tag: Any = None  # the caller's (a study's cell)
-
-
-def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, Any]]],
-              on_end: Callable[[Running, Optional[int], Optional[str]], None], *,
-              on_start: Callable[[Running], None] = lambda r: None, tick: Callable[[list[Running]], None] = lambda r: None,
-              poll_interval: float = 1.0, out: Callable[[str], None] = print) -> Optional[str]:
-    """Keep ``executor`` busy: start ``next_task()`` (``(task, tag)``, or ``None`` when nothing can start now)
-    while fewer than ``executor.capacity`` run, poll them, call ``on_end(running, exit code, stop signal)``
-    as each ends (exit code ``None``: it could not start), until nothing runs and nothing starts.
-
-    SIGINT/SIGTERM (see :class:`StopSignals`) stop the starting and are forwarded to every running
-    task once each; the loop then waits for them to end. Returns the first signal's name, or ``None``.
-    ``tick(running)`` is called once per poll (progress lines).
-    """
-    running: list[Running] = []
-    with StopSignals() as stop:
-        try:
-            while True:
-                for signum in stop.take():
-                    if running:
-                        out(f"{signal.Signals(signum).name}: starting nothing more; {len(running)} running "
-                            "run(s) checkpoint and stop (run the same command again to resume them)")
-                    for r in running:
-                        executor.stop(r.handle, signum)
-                while len(running) < executor.capacity and stop.signal is None:
-                    nxt = next_task()
-                    if nxt is None:
-                        break
-                    task, tag = nxt
-                    try:
-                        handle = executor.start(task)
-                    except UserError as error:
-                        out(f"FAILED to start {task.name}: {error}")
-                        on_end(Running(task, None, time.time(), tag), None, stop.signal)
-                        continue
-                    running.append(Running(task, handle, time.time(), tag))
-                    on_start(running[-1])
-                if not running:
-                    break
-                time.sleep(poll_interval)
-                for r in list(running):
-                    code = executor.poll(r.handle)
-                    if code is not None:
-                        running.remove(r)
-                        on_end(r, code, stop.signal)
-                tick(running)
-        finally:
-            for r in running:  # an exception in the loop: ask the children to checkpoint and stop
-                executor.stop(r.handle, signal.SIGTERM)
-            executor.close()
-    return stop.signal
 
 
 def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, *,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from typing import Optional, Union
 
@@ -32,37 +31,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
-
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REPEAT_S = 1.0  # a second signal sooner than this after the first is the same request
+from ..jobs.signals import REPEAT_S, CatchSignals
 
 
 class TrainingStopped(UserError):
     """The run was stopped by a signal after writing its checkpoint; ``--resume`` continues it."""
-
-
-class CatchSignals:
-    """Context manager: while active, SIGTERM/SIGINT call :meth:`_handle` instead of their handlers
-    (restored on exit). Installed even where the shell ignored SIGINT (background jobs of a
-    non-interactive shell), so ``kill -INT`` reaches a ``nohup``-ed job; outside the main thread,
-    where Python cannot set handlers, nothing is installed."""
-
-    def __init__(self) -> None:
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame) -> None:
-        raise NotImplementedError
 
 
 class StopRequest(CatchSignals):

@@ -8,7 +8,7 @@ jobs beat one 2-thread job for small models).
 A run that diverges is a result, as in a study: printed with the engine's message and never
 retried. With ``progress``, one bar counts the finished epochs of all the runs.
 
-This is the study scheduler's loop (:func:`tscnet.study.scheduler.run_tasks`) on the local
+This is the study scheduler's loop (:func:`tscnet.jobs.runner.run_tasks`) on the local
 executor, for jobs that are plain (config, run folder) pairs; ``tscnet study`` adds results
 folders, ablations, divergence records and reports on top. Stopping works the same: the first
 SIGINT or SIGTERM to the sweep starts no further job and is passed on to the running trainers,
@@ -98,7 +98,7 @@ class EpochProgress:
 def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Optional[Path] = None):
     """The executor task of ``job``: ``python -m tscnet.cli train --no-progress --out RUN`` with
     ``--resume`` (started before) or ``--config`` (a recipe written to ``scratch``); log ``<RUN>.log``."""
-    from ..study.executors import Task
+    from ..jobs.executors import Task
 
     out = Path(job.out).resolve()
     recipe = scratch / f"recipe{index}.yaml"
@@ -114,9 +114,9 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     line printed and their logs say why; or stopped by SIGINT/SIGTERM: the next call resumes them).
     A job whose training diverged is a result: printed with the engine's message, not returned,
     never retried. ``progress``: one count of finished epochs over all the jobs (:class:`EpochProgress`)."""
-    from ..study.executors import create_executor
+    from ..jobs.executors import create_executor
     from ..study.results import log_error
-    from ..study.scheduler import run_tasks
+    from ..jobs.runner import run_tasks
 
     todo = [j for j in jobs if not j.finished and not j.diverged]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished (or diverged); running {len(todo)} "

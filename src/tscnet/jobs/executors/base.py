@@ -1,7 +1,8 @@
-"""The executor interface: how the study scheduler runs one cell somewhere.
+"""The executor interface: how a scheduler runs one task (a study's cell, a sweep's run) somewhere.
 
-The scheduler (:mod:`tscnet.study.scheduler`) owns the plan, the order, skipping, resuming,
-collecting results and stopping on a signal; an executor only runs commands. For each cell it
+The scheduler (:func:`tscnet.jobs.runner.run_tasks`, and its callers :mod:`tscnet.study.scheduler`
+and the sweep) owns the plan, the order, skipping, resuming, collecting results and stopping on a
+signal; an executor only runs commands. For each cell it
 hands :meth:`Executor.start` a :class:`Task`, then calls :meth:`Executor.poll` on the handle
 ``start`` returned (about once a second, from the scheduler's one thread) until it gives an exit
 code. It never starts more than :attr:`Executor.capacity` tasks at once.
@@ -22,7 +23,7 @@ and exits non-zero), and the scheduler keeps polling until every handle has an e
 signal is forwarded too (the trainer then stops at once). Executors must not install signal
 handlers of their own.
 
-An executor is registered under a name (:func:`tscnet.study.executors.register_executor`) and
+An executor is registered under a name (:func:`tscnet.jobs.executors.register_executor`) and
 built from keyword options: the spec's ``executor:`` mapping (minus ``kind``) with the command
 line's flags on top, and for Slurm the spec's ``slurm:`` mapping.
 """

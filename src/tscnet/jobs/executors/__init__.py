@@ -1,4 +1,5 @@
-"""Executors run a study's cells: ``local`` (subprocesses on this machine) and ``slurm`` (one job per cell).
+"""Executors run tasks (a study's cells, a sweep's runs): ``local`` (subprocesses on this machine) and
+``slurm`` (one job per task).
 
 Look one up with :func:`create_executor`; add one with :func:`register_executor`. Built-in
 executors are imported on first use only (``slurm`` needs the optional ``submitit``).
@@ -14,7 +15,7 @@ from .base import Executor, Task
 
 EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 # name -> module defining it (imported when first asked for, so optional dependencies stay optional)
-_BUILTIN = {"local": "tscnet.study.executors.local", "slurm": "tscnet.study.executors.slurm"}
+_BUILTIN = {"local": "tscnet.jobs.executors.local", "slurm": "tscnet.jobs.executors.slurm"}
 
 
 def register_executor(*names: str):
