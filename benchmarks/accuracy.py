@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tscnet.analysis.report import build_report, format_summary
 from tscnet.train import load_config
-from tscnet.train.sweep import Job, run_sweep
+from tscnet.study.sweep import Job, run_sweep
 
 POLICIES = ["none", "fixed:0.5", "scalar:0", "channel:1", "mlp", "tsc"]
 

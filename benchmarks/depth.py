@@ -17,7 +17,7 @@ from pathlib import Path
 from tscnet.analysis.report import build_report, format_summary
 from tscnet.analysis.stability import format_stability_table, stability_study
 from tscnet.train import load_config
-from tscnet.train.sweep import Job, run_sweep
+from tscnet.study.sweep import Job, run_sweep
 
 
 def main() -> int:

@@ -219,7 +219,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_sweep_runs_skips_finished_and_leaves_no_scratch(tmp_path, monkeypatch):
     from tscnet.train import load_config
-    from tscnet.train.sweep import Job, run_sweep
+    from tscnet.study.sweep import Job, run_sweep
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import fit, load_config
     from ..train.config import set_value, validate_config
     from ..train.engine import TrainingDiverged
-    from ..train.sweep import Job, run_sweep
+    from ..study.sweep import Job, run_sweep
     from .common import check_out_folder
 
     contrast = CONTRASTS[args.contrast]

@@ -28,9 +28,12 @@ from typing import Optional
 from tqdm import tqdm
 
 from ..errors import UserError
-from . import run as runfiles
-from .config import dump_config
-from .console import duration, is_terminal
+from ..jobs.executors import Task, create_executor
+from ..jobs.runner import run_tasks
+from ..train import run as runfiles
+from ..train.config import dump_config
+from ..train.console import duration, is_terminal
+from .results import log_error
 
 
 @dataclass
@@ -98,8 +101,6 @@ class EpochProgress:
 def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Optional[Path] = None):
     """The executor task of ``job``: ``python -m tscnet.cli train --no-progress --out RUN`` with
     ``--resume`` (started before) or ``--config`` (a recipe written to ``scratch``); log ``<RUN>.log``."""
-    from ..jobs.executors import Task
-
     out = Path(job.out).resolve()
     recipe = scratch / f"recipe{index}.yaml"
     recipe.write_text(dump_config(job.config))
@@ -114,10 +115,6 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     line printed and their logs say why; or stopped by SIGINT/SIGTERM: the next call resumes them).
     A job whose training diverged is a result: printed with the engine's message, not returned,
     never retried. ``progress``: one count of finished epochs over all the jobs (:class:`EpochProgress`)."""
-    from ..jobs.executors import create_executor
-    from ..study.results import log_error
-    from ..jobs.runner import run_tasks
-
     todo = [j for j in jobs if not j.finished and not j.diverged]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished (or diverged); running {len(todo)} "
           f"({workers} at a time, {threads} thread(s) each)", flush=True)
