@@ -1,5 +1,5 @@
 """The one loop that runs tasks through an executor: :func:`run_tasks`, what the study scheduler
-(:func:`tscnet.study.scheduler.run_study`) and sweeps of training runs (``run_sweep``) share.
+(:func:`tscnet.study.scheduler.run_study`) and the sweep (:func:`tscnet.study.sweep.run_sweep`) share.
 
 It keeps the executor busy with the caller's next task, polls the running ones, hands each one's
 exit code to the caller as it ends, and on SIGINT or SIGTERM starts nothing more, forwards the

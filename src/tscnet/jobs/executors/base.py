@@ -1,9 +1,9 @@
 """The executor interface: how a scheduler runs one task (a study's cell, a sweep's run) somewhere.
 
 The scheduler (:func:`tscnet.jobs.runner.run_tasks`, and its callers :mod:`tscnet.study.scheduler`
-and the sweep) owns the plan, the order, skipping, resuming, collecting results and stopping on a
-signal; an executor only runs commands. For each cell it
-hands :meth:`Executor.start` a :class:`Task`, then calls :meth:`Executor.poll` on the handle
+and :mod:`tscnet.study.sweep`) owns the plan, the order, skipping, resuming, collecting results and
+stopping on a signal; an executor only runs commands. For each cell it hands
+:meth:`Executor.start` a :class:`Task`, then calls :meth:`Executor.poll` on the handle
 ``start`` returned (about once a second, from the scheduler's one thread) until it gives an exit
 code. It never starts more than :attr:`Executor.capacity` tasks at once.
 
