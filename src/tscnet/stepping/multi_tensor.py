@@ -22,15 +22,16 @@ import torch
 from torch import Tensor
 
 
-def equal_shape_runs(tensors: Sequence[Tensor]) -> list[tuple[int, int]]:
-    """``[(start, end), ...]``: maximal runs of consecutive tensors with equal shapes."""
-    runs: list[tuple[int, int]] = []
+def shape_groups(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by shape, in first-seen order: ``[[0, 1, 2], [3, 4]]``.
+
+    For a ResNet (shapes change stage by stage) these are the consecutive runs; a transformer's
+    branches alternate (attention projection, MLP output), and grouping by shape keeps the number
+    of groups, hence of ops, independent of depth where consecutive runs would not."""
+    groups: dict[torch.Size, list[int]] = {}
     for i, t in enumerate(tensors):
-        if runs and tensors[runs[-1][0]].shape == t.shape:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
+        groups.setdefault(t.shape, []).append(i)
+    return list(groups.values())
 
 
 # torch.fx symbolic tracing (older torch: is_fx_tracing, which newer torch also sets under torch.export).
@@ -63,11 +64,13 @@ def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
     """``products[i]`` summed down to the shape of ``like[i]`` (a Δt broadcast over it)."""
     if all(p.shape == t.shape for p, t in zip(products, like)):
         return products
-    out: list[Tensor] = []
-    for start, end in equal_shape_runs(products):  # one stack + sum per run of equal shapes
-        dims = [d + 1 for d, n in enumerate(like[start].shape) if n == 1 and products[start].shape[d] != 1]
-        out.extend(torch.stack(products[start:end]).sum(dims, keepdim=True).unbind(0))
-    return out
+    out: list[Optional[Tensor]] = [None] * len(products)
+    for group in shape_groups(products):  # one stack + sum per shape, whatever the depth
+        first = group[0]
+        dims = [d + 1 for d, n in enumerate(like[first].shape) if n == 1 and products[first].shape[d] != 1]
+        for i, reduced in zip(group, torch.stack([products[i] for i in group]).sum(dims, keepdim=True).unbind(0)):
+            out[i] = reduced
+    return out  # type: ignore[return-value]
 
 
 class _ScaleBySteps(torch.autograd.Function):
@@ -118,13 +121,14 @@ def scale_by_steps(dts: Sequence[Tensor], *params: Sequence[Tensor]) -> list[lis
 
 class _FilterNorms(torch.autograd.Function):
     @staticmethod
-    def forward(runs: list[tuple[int, int]], *weights: Tensor) -> Tensor:
-        return torch.cat([torch.linalg.vector_norm(torch.stack(weights[a:b]).flatten(2), dim=2).view(-1)
-                          for a, b in runs])
+    def forward(groups: list[list[int]], order: Optional[Tensor], *weights: Tensor) -> Tensor:
+        flat = torch.cat([torch.linalg.vector_norm(torch.stack([weights[i] for i in g]).flatten(2), dim=2).view(-1)
+                          for g in groups])
+        return flat if order is None else flat[order]  # back to block order (one op)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(output, *inputs[1:])
+        ctx.save_for_backward(output, *inputs[2:])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -136,7 +140,27 @@ class _FilterNorms(torch.autograd.Function):
             coefs = list(coef.view((-1,) + (1,) * (dims.pop() - 1)).split([w.shape[0] for w in weights]))
         else:
             coefs = [c.view((-1,) + (1,) * (w.dim() - 1)) for c, w in zip(coef.split([w.shape[0] for w in weights]), weights)]
-        return (None, *torch._foreach_mul(weights, coefs))
+        return (None, None, *torch._foreach_mul(weights, coefs))
+
+
+_ORDERS: dict[tuple, Tensor] = {}
+
+
+def _block_order(groups: list[list[int]], rows: list[int], device: torch.device) -> Optional[Tensor]:
+    """The permutation from shape-group order to block order of the flat norms (``None``: the same),
+    cached per layout: a forward pass creates no tensor for it."""
+    flat_groups = [i for g in groups for i in g]
+    if flat_groups == sorted(flat_groups):
+        return None
+    key = (tuple(map(tuple, groups)), tuple(rows), str(device))
+    if key not in _ORDERS:
+        start = {}
+        offset = 0
+        for i in flat_groups:
+            start[i] = offset
+            offset += rows[i]
+        _ORDERS[key] = torch.cat([torch.arange(start[i], start[i] + rows[i]) for i in range(len(rows))]).to(device)
+    return _ORDERS[key]
 
 
 def filter_norms(weights: Sequence[Tensor]) -> Tensor:
@@ -144,5 +168,7 @@ def filter_norms(weights: Sequence[Tensor]) -> Tensor:
     or every output row of Linear weights (``C × C_in``)."""
     if any(w.dim() < 2 for w in weights):
         raise ValueError("filter_norms expects conv or linear weights (2-D or more)")
+    groups = shape_groups(weights)
+    order = _block_order(groups, [w.shape[0] for w in weights], weights[0].device)
     norms = _FilterNorms.forward if _plain_autograd() else _FilterNorms.apply
-    return norms(equal_shape_runs(weights), *weights)
+    return norms(groups, order, *weights)
