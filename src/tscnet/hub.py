@@ -17,6 +17,7 @@ from typing import Optional, Union
 
 from torch import nn
 
+from .errors import InvalidValue
 from .stepping import fold_steps
 
 __all__ = ["TIMM_CONFIG_FILE", "TIMM_WEIGHTS_FILE", "is_timm_model", "run_data_config", "save_timm_folder"]
@@ -60,11 +61,11 @@ def save_timm_folder(model: nn.Module, directory: Union[str, Path], data_config:
 
     directory = Path(directory)
     if not is_timm_model(model):
-        raise ValueError(f"a timm model folder holds timm architectures; {type(model).__module__}.{type(model).__name__} "
-                         "is not one (save its folded weights as .safetensors instead)")
+        raise InvalidValue(f"a timm model folder holds timm architectures; {type(model).__module__}.{type(model).__name__} "
+                           "is not one (save its folded weights as .safetensors instead)")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise ValueError(f"{directory} already exists and is not an empty folder; choose another (results are never "
-                         "overwritten)")
+        raise InvalidValue(f"{directory} already exists and is not an empty folder; choose another (results are never "
+                           "overwritten)")
     folded = fold_steps(model).cpu().eval()
     save_for_hf(folded, str(directory), safe_serialization=True, data_config=data_config)
     if model_card is not None:

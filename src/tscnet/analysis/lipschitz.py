@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import InvalidValue
 from ..stepping import branches_of, evolution_time, step_sizes
 from ..registry import Registry, qualname
 from .spectral import bn_scale, conv_spectral_norm, conv_spectral_norm_fft, fold_bn_into_conv
@@ -77,8 +78,8 @@ def block_ops(block: nn.Module) -> BlockOps:
     """The segments of ``block``; raises ValueError for unknown blocks and gated branches."""
     fn = _BLOCK_OPS.get(qualname(block))
     if fn is None:
-        raise ValueError(f"no Lipschitz bound for block type {qualname(block)} (known: "
-                         f"{', '.join(_BLOCK_OPS.names())}); see tscnet.analysis.lipschitz.register_block_ops")
+        raise InvalidValue(f"no Lipschitz bound for block type {qualname(block)} (known: "
+                           f"{', '.join(_BLOCK_OPS.names())}); see tscnet.analysis.lipschitz.register_block_ops")
     return fn(block)
 
 
@@ -92,7 +93,7 @@ def _projection(shortcut: Optional[nn.Module]) -> tuple[tuple[Segment, ...], str
     if (len(layers) in (1, 2) and isinstance(layers[0], nn.Conv2d)
             and (len(layers) == 1 or isinstance(layers[1], _BatchNorm))):
         return (Segment(*layers),), "projection"
-    raise ValueError(f"no Lipschitz bound for the shortcut {shortcut!r}: expected a conv, optionally with a BN")
+    raise InvalidValue(f"no Lipschitz bound for the shortcut {shortcut!r}: expected a conv, optionally with a BN")
 
 
 def _post_activation(n: int, shortcut_attr: str, acts: Sequence[str] = ()) -> BlockOpsFn:
@@ -101,14 +102,14 @@ def _post_activation(n: int, shortcut_attr: str, acts: Sequence[str] = ()) -> Bl
     def fn(block: nn.Module) -> BlockOps:
         se = getattr(block, "se", None)
         if se is not None:
-            raise ValueError(f"{qualname(block)} has a {type(se).__name__} gate: u ↦ u·sigmoid(f(pool u)) has no "
-                             "global Lipschitz constant, so the stability bound is refused")
+            raise InvalidValue(f"{qualname(block)} has a {type(se).__name__} gate: u ↦ u·sigmoid(f(pool u)) has no "
+                               "global Lipschitz constant, so the stability bound is refused")
         for attr in acts:
             act = getattr(block, attr, None)
             if act is not None and not isinstance(act, (nn.ReLU, nn.Identity)):
-                raise ValueError(f"{qualname(block)}.{attr} is {type(act).__name__}: only ReLU (1-Lipschitz) is supported")
+                raise InvalidValue(f"{qualname(block)}.{attr} is {type(act).__name__}: only ReLU (1-Lipschitz) is supported")
         if not isinstance(getattr(block, "aa", None) or nn.Identity(), nn.Identity):
-            raise ValueError(f"{qualname(block)} has an anti-aliasing layer: not supported by the bound")
+            raise InvalidValue(f"{qualname(block)} has an anti-aliasing layer: not supported by the bound")
         branch = tuple(Segment(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in range(1, n + 1))
         return BlockOps(branch, *_projection(getattr(block, shortcut_attr)))
 
@@ -149,7 +150,7 @@ def conv_norm_fft_upper(conv: nn.Conv2d, input_shape: Sequence[int], weight: tor
     exactly (:func:`conv_spectral_norm_fft`). Dilated kernels are expanded with zeros first.
     """
     if conv.padding_mode != "zeros":
-        raise ValueError(f"the FFT bound covers zero padding only, not {conv.padding_mode!r}; use method='power'")
+        raise InvalidValue(f"the FFT bound covers zero padding only, not {conv.padding_mode!r}; use method='power'")
     left, right, top, bottom = conv._reversed_padding_repeated_twice
     (dh, dw), (kh, kw) = conv.dilation, weight.shape[-2:]
     kernel = weight.new_zeros(*weight.shape[:2], (kh - 1) * dh + 1, (kw - 1) * dw + 1)
@@ -178,7 +179,7 @@ def segment_norm(segment: Segment, input_shape: Optional[Sequence[int]], method:
     if segment.conv is None:
         return float(bn_scale(segment.norm).abs().max())
     if method not in CONV_NORMS:
-        raise ValueError(f"unknown norm method {method!r}; valid: {', '.join(CONV_NORMS)}")
+        raise InvalidValue(f"unknown norm method {method!r}; valid: {', '.join(CONV_NORMS)}")
     weight = segment.conv.weight if segment.norm is None else fold_bn_into_conv(segment.conv, segment.norm)[0]
     return CONV_NORMS[method](segment.conv, input_shape, weight.detach(), **power)
 

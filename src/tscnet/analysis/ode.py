@@ -20,6 +20,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InvalidValue
+
 ODEFunc = Callable[[float, np.ndarray], np.ndarray]
 
 __all__ = ["ODEResult", "euler", "rkf45", "fehlberg_step"]
@@ -55,7 +57,7 @@ def _as_state(y0: float | Sequence[float] | np.ndarray) -> np.ndarray:
 def _span(t_span: Tuple[float, float]) -> Tuple[float, float]:
     t0, t_end = map(float, t_span)
     if not t_end > t0:
-        raise ValueError(f"t_span must satisfy t_end > t0, got {t_span}")
+        raise InvalidValue(f"t_span must satisfy t_end > t0, got {t_span}")
     return t0, t_end
 
 
@@ -79,7 +81,7 @@ def euler(
     """
     t0, t_end = _span(t_span)
     if not h > 0:
-        raise ValueError(f"h must be positive, got {h}")
+        raise InvalidValue(f"h must be positive, got {h}")
     ratio = (t_end - t0) / h
     # A span that is a whole number of steps up to rounding must not get an extra sliver step.
     whole = np.isclose(ratio, round(ratio), rtol=1e-10, atol=1e-10)
@@ -181,7 +183,7 @@ def rkf45(
     """
     t0, t_end = _span(t_span)
     if not (tol > 0 and rtol >= 0):
-        raise ValueError(f"need tol > 0 and rtol >= 0, got tol={tol}, rtol={rtol}")
+        raise InvalidValue(f"need tol > 0 and rtol >= 0, got tol={tol}, rtol={rtol}")
     span = t_end - t0
     h_min = 1e-12 * span if h_min is None else h_min
     h_max = span if h_max is None else h_max

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..errors import InvalidValue
 from ..stepping import branches_of
 from .resteps import freeze_steps
 
@@ -70,8 +71,8 @@ def residual_io(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, t
             h.remove()
     for i in range(1, len(blocks)):
         if not (ins[i] is outs[i - 1] or torch.equal(ins[i], outs[i - 1])):
-            raise ValueError(f"residual block {i} does not read block {i - 1}'s output: the blocks of "
-                             f"{type(model).__name__} are not one chain, the bound does not apply")
+            raise InvalidValue(f"residual block {i} does not read block {i - 1}'s output: the blocks of "
+                               f"{type(model).__name__} are not one chain, the bound does not apply")
     return ins[0], outs[-1]
 
 

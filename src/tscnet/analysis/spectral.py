@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValue
+
 __all__ = [
     "conv_operator",
     "conv_spectral_norm",
@@ -84,7 +86,7 @@ def conv_operator(
         for n, k, s, d in zip((hp, wp), conv.kernel_size, conv.stride, conv.dilation)
     ]
     if min(out_hw) < 1:
-        raise ValueError(f"input {tuple(input_shape)} is smaller than the conv's receptive field")
+        raise InvalidValue(f"input {tuple(input_shape)} is smaller than the conv's receptive field")
     output_padding = [
         n - ((o - 1) * s + d * (k - 1) + 1)
         for n, o, k, s, d in zip((hp, wp), out_hw, conv.kernel_size, conv.stride, conv.dilation)
@@ -166,7 +168,7 @@ def conv_spectral_norm_fft(
     h, w = hw
     kh, kw = weight.shape[-2:]
     if kh > h or kw > w:
-        raise ValueError(f"kernel {kh}x{kw} is larger than the {h}x{w} input")
+        raise InvalidValue(f"kernel {kh}x{kw} is larger than the {h}x{w} input")
     per_group = weight.detach().to(torch.float64).chunk(groups, dim=0)
     norms = []
     for k in per_group:
@@ -187,7 +189,7 @@ def bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     Eval-mode BN is the affine map ``x ↦ s ⊙ (x − μ) + β``; ``γ = 1, β = 0`` without ``affine``.
     """
     if bn.running_var is None:
-        raise ValueError("BatchNorm without running stats is not an affine map in eval mode")
+        raise InvalidValue("BatchNorm without running stats is not an affine map in eval mode")
     scale = torch.rsqrt(bn.running_var + bn.eps)
     return scale * bn.weight if bn.affine else scale
 
@@ -223,7 +225,7 @@ def conv_matrix(
     for d in input_shape:
         n *= d
     if n > max_size:
-        raise ValueError(f"input size {n} > max_size={max_size}: too large for a dense matrix")
+        raise InvalidValue(f"input size {n} > max_size={max_size}: too large for a dense matrix")
     m = copy.deepcopy(module).to(torch.float64).eval()
     basis = torch.eye(n, dtype=torch.float64).view(n, *input_shape)
     out = m(basis) - m(torch.zeros_like(basis[:1]))

@@ -14,6 +14,7 @@ from typing import Callable, Union
 
 import numpy as np
 
+from ..errors import InvalidValue
 from .errors import DataFormatError, DataNotFoundError, UnsafeDataError
 
 __all__ = ["RestrictedUnpickler", "safe_unpickle", "load_cifar", "CIFAR_LAYOUTS"]
@@ -175,9 +176,9 @@ def load_cifar(root: PathLike, name: str = "cifar10", split: str = "train") -> t
     extracted folder itself. Batches are concatenated in the official order.
     """
     if name not in CIFAR_LAYOUTS:
-        raise ValueError(f"unknown CIFAR set {name!r}: expected one of {sorted(CIFAR_LAYOUTS)}")
+        raise InvalidValue(f"unknown CIFAR set {name!r}: expected one of {sorted(CIFAR_LAYOUTS)}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InvalidValue(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     layouts = CIFAR_LAYOUTS[name]
     for layout in layouts:

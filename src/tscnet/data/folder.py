@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, transforms
 
+from ..errors import InvalidValue
 from .errors import DataFormatError, DataNotFoundError
 from .loader import epoch_seed
 
@@ -39,7 +40,7 @@ def build_image_folder(root: Union[str, Path], split: str = "train", image_size:
     """``torchvision.datasets.ImageFolder`` of ``root/<train|val>`` with the matching ImageNet transform."""
     root = Path(root)
     if split not in _SPLIT_DIRS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_DIRS)}, got {split!r}")
+        raise InvalidValue(f"split must be one of {sorted(_SPLIT_DIRS)}, got {split!r}")
     folder = next((root / d for d in _SPLIT_DIRS[split] if (root / d).is_dir()), None)
     if folder is None:
         raise DataNotFoundError(

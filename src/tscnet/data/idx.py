@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import InvalidValue
 from .errors import DataFormatError, DataNotFoundError
 
 __all__ = ["read_idx", "find_idx_file", "load_idx_split"]
@@ -97,7 +98,7 @@ def load_idx_split(
     re-compresses the files, so checksums of the ``.gz`` files would not match upstream.
     """
     if split not in _IDX_STEMS:
-        raise ValueError(f"split must be one of {sorted(_IDX_STEMS)}, got {split!r}")
+        raise InvalidValue(f"split must be one of {sorted(_IDX_STEMS)}, got {split!r}")
     paths = [find_idx_file(folders, stem) for stem in _IDX_STEMS[split]]
     if None in paths:
         where = ", ".join(str(f) for f in folders) or "<no folder>"

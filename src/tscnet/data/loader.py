@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidValue
+
 __all__ = ["TensorLoader", "epoch_seed", "epoch_generator", "crop_flip", "subset_indices"]
 
 Device = Union[str, torch.device]
@@ -34,7 +36,7 @@ def subset_indices(n: int, size: int, seed: int = 0) -> torch.Tensor:
     The seed is fixed (not the run's seed) so runs with different seeds train on the same subset.
     """
     if not 0 < size <= n:
-        raise ValueError(f"subset size must be in [1, {n}], got {size}")
+        raise InvalidValue(f"subset size must be in [1, {n}], got {size}")
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
 
 
@@ -126,7 +128,7 @@ class TensorLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidValue(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.images = images.to(self.device).contiguous()
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
+from ..errors import InvalidValue
 from .arrays import ArrayDataset
 from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError, UnknownDatasetError
@@ -190,7 +191,7 @@ def build_dataset(
     """
     spec = get_dataset_spec(name)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InvalidValue(f"split must be 'train' or 'test', got {split!r}")
     if spec.in_memory and image_size not in (None, spec.info.image_size):
         raise DataError(f"{spec.info.name} images are {spec.info.image_size}x{spec.info.image_size}; image_size only applies to imagefolder")
     root = Path(data_dir).expanduser() if data_dir is not None else None

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValue
 from .fixup import FIXUP_BLOCKS, FixupBasicBlock, FixupBottleneck, fixup_init, is_fixup_scalar
 from .layers import NORMS, NormLayer, conv1x1, conv3x3, make_norm, make_shortcut
 
@@ -190,10 +191,10 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if init not in INITS:
-            raise ValueError(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
+            raise InvalidValue(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
         fixup = block in (FixupBasicBlock, FixupBottleneck)
         if fixup != (init == "fixup") or (fixup and norm_layer is not None):
-            raise ValueError("init 'fixup' goes with Fixup blocks in a norm-free net (norm='none')")
+            raise InvalidValue("init 'fixup' goes with Fixup blocks in a norm-free net (norm='none')")
         self.preact = block in (PreActBasicBlock, PreActBottleneck)
         shortcut = shortcut or ("A" if block.expansion == 1 else "B")
         self.num_classes = num_classes
@@ -279,18 +280,18 @@ def cifar_resnet(
     ``"fixup"`` (norm-free, post-activation only).
     """
     if (block, preact) not in _BLOCKS:
-        raise ValueError(f"unknown block {block!r}: expected 'basic' or 'bottleneck'")
+        raise InvalidValue(f"unknown block {block!r}: expected 'basic' or 'bottleneck'")
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
+        raise InvalidValue(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
+        raise InvalidValue(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
     if init == "fixup" and (norm != "none" or preact):
-        raise ValueError("init 'fixup' is for norm-free post-activation nets: use norm='none' and preact=False "
-                         "(Fixup replaces normalisation; with BN use init='zero_last')")
+        raise InvalidValue("init 'fixup' is for norm-free post-activation nets: use norm='none' and preact=False "
+                           "(Fixup replaces normalisation; with BN use init='zero_last')")
     per_block = 2 if block == "basic" else 3
     if depth < 2 + 3 * per_block or (depth - 2) % (3 * per_block):
         form = "6n+2" if block == "basic" else "9n+2"
-        raise ValueError(f"depth {depth} is not of the form {form} (n >= 1) for {block} blocks")
+        raise InvalidValue(f"depth {depth} is not of the form {form} (n >= 1) for {block} blocks")
     n = (depth - 2) // (3 * per_block)
     cls = FIXUP_BLOCKS[block] if init == "fixup" else _BLOCKS[block, preact]
     return CifarResNet(cls, n, num_classes, in_chans, shortcut=shortcut, norm_layer=NORMS[norm], init=init)

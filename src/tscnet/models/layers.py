@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValue
+
 
 def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
@@ -53,4 +55,4 @@ def make_shortcut(
         if norm_layer is not None:
             layers.append(norm_layer(out_chs))
         return nn.Sequential(*layers)
-    raise ValueError(f"unknown shortcut {kind!r}: expected 'A' or 'B'")
+    raise InvalidValue(f"unknown shortcut {kind!r}: expected 'A' or 'B'")

@@ -15,6 +15,8 @@ from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 from timm.models.vision_transformer import VisionTransformer
 
+from ..errors import InvalidValue
+
 MINI_VIT_DEPTHS = (6, 12, 24)
 # What timm.create_model adds for models with pretrained weights; these have none.
 _FACTORY_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
@@ -34,7 +36,7 @@ def mini_vit(depth: int = 12, **kwargs) -> VisionTransformer:
 def _register_vit(depth: int) -> None:
     def entrypoint(pretrained: bool = False, **kwargs) -> VisionTransformer:
         if pretrained:
-            raise ValueError(f"mini_vit_d{depth} has no pretrained weights")
+            raise InvalidValue(f"mini_vit_d{depth} has no pretrained weights")
         return mini_vit(depth, **kwargs)
 
     entrypoint.__name__ = f"mini_vit_d{depth}"
@@ -51,6 +53,6 @@ for _depth in MINI_VIT_DEPTHS:
 def mini_convnext(pretrained: bool = False, **kwargs) -> ConvNeXt:
     """ConvNeXt for 28–32 px images: stages of 2, 2, 4, 2 blocks, widths 32–256, 1×1 stem (28, 14, 7, 3 px maps at 28 px)."""
     if pretrained:
-        raise ValueError("mini_convnext has no pretrained weights")
+        raise InvalidValue("mini_convnext has no pretrained weights")
     defaults = dict(in_chans=1, num_classes=10, depths=(2, 2, 4, 2), dims=(32, 64, 128, 256), patch_size=1)
     return ConvNeXt(**_options(defaults, kwargs))

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
+from ..errors import InvalidValue
 from ..registry import Registry
 from ..stepping import PolicySpec, attach_steps, parse_policy
 from . import mini  # noqa: F401  (registers mini_vit_d*, mini_convnext with timm)
@@ -62,10 +63,10 @@ def _library_zero_init(name: str, policy: str, norm: Optional[str], init: Option
     variants and Fixup exist only for tscnet's own CIFAR nets.
     """
     if norm not in (None, "batch"):
-        raise ValueError(f"norm {norm!r} is available only for tscnet's CIFAR ResNets, not {name}")
+        raise InvalidValue(f"norm {norm!r} is available only for tscnet's CIFAR ResNets, not {name}")
     if init not in _LIBRARY_INITS:
-        raise ValueError(f"init {init!r} is not available for {name}: use one of "
-                         f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)")
+        raise InvalidValue(f"init {init!r} is not available for {name}: use one of "
+                           f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)")
     zero = _LIBRARY_INITS[init]
     return policy == "none" if zero is None else zero
 
@@ -119,5 +120,5 @@ def create_model(
         except KeyError:
             close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
-            raise ValueError(f"unknown model {name!r}{hint} (ours: {', '.join(list_models())})") from None
+            raise InvalidValue(f"unknown model {name!r}{hint} (ours: {', '.join(list_models())})") from None
     return attach_steps(model, spec)

@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..errors import InvalidType, InvalidValue
 from .branches import Branch, find_branches
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
 from .sites import POLICY_ATTR, SITES, StepBatchNorm2d, StepSite, StepSyncBatchNorm
@@ -76,8 +77,8 @@ def get_policy(model: nn.Module) -> Optional[StepPolicy]:
     """
     policies = get_policies(model)
     if len(policies) > 1:
-        raise ValueError(f"{type(unwrap_model(model)).__name__} holds {len(policies)} step policies "
-                         f"({', '.join(policies)}): steps were attached to several parts; ask each part")
+        raise InvalidValue(f"{type(unwrap_model(model)).__name__} holds {len(policies)} step policies "
+                           f"({', '.join(policies)}): steps were attached to several parts; ask each part")
     return next(iter(policies.values()), None)
 
 
@@ -98,14 +99,14 @@ def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") 
     ``features_only``, torchvision ``IntermediateLayerGetter``, a detector or its backbone).
     """
     if any(isinstance(m, StepSite) for m in unwrap_model(model).modules()):
-        raise ValueError("model already has steps attached; fold_steps() it or build a fresh model")
+        raise InvalidValue("model already has steps attached; fold_steps() it or build a fresh model")
     spec = parse_policy(steps)
     if spec.name == "none":  # nothing to insert, so nothing to check (Fixup nets are vanilla here)
         return model
     branches = find_branches(model)
     refused = next((b.refusal for b in branches if b.refusal), None)
     if refused:
-        raise TypeError(refused)
+        raise InvalidType(refused)
     policy = build_policy(spec, branches)
     if policy is None:
         return model

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Union
 
 from torch import Tensor, nn
 
+from ..errors import InvalidType
 from ..registry import Registry, qualname
 
 
@@ -172,12 +173,12 @@ def find_branches(model: nn.Module) -> list[Branch]:
 
     visit(model)
     if unsupported:
-        raise TypeError(
+        raise InvalidType(
             f"cannot attach steps to block type(s) {', '.join(sorted(unsupported))}: no adapter "
             f"registered (supported: {', '.join(supported_blocks())}); "
             "see tscnet.stepping.branches.register_block"
         )
     if not branches:
-        raise TypeError(f"{type(model).__name__} has no residual block of a supported type "
-                        f"({', '.join(supported_blocks())})")
+        raise InvalidType(f"{type(model).__name__} has no residual block of a supported type "
+                          f"({', '.join(supported_blocks())})")
     return branches

@@ -44,6 +44,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidValue
 from .branches import Branch
 from .lstm import BlockLSTM
 from .multi_tensor import filter_norms
@@ -63,14 +64,14 @@ class WeightController(StepPolicy):
         super().__init__(branches)
         dt_init = InitStep(dt_init).resolve(branches)
         if summary not in SUMMARIES:
-            raise ValueError(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
+            raise InvalidValue(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
         if summary == "l2_bn" and any(b.norm is None for b in branches):
-            raise ValueError("summary 'l2_bn' needs a BN after the last conv of every branch; "
-                             "pre-activation branches have none (use summary='l2')")
+            raise InvalidValue("summary 'l2_bn' needs a BN after the last conv of every branch; "
+                               "pre-activation branches have none (use summary='l2')")
         if not 0.0 < dt_min < dt_init < dt_max:
-            raise ValueError(f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}")
+            raise InvalidValue(f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}")
         if hidden < 1:
-            raise ValueError(f"hidden must be a positive size, got {hidden}")
+            raise InvalidValue(f"hidden must be a positive size, got {hidden}")
         self.hidden, self.dt_min, self.dt_max, self.summary = int(hidden), float(dt_min), float(dt_max), summary
         self.dt_init = float(dt_init)
         k = 2 if summary == "l2_bn" else 1
@@ -128,7 +129,7 @@ class LSTMController(WeightController):
     def __init__(self, branches: list[Branch], feedback: str = "implicit", **options) -> None:
         super().__init__(branches, **options)
         if feedback not in FEEDBACK:
-            raise ValueError(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
+            raise InvalidValue(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
         self.feedback_mode = feedback
         self.lstm = BlockLSTM(self.hidden, self.hidden)
         self.register_buffer("state0", torch.zeros(1, 1, self.hidden), persistent=False)

@@ -23,6 +23,7 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from ..errors import InvalidValue
 from ..registry import Registry, qualname
 from .attach import attach_steps, get_policies, get_policy, unwrap_model
 from .branches import Branch
@@ -35,10 +36,10 @@ register_gate = _GATE_FOLDERS.register  # how to fold Δt through a gate class (
 
 def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -> None:
     if getattr(gate, "add_maxpool", False) and bool((dt <= 0).any()):
-        raise ValueError(f"cannot fold non-positive steps through the max-pooled gate {qualname(gate)}")
+        raise InvalidValue(f"cannot fold non-positive steps through the max-pooled gate {qualname(gate)}")
     if bool((dt == 0).any()):  # the gate reads BN_c(x), which the folded BN (γ_c = β_c = 0) no longer gives
-        raise ValueError(f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
-                         f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them")
+        raise InvalidValue(f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
+                           f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them")
     shape = (1, -1) + (1,) * (layer.weight.dim() - 2)
     layer.weight.div_(dt.view(shape))
 
@@ -70,7 +71,7 @@ def _fold_branch(branch: Branch, dt: torch.Tensor) -> None:
     if gate is not None:
         folder = _GATE_FOLDERS.get(qualname(gate))
         if folder is None:
-            raise ValueError(
+            raise InvalidValue(
                 f"cannot fold steps exactly through the gate {qualname(gate)}: it is not known to act "
                 f"per channel on pooled inputs (foldable gates: {', '.join(_GATE_FOLDERS.names())}); "
                 "register one with tscnet.stepping.fold.register_gate"

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import InvalidType, InvalidValue
 from .branches import Branch
 from .profile import read_profile
 from .sites import prepare_sites
@@ -134,9 +135,9 @@ class FixedSteps(StepPolicy):
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
         if not value > 0:  # also refuses NaN
-            raise ValueError(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
-                             "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
-                             "start at 0, use scalar:0)")
+            raise InvalidValue(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
+                               "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
+                               "start at 0, use scalar:0)")
         self.value = float(value)
         self.register_buffer("dt", torch.full((sum(self.sizes),), self.value), persistent=False)
 
@@ -177,7 +178,7 @@ class DepthSteps(FixedSteps):
     def __init__(self, branches: list[Branch], power: float = 0.5) -> None:
         power = float(power)
         if not math.isfinite(power):
-            raise ValueError(f"step policy 'depth': the power P of Δt = D^(-P) must be finite, got {power}")
+            raise InvalidValue(f"step policy 'depth': the power P of Δt = D^(-P) must be finite, got {power}")
         super().__init__(branches, len(branches) ** -power)
         self.power = power
 
@@ -235,18 +236,18 @@ class ProfileSteps(StepPolicy):
 
     def __init__(self, branches: list[Branch], path: Optional[str] = None) -> None:
         if not path:
-            raise ValueError("step policy 'profile' needs a path: profile:RUN_FOLDER or profile:FILE.json")
+            raise InvalidValue("step policy 'profile' needs a path: profile:RUN_FOLDER or profile:FILE.json")
         super().__init__(branches)
         self.path = str(path)
         profile = read_profile(self.path)
         blocks = profile["dt"]
         if len(blocks) != len(self.sizes):
-            raise ValueError(f"step profile {profile['file']} has {len(blocks)} blocks, the model has "
-                             f"{len(self.sizes)} residual blocks")
+            raise InvalidValue(f"step profile {profile['file']} has {len(blocks)} blocks, the model has "
+                               f"{len(self.sizes)} residual blocks")
         for d, (values, channels) in enumerate(zip(blocks, self.sizes)):
             if len(values) != channels:
-                raise ValueError(f"step profile {profile['file']}: block {d} has {len(values)} channels, "
-                                 f"the model's block {d} has {channels}")
+                raise InvalidValue(f"step profile {profile['file']}: block {d} has {len(values)} channels, "
+                                   f"the model's block {d} has {channels}")
         self.register_buffer("dt", torch.tensor([v for values in blocks for v in values], dtype=torch.float32))
 
     def forward(self) -> torch.Tensor:
@@ -301,7 +302,7 @@ def _convert(name: str, key: str, value: Any, kind: type) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         what = getattr(kind, "description", kind.__name__)
-        raise ValueError(f"step policy {name!r}: option {key}={value!r} is not a valid {what}") from None
+        raise InvalidValue(f"step policy {name!r}: option {key}={value!r} is not a valid {what}") from None
 
 
 def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
@@ -330,20 +331,20 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
             if not eq:
                 entry = _POLICIES.get(name)
                 if i or entry is None or entry.positional is None:
-                    raise ValueError(f"step policy {spec!r}: expected key=value, got {item!r}")
+                    raise InvalidValue(f"step policy {spec!r}: expected key=value, got {item!r}")
                 key, value = entry.positional, item
             raw[key.strip()] = value.strip()
     else:
-        raise TypeError(f"step policy must be a string, dict or PolicySpec, not {type(spec).__name__}")
+        raise InvalidType(f"step policy must be a string, dict or PolicySpec, not {type(spec).__name__}")
     if name not in _POLICIES:
         close = difflib.get_close_matches(name, _POLICIES, n=3, cutoff=0.3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown step policy {name!r}{hint}; valid: {', '.join(_POLICIES)}")
+        raise InvalidValue(f"unknown step policy {name!r}{hint}; valid: {', '.join(_POLICIES)}")
     entry = _POLICIES[name]
     unknown = set(raw) - set(entry.options)
     if unknown:
         valid = ", ".join(entry.options) or "none"
-        raise ValueError(f"step policy {name!r}: unknown option(s) {', '.join(sorted(unknown))} (valid: {valid})")
+        raise InvalidValue(f"step policy {name!r}: unknown option(s) {', '.join(sorted(unknown))} (valid: {valid})")
     return PolicySpec(name, {k: _convert(name, k, v, entry.options[k]) for k, v in raw.items()})
 
 

@@ -19,6 +19,8 @@ from typing import Sequence, Union
 
 import torch
 
+from ..errors import InvalidValue
+
 __all__ = ["PROFILE_FILE", "profile_dict", "read_profile"]
 
 PROFILE_FILE = "steps.json"
@@ -42,15 +44,15 @@ def read_profile(path: Union[str, Path]) -> dict:
     if not file.is_file():
         where = (f"run folder {path} has no {PROFILE_FILE} (runs write it when they finish)" if path.is_dir()
                  else f"{path} is neither a run folder nor a step profile file")
-        raise ValueError(f"cannot read a step profile: {where}")
+        raise InvalidValue(f"cannot read a step profile: {where}")
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"step profile {file} is not valid JSON: {str(error).splitlines()[0]}") from None
+        raise InvalidValue(f"step profile {file} is not valid JSON: {str(error).splitlines()[0]}") from None
     blocks = data.get("dt") if isinstance(data, dict) else None
     if not isinstance(blocks, list) or not blocks or not all(isinstance(b, list) and b for b in blocks):
-        raise ValueError(f"step profile {file} needs a non-empty list \"dt\" of per-block lists of step sizes")
+        raise InvalidValue(f"step profile {file} needs a non-empty list \"dt\" of per-block lists of step sizes")
     for d, values in enumerate(blocks):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-            raise ValueError(f"step profile {file}: block {d} holds a value that is not a finite number")
+            raise InvalidValue(f"step profile {file}: block {d} holds a value that is not a finite number")
     return {**data, "file": str(file)}

@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InvalidType
 from ..registry import Registry, qualname
 from .multi_tensor import scale_by_steps
 
@@ -226,8 +227,8 @@ class NormSite:
     def wrap(norm: nn.Module) -> nn.Module:
         site = _NORM_SITES.get(qualname(norm))
         if site is None:
-            raise TypeError(f"cannot put a step into the norm layer {qualname(norm)}: steps enter through the "
-                            f"affine parameters of {', '.join(_NORM_SITES.names())}")
+            raise InvalidType(f"cannot put a step into the norm layer {qualname(norm)}: steps enter through the "
+                              f"affine parameters of {', '.join(_NORM_SITES.names())}")
         return site.wrap(norm)
 
 
