@@ -74,9 +74,25 @@ _BLOCK_OPS: Registry[BlockOpsFn] = Registry("block splitter")
 register_block_ops = _BLOCK_OPS.register  # how to split blocks of classes "module.Class" into segments
 
 
+_ATTENTION = ("self-attention has no global Lipschitz constant (its Jacobian grows with the input, "
+              "Kim et al. 2021) and LayerNorm divides by a data-dependent scale")
+_LAYER_NORM = "LayerNorm divides by a data-dependent scale, so the branch has no global Lipschitz constant"
+# Block types tscnet steps but for which no bound exists, and why (the error says so in one line).
+NO_BOUND: dict[str, str] = {
+    "timm.models.vision_transformer.Block": _ATTENTION,
+    "timm.models.cait.LayerScaleBlock": _ATTENTION,
+    "timm.models.cait.LayerScaleBlockClassAttn": _ATTENTION,
+    "torchvision.models.vision_transformer.EncoderBlock": _ATTENTION,
+    "timm.models.convnext.ConvNeXtBlock": _LAYER_NORM,
+    "torchvision.models.convnext.CNBlock": _LAYER_NORM,
+}
+
+
 def block_ops(block: nn.Module) -> BlockOps:
     """The segments of ``block``; raises ValueError for unknown blocks and gated branches."""
     fn = _BLOCK_OPS.get(qualname(block))
+    if fn is None and qualname(block) in NO_BOUND:
+        raise InvalidValue(f"no Lipschitz bound for {type(block).__name__} blocks: {NO_BOUND[qualname(block)]}")
     if fn is None:
         raise InvalidValue(f"no Lipschitz bound for block type {qualname(block)} (known: "
                            f"{', '.join(_BLOCK_OPS.names())}); see tscnet.analysis.lipschitz.register_block_ops")

@@ -5,12 +5,14 @@ from .attach import (attach_steps, branches_of, convert_sync_batchnorm, evolutio
                      policy_name, replace_steps, step_sizes)
 from .branches import Branch, find_branches, register_block, supported_blocks
 from .fold import fold_steps, register_gate, unfold_steps
+from .param_groups import WEIGHT_DECAY_RULES, param_groups, weight_decay_rule
+from .watch import UntrainedStepsWarning
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy, policy_names, register_policy
 
 __all__ = [
-    "Branch", "PolicySpec", "StepPolicy", "attach_steps", "branches_of", "build_policy", "convert_sync_batchnorm",
+    "Branch", "PolicySpec", "StepPolicy", "UntrainedStepsWarning", "WEIGHT_DECAY_RULES", "attach_steps", "branches_of", "build_policy", "convert_sync_batchnorm",
     "evolution_time", "find_branches", "fold_steps", "get_policies", "get_policy", "parse_policy", "policy_name",
     "policy_names",
     "register_block", "register_gate", "register_policy", "replace_steps", "step_sizes", "supported_blocks",
-    "unfold_steps",
+    "unfold_steps", "param_groups", "weight_decay_rule",
 ]

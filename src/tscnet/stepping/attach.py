@@ -24,6 +24,7 @@ from ..errors import InvalidType, InvalidValue
 from .branches import Branch, find_branches
 from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
 from .sites import POLICY_ATTR, SITES, StepBatchNorm2d, StepSite, StepSyncBatchNorm
+from .watch import watch_training
 
 __all__ = ["POLICY_ATTR", "attach_steps", "branches_of", "convert_sync_batchnorm", "evolution_time", "get_policies",
            "get_policy", "policy_name", "replace_steps", "step_sizes", "unwrap_model"]
@@ -112,6 +113,9 @@ def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") 
         return model
     for branch in branches:
         branch.set_site(SITES[branch.site].wrap(branch.site_module))
+    # In the model's mode: attached to a model in eval mode, a norm-aware controller must not move
+    # its power iteration on every forward (nor would BN-like state of any future policy).
+    policy.train(branches[0].block.training)
     _bind(policy, spec)
     return model
 
@@ -139,6 +143,7 @@ def _bind(policy: StepPolicy, spec: PolicySpec) -> None:
         site.bind(policy, index)
     policy.__dict__["sites"] = sites
     policy.spec = str(spec)
+    watch_training(policy)  # warns if its parameters get gradients but never train (optimizer built too early)
 
 
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:

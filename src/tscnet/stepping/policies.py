@@ -69,7 +69,7 @@ class StepPolicy(nn.Module):
 
     def __getstate__(self) -> dict:
         # The prepared inputs of the last forward are graph nodes: copies and pickles drop them.
-        return {**self.__dict__, "_site_args": None}
+        return {**self.__dict__, "_site_args": None, "_watch": None}  # a copy is not watched
 
     def site_args(self, index: int, x: Any = None):
         """The forward input of block ``index``'s site; block 0 prepares those of this forward pass.

@@ -53,22 +53,6 @@ def lr_factor(t: float, epochs: int, cfg: dict) -> float:
 
 
 OPTIMIZERS = ("sgd", "adamw")
-# Which parameters the optimizer's weight decay (the regulariser R) reaches:
-# "tscnet": every parameter, the step policy's included (a policy class may set its own, layerscale: 0);
-# "timm": timm's rule (timm.optim.param_groups_weight_decay): none for 1-D parameters, biases and the
-#         model's no_weight_decay() names — so no Δt of scalar/channel/layerscale and no controller
-#         bias is decayed, while the controller's 2-D weights (LSTM, projections) are.
-WEIGHT_DECAY_RULES = ("tscnet", "timm")
-
-
-def _no_decay_names(model: nn.Module) -> set[str]:
-    """Parameter names timm's rule exempts: 1-D, ``.bias``, or listed by ``model.no_weight_decay()``."""
-    from ..stepping.attach import unwrap_model
-
-    root = unwrap_model(model)
-    listed = set(root.no_weight_decay()) if hasattr(root, "no_weight_decay") else set()
-    return {name for name, p in root.named_parameters()
-            if p.ndim <= 1 or name.endswith(".bias") or name in listed}
 
 
 def depth_lr(model: nn.Module, cfg: dict) -> float:
@@ -88,14 +72,14 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
     Parameter groups, only where needed (otherwise one group):
 
-    * ``optim.weight_decay_rule`` (:data:`WEIGHT_DECAY_RULES`) says which parameters are decayed;
-      under ``tscnet`` a step policy whose class sets ``weight_decay`` (``layerscale``: 0, as timm
-      and CaiT exclude LayerScale's 1-D ``gamma``) gets that weight decay;
+    * ``optim.weight_decay_rule`` says which parameters are decayed
+      (:mod:`tscnet.stepping.param_groups`: ``tscnet``, every parameter, a policy class may set its
+      own, ``layerscale``: 0; ``timm``, none for 1-D parameters and biases);
     * a model with ``param_lr_scale()`` (``{name: multiplier}``; Fixup's scalars: 0.1, as in the
       authors' code) trains those parameters at ``lr · multiplier``.
     """
-    from ..stepping import get_policy
     from ..stepping.attach import unwrap_model
+    from ..stepping.param_groups import weight_decay_rule
 
     lr = depth_lr(model, cfg)
     name = cfg.get("name", "sgd")
@@ -105,20 +89,10 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     else:
         options = dict(lr=lr, betas=tuple(cfg["betas"]), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
         make = torch.optim.AdamW
-    policy = get_policy(model)
-    own_decay = getattr(policy, "weight_decay", None)
-    policy_params = {id(p) for p in policy.parameters()} if policy is not None and own_decay is not None else set()
+    decay_of = weight_decay_rule(model, cfg.get("weight_decay_rule", "tscnet"))  # None: the optimizer's
     root = unwrap_model(model)
-    exempt = ({id(p) for n, p in root.named_parameters() if n in _no_decay_names(root)}
-              if cfg.get("weight_decay_rule", "tscnet") == "timm" else set())
     scales = root.param_lr_scale() if hasattr(root, "param_lr_scale") else {}
     scale_of = {id(root.get_parameter(n)): multiplier for n, multiplier in scales.items()}
-
-    def decay_of(p: nn.Parameter) -> Optional[float]:  # None: the optimizer's weight decay
-        if id(p) in exempt:
-            return 0.0
-        return float(own_decay) if id(p) in policy_params else None
-
     groups: dict[tuple[float, Optional[float]], list[nn.Parameter]] = {}
     for p in model.parameters():
         groups.setdefault((float(scale_of.get(id(p), 1.0)), decay_of(p)), []).append(p)
