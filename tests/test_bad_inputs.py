@@ -327,6 +327,7 @@ CASES = [
     ("demo-train-subset-too-large", lambda env: ["demo", "--train-subset", "60001", "--out", str(env.tmp / "demo")],
      "train_subset must be in [1, 60000], got 60001"),
     ("demo-out-under-a-file", lambda env: ["demo", "--epochs", "1", "--out", env.file("afile", "x") + "/demo"], "is a file, not a folder"),
+    ("list-what-bogus", lambda env: ["list", "bogus"], "argument WHAT: invalid choice: 'bogus'"),
     ("unknown-command", lambda env: ["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
 ]
 
