@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
-
-from torch import nn
+from typing import TYPE_CHECKING, Iterable
 
 from ..errors import UserError
-from ..train import run as runfiles
+
+if TYPE_CHECKING:  # torch is imported where a command runs, not when `tscnet --help` lists the commands
+    from torch import nn
 
 
 def check_out_folder(out: Path, flag: str = "--out", writes: Iterable[str] = (), overwrite: bool = False) -> Path:
@@ -47,6 +47,8 @@ def load_model(source: str, device: str = "cpu", folded_ok: bool = False) -> tup
     With ``folded_ok``, a finished run whose checkpoint.pt is gone (deleted for disk space) gives
     its folded model instead: the vanilla architecture with model.safetensors loaded (no steps).
     """
+    from ..train import run as runfiles
+
     path = Path(source)
     if path.is_dir():
         if folded_ok and not (path / runfiles.CHECKPOINT_FILE).exists() and (path / runfiles.FOLDED_FILE).exists():

@@ -115,20 +115,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{name}: {c.about}" for name, c in CONTRASTS.items()))
     parser.add_argument("--out", default="runs/demo", help="demo folder (a fresh numbered one if it exists)")
     parser.add_argument("--policies", nargs="+", help="step policies to compare (default: the contrast's)")
-    parser.add_argument("--model", default="cifar_resnet20")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--train-subset", type=int)
-    parser.add_argument("--test-subset", type=int)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="cifar_resnet20",
+                        help="model every policy trains (default: cifar_resnet20; see tscnet list models)")
+    parser.add_argument("--epochs", type=int, help="epochs per policy (default: the contrast's recipe)")
+    parser.add_argument("--train-subset", type=int,
+                        help="train on the first N images of a fixed shuffle (default: the recipe's)")
+    parser.add_argument("--test-subset", type=int, help="evaluate on N test images (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial weights and the batches, the same for every policy (default 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
     parser.add_argument("--data-dir", help="the data's folder (default for Fashion-MNIST: the Debian package's; "
                         "another dataset with --set data.name=NAME)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (default: a GPU if there is one), cpu, cuda, cuda:N")
     parser.add_argument("--jobs", type=int,
                         help="policies trained at once, each a process (default: all of them on a CPU, "
                              "one at a time on a GPU); the cores are shared out between them")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
 
 
 def fresh_folder(path: Path) -> Path:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `tscnet --help` imports this module without it
+    import torch
 
 NAME = "eval"
 HELP = "evaluate a run or checkpoint: top-1/top-5 of the folded model, folded vs unfolded agreement"
@@ -38,6 +39,8 @@ def cuda_tf32_flags() -> tuple[bool, bool]:
     Reads torch's ``fp32_precision`` settings (torch >= 2.9) where they exist, else the legacy
     ``allow_tf32`` flags (reading those raises once the two APIs were mixed).
     """
+    import torch
+
     b = torch.backends
     conv_node = getattr(getattr(b.cudnn, "conv", None), "fp32_precision", None)
     if conv_node is None:
@@ -56,6 +59,8 @@ def fold_tolerance(device, conv_tf32: Optional[bool] = None, matmul_tf32: Option
     ``conv_tf32`` / ``matmul_tf32`` default to the current torch settings (:func:`cuda_tf32_flags`);
     they only matter on CUDA (CPU float32 convolutions and matmuls are IEEE fp32).
     """
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return FP32_TOLERANCE, f"fp32 on {device.type}"
@@ -72,22 +77,27 @@ def fold_tolerance(device, conv_tf32: Optional[bool] = None, matmul_tf32: Option
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="CKPT_OR_RUN", help="run folder or checkpoint.pt")
     parser.add_argument("--data-dir", help="dataset folder (default: the run's)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=500, help="images per evaluation batch (default 500)")
     parser.add_argument("--test-subset", type=int, help="default: the run's")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-@torch.no_grad()
 def _logits(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` of ``model`` over ``loader``, on the CPU."""
+    import torch
+
     outs, targets = [], []
-    for images, target in loader:
-        outs.append(model(images.to(device)).float().cpu())
-        targets.append(target.cpu())
+    with torch.no_grad():
+        for images, target in loader:
+            outs.append(model(images.to(device)).float().cpu())
+            targets.append(target.cpu())
     return torch.cat(outs), torch.cat(targets)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..data import create_test_loader
     from ..stepping import fold_steps
     from ..stepping import get_policy as tscnet_policy

@@ -10,13 +10,17 @@ NAME = "ode"
 HELP = "Euler vs RKF45 on Y' = -4Y: why the step size matters (writes ode.png and ode.json)"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from ..analysis.ode_plot import EULER_STEPS, RKF_TOL
+# The poster's settings, as in tscnet.analysis.ode_plot (EULER_STEPS, RKF_TOL; tests/test_cli_help.py
+# keeps them equal): written out, because importing that package here would import torch for `tscnet -h`.
+DEFAULT_H = "0.05 0.4 0.5"
+DEFAULT_TOL = "1e-4"
 
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=".", help="output folder (default: the current folder)")
-    parser.add_argument("--h", type=float, nargs="+", default=list(EULER_STEPS), metavar="H",
-                        help=f"fixed Euler step sizes (default: {' '.join(map(str, EULER_STEPS))})")
-    parser.add_argument("--tol", type=float, default=RKF_TOL, help=f"RKF45 tolerance Tol (default {RKF_TOL:g})")
+    parser.add_argument("--h", type=float, nargs="+", metavar="H",
+                        help=f"fixed Euler step sizes (default: the poster's {DEFAULT_H})")
+    parser.add_argument("--tol", type=float, help=f"RKF45 tolerance Tol (default: the poster's {DEFAULT_TOL})")
     parser.add_argument("--safety", type=float, default=0.9, help="RKF45 safety factor k (default 0.9)")
     parser.add_argument("--order", type=int, default=4, help="order p in the exponent 1/(p+1) (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace ode.png and ode.json in --out (refused by default)")
@@ -30,9 +34,12 @@ def _trajectory(result, setting: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.ode_plot import LAMBDA, T_END, format_table, poster_figure, poster_runs
+    from ..analysis.ode_plot import EULER_STEPS, LAMBDA, RKF_TOL, T_END, format_table, poster_figure, poster_runs
     from ..errors import UserError
     from .common import check_out_folder
+
+    args.h = list(EULER_STEPS) if args.h is None else args.h
+    args.tol = RKF_TOL if args.tol is None else args.tol
 
     for h in args.h:
         if not (math.isfinite(h) and h > 0):

@@ -24,12 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "profile:RUN_OR_FILE, mlp, tsc")
     parser.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder")
     parser.add_argument("--data-dir", help="folder holding the dataset's files")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's train.epochs)")
     parser.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="base learning rate (default: the recipe's optim.lr)")
     parser.add_argument("--train-subset", type=int, help="train on the first N of a fixed shuffle")
     parser.add_argument("--test-subset", type=int, help="evaluate on N test images only (quick runs)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int,
+                        help="seed of the initial weights, the batches and the augmentation (default: the recipe's train.seed)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key, e.g. --set optim.lr=0.05 (repeatable)")
