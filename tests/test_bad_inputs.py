@@ -140,7 +140,7 @@ CASES = [
     ("train-init-fixup-with-bn", train("--set", "model.init=fixup"), "init 'fixup' is for norm-free post-activation nets"),
     ("train-steps-on-fixup", train("--set", "model.norm=none", "--set", "model.init=fixup", "--steps", "tsc"),
      "cannot attach steps to FixupBasicBlock"),
-    ("train-steps-dt-init-bogus", train("--steps", "tsc:dt_init=deep"), "option dt_init='deep' is not a valid number or depth:P"),
+    ("train-steps-dt-init-bogus", train("--steps", "tsc:dt_init=deep"), "option dt_init='deep' is not a valid number, depth:P or cait"),
     ("train-steps-fixed-0", train("--steps", "fixed:0"), "fixed step must be positive"),
     ("train-steps-fixed-negative", train("--steps", "fixed:-1"), "fixed step must be positive"),
     ("train-steps-hidden-negative", train("--steps", "tsc:hidden=-1"), "hidden must be a positive size"),
