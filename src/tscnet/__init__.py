@@ -25,11 +25,11 @@ _EXPORTS = {
     "create_model": "models", "list_models": "models",
     "PolicySpec": "stepping", "attach_steps": "stepping", "convert_sync_batchnorm": "stepping",
     "evolution_time": "stepping", "fold_steps": "stepping", "get_policy": "stepping", "parse_policy": "stepping",
-    "policy_names": "stepping", "step_sizes": "stepping", "unfold_steps": "stepping",
+    "policy_names": "stepping", "step_sizes": "stepping", "unfold_steps": "stepping", "param_groups": "stepping",
 }
 __all__ = [
     "PolicySpec", "attach_steps", "convert_sync_batchnorm", "create_model", "evolution_time", "fold_steps", "get_policy",
-    "list_models", "parse_policy", "policy_names", "step_sizes", "unfold_steps",
+    "list_models", "param_groups", "parse_policy", "policy_names", "step_sizes", "unfold_steps",
 ]
 
 
@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names as if imported here
         evolution_time,
         fold_steps,
         get_policy,
+        param_groups,
         parse_policy,
         policy_names,
         step_sizes,
