@@ -91,13 +91,15 @@ def policy_name(model: nn.Module) -> Optional[str]:
     return names[0] if names else None
 
 
-def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict] = "tsc") -> nn.Module:
+def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
     """Insert step sites and the policy ``steps`` into ``model`` in place; returns ``model``.
 
     Attach after loading pretrained weights: parameter names are unchanged, the policy adds
     ``<first site>.step_policy.*`` (:func:`policy_name`). ``steps="none"`` leaves the model
     untouched. ``model`` may be a whole network, a backbone or a wrapper around one (timm
     ``features_only``, torchvision ``IntermediateLayerGetter``, a detector or its backbone).
+    ``steps`` has no default: calling this function is choosing a policy, and no policy is the
+    obvious one (``tscnet.create_model`` defaults to ``"none"``, the stock model).
     """
     if any(isinstance(m, StepSite) for m in unwrap_model(model).modules()):
         raise InvalidValue("model already has steps attached; fold_steps() it or build a fresh model")
