@@ -522,3 +522,33 @@ def test_sweep_matrix_marks_diverged_seeds_and_missing_ones():
     assert rows["| `none`"] == "| `none` | ✗ 2/2 | — |"
     assert rows["| `tsc`"] == "| `tsc` | — | 30.00 (n = 1) |"
     assert format_sweep_matrix(sweep).splitlines()[0] == "| policy | `optim.lr` = 0.1 | `optim.lr` = 0.3 |"
+
+
+def _sweep(best_by_arm: dict[str, float], values=(1e-3, 2e-3, 4e-3, 8e-3)) -> dict:
+    """A one-key sweep as sweep_analysis returns it: each arm's error is lowest at its best value."""
+    arms = {}
+    for arm, best in best_by_arm.items():
+        points = [{"value": v, "mean": 30.0 + 5 * abs(math.log2(v / best)), "n": 3} for v in values]
+        arms[arm] = {"steps": arm, "points": points, "best_value": best,
+                     "best": next(p for p in points if p["value"] == best)}
+    return {"key": "optim.lr", "values": list(values), "arms": arms}
+
+
+def test_depth_transfer_reads_each_arms_best_lr_across_depths(tmp_path):
+    from tscnet.study.transfer import format_transfer, plot_transfer, transfer_analysis
+
+    sweeps = {"vit_d6": _sweep({"none": 2e-3, "depth:0.5": 4e-3}), "vit_d12": _sweep({"none": 1e-3, "depth:0.5": 4e-3}),
+              "vit_d24": _sweep({"none": 1e-3, "depth:0.5": 4e-3})}
+    transfer = transfer_analysis(sweeps, {"vit_d6": 12, "vit_d12": 24, "vit_d24": 48})
+    assert transfer["depths"] == [12, 24, 48]
+    none, fixed = transfer["arms"]["none"], transfer["arms"]["depth:0.5"]
+    assert (none["moves"], fixed["moves"]) == (1, 0)
+    assert fixed["slope"] == pytest.approx(0.0) and none["slope"] == pytest.approx(-0.5)  # halved once in 4x depth
+    # tuned at D = 12 (lr 2e-3), trained at D = 24 and 48: one grid step from their best, 5 points worse
+    assert [s["gap"] for s in none["at_shallow_best"]] == [pytest.approx(5.0), pytest.approx(5.0)]
+    assert [s["gap"] for s in fixed["at_shallow_best"]] == [0.0, 0.0]
+    table = format_transfer(transfer)
+    assert "| `none` | 0.002 | 0.001 | 0.001 | 1 |" in table
+    assert plot_transfer(transfer, {"none"}, tmp_path / "t.png").stat().st_size > 0
+    # one depth, or depths swept over different keys: no reading
+    assert transfer_analysis({"vit_d6": sweeps["vit_d6"]}, {"vit_d6": 12}) is None

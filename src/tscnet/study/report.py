@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..train.run import read_diverged
 from .plan import grid_tag
 from .results import CELL_FILE, DIVERGED_FILES, RESULT_FILES, definition, read_cell_info, read_metrics, read_yaml
+from .transfer import format_transfer, model_depths, plot_transfer, transfer_analysis
 from .spec import StudySpec, ablation_kind
 from .stats import holm, paired, welch
 
@@ -480,6 +481,14 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         sections += [f"## {model}: final test error against `{sweep['key']}`\n",
                      f"![final test error against {sweep['key']}]({figure.name})\n",
                      format_sweep(model, sweep, chance) + "\n"]
+    transfer = transfer_analysis(sweeps, model_depths(found)) if spec.report.get("transfer") else None
+    if transfer is not None:
+        controller_arms = {arm for sweep in sweeps.values() for arm, e in sweep["arms"].items()
+                           if _kind(e["steps"]) in CONTROLLERS}
+        figure = plot_transfer(transfer, controller_arms, results / "depth_transfer.png")
+        files.append(figure)
+        sections += [f"## Depth transfer: the best `{transfer['key']}` across {', '.join(transfer['models'])}\n",
+                     f"![best {transfer['key']} against depth]({figure.name})\n", format_transfer(transfer) + "\n"]
     for (model, tag), group in groups.items():
         summary = summarize_group(spec, group)
         values = group[0].grid
@@ -538,6 +547,8 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         "recipe": [json.loads(text) for text in recipes], "recipe_cells": list(recipes.values()),
         "models": rel, "figures": figures,
     }
+    if transfer is not None:
+        document["transfer"] = transfer
     if platforms:
         document["platforms"] = {str(r): r.platform or "unrecorded" for r in found}
     (results / "summary.json").write_text(json.dumps(document, indent=2) + "\n")

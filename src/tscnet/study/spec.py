@@ -41,7 +41,8 @@ ABLATIONS = ("profile-of", "fixed-of")
 TOP_KEYS = ("name", "recipe", "set", "models", "seeds", "grid", "per_model", "policies", "baseline", "peers",
             "executor", "slurm", "report", "description")
 ARM_KEYS = ("name", "steps", "set")
-REPORT_KEYS = ("title", "written_by", "layout")  # the wording of the report's first lines
+# the wording of the report's first lines; transfer: true adds the depth-transfer reading (study.transfer)
+REPORT_KEYS = ("title", "written_by", "layout", "transfer")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
