@@ -29,69 +29,26 @@ class Contrast:
     study: str       # the study's results folder under benchmarks/results/
 
 
-STABILITY_FINDINGS = """\
-What the study found (python benchmarks/study.py --commit stability_normfree; norm-free
-cifar_resnet20, Fashion-MNIST 2560 images, 400 steps of batch 64, no warm-up, cosine; final-epoch
-test error %, mean ± std over seeds 0-2; a run that diverged or ended at chance level counts at
-90 %; benchmarks/results/stability_normfree/report.md):
-  lr 0.1, 3 seeds: none 90.00 ± 0.00, tsc 90.00 ± 0.00 (all 3 seeds fail), depth:0.5 26.17 ± 0.81,
-    tsc-small 27.40 ± 0.53 (tsc started at 1/sqrt(D)), tsc-norm 27.23 ± 0.58 (+ the branch norm),
-    scalar:0 25.66 ± 0.84 (SkipInit, the best), depth:1 33.75 ± 0.94, fixed:0.1 34.90 ± 0.64.
-  lr 0.3, 3 seeds: fixed:0.1 28.11 ± 0.93 and depth:1 27.56 ± 1.04 train in every seed; depth:0.5,
-    tsc-small and tsc-norm fail in 2 of 3, none, tsc and scalar:0 in all 3.
-  lr 0.03, 3 seeds: none 47.88 ± 30.11, tsc 42.42 ± 16.61, depth:0.5 32.33 ± 1.06,
-    tsc-small 31.93 ± 1.09, scalar:0 31.67 ± 1.81.
-  (dt = 1 is erratic there: one seed of none ends near chance, the seeds of tsc spread over 33 pp.)
-  lr 0.01, 3 seeds: none 32.38 ± 3.96, tsc 35.68 ± 6.59, depth:0.5 39.96 ± 4.07, fixed:0.1 75.87 ± 4.93.
-  The controller does not extend the stable range: from dt = 1 it fails where vanilla fails and is
-  as erratic below, from 1/sqrt(D) it fails where the fixed 1/sqrt(D) fails and ties that rule
-  where both train; the norm input changes neither. What sets the largest stable lr is steps that
-  are small and stay small (fixed); learned scales, SkipInit's from 0 too, grow and fail at lr 0.3.
-  Small steps cost speed at small lr: at 0.01 the dt = 1 arms lead.
-Norm-free cifar_resnet56, same recipe; with dt = 1 its forward map has exploded before the first
-update (first loss ~2.5e3), so none and tsc diverge at every lr (0.03, 0.1 and 0.3):
-  cifar_resnet56 lr 0.1, 3 seeds: none 90.00 ± 0.00, tsc 90.00 ± 0.00 (NaN at step 2 in every seed),
-    depth:0.5 28.08 ± 0.34, tsc-small 30.02 ± 1.65, tsc-norm 29.44 ± 1.78,
-    scalar:0 42.01 ± 24.63 (one seed at 70 %), depth:1 41.11 ± 1.33.
-  cifar_resnet56 lr 0.3, 3 seeds: fixed:0.1 27.52 ± 1.58 (the best arm), tsc-small 38.96 ± 6.01
-    and tsc-norm 35.17 ± 3.98 train in every seed; depth:0.5 fails in 1 of 3, layerscale in 2,
-    scalar:0 and fixup in all 3.
-  Started at 1/sqrt(D), the controllers tie the fixed rules where those train and are the trained
-  arms least sensitive to the lr (spread 5.7-8.9 pp over 0.03-0.3), not significantly with 3 seeds.
-BN cifar_resnet56 and cifar_resnet110 without warm-up (python benchmarks/study.py --commit stability_bn;
-same recipe, BN ending every branch; benchmarks/results/stability_bn/report.md):
-  BN cifar_resnet56 lr 0.4, 3 seeds: none 68.35 ± 6.81 (gamma = 1), zero-gamma 22.47 ± 1.68 (no steps),
-    fixed:0.5 34.93 ± 9.48, depth:0.5 19.69 ± 0.65, tsc-small 20.07 ± 0.91, tsc-norm 19.11 ± 0.37.
-  BN cifar_resnet56 lr 0.1, 3 seeds: none 42.81 ± 15.71, tsc 32.50 ± 10.28, depth:0.5 18.82 ± 0.64.
-  BN cifar_resnet110 lr 0.4, 3 seeds: none 90.00 ± 0.00 (chance in every seed), zero-gamma 25.47 ± 2.49,
-    depth:0.5 18.78 ± 0.31, tsc-small 19.61 ± 1.02, tsc-norm 19.30 ± 1.22.
-  BN cifar_resnet110 lr 1.6, 3 seeds: depth:0.5 29.23 ± 9.77, tsc-small 46.41 ± 29.34,
-    tsc-norm 39.33 ± 12.89 (each controller with one poor seed); none, tsc and scalar:0 at chance.
-  Under BN a step rescales the branch's last gamma, so what helps is a small start, which zero-gamma
-  (the last gamma at 0) gets without steps, though it falls behind 1/sqrt(D) at depth 110. The fixed
-  1/sqrt(D) is the best peer at both depths and trains in every seed up to lr 1.6; the controllers
-  started there tie it at its best lr and trail it, within the noise, at 1.6. From dt = 1 the
-  controller keeps vanilla's bad start; SkipInit (scalar:0) ends at chance from lr 0.4 up.
-Nowhere in the study does adaptive stepping beat a fixed rule."""
+RESULTS_URL = "https://github.com/tscnet/tscnet/blob/main/BENCHMARKS.md"
 
-CONVERGED_FINDINGS = """\
-What the full study found (python benchmarks/converged.py; Fashion-MNIST, 10k training images,
-20 epochs, warm-up + cosine, the same seeds for every policy; final-epoch test error %, mean ± std,
-Welch 95 % CI of each difference; benchmarks/results/converged/report.md):
+STABILITY_FINDINGS = f"""\
+What the full study found (norm-free cifar_resnet20, Fashion-MNIST, 400 steps without warm-up;
+final test error %, mean ± std over seeds 0-2; a run that diverged or ended at chance counts at 90 %):
+  lr 0.1, 3 seeds: none 90.00 ± 0.00, tsc 90.00 ± 0.00, depth:0.5 26.17 ± 0.81,
+    tsc-small 27.40 ± 0.53 (tsc started at 1/sqrt(D)), scalar:0 25.66 ± 0.84 (SkipInit).
+  From dt = 1 the controller fails where vanilla fails; started at 1/sqrt(D) it ties the fixed rule.
+  Nowhere in the 330-run stability study (norm-free and BN ResNets up to depth 110, lr up to 1.6)
+  does adaptive stepping beat a fixed rule.
+Full results: {RESULTS_URL}#verdict-the-stability-study"""
+
+CONVERGED_FINDINGS = f"""\
+What the full study found (BN ResNets, 10k images, 20 epochs with warm-up; final test error %,
+mean ± std, Welch 95 % CI of the difference):
   cifar_resnet20, 5 seeds: none 9.69 ± 0.33, tsc 9.49 ± 0.17, depth:1 12.14 ± 0.29;
-    best controller-free peer scalar:0 9.67 ± 0.35; tsc's ablations: profile-of:tsc 9.64 ± 0.29
-    (its learned Δt frozen from the first step), fixed-of:tsc 9.55 ± 0.28 (a uniform step at its T/D).
-  tsc - none: -0.20 pp [-0.60, +0.21], a tie; depth:1 - none: +2.45 pp [+2.00, +2.90], worse.
-  Every other policy ends within 9.49-10.01 %: nothing beyond noise is due to the controller. What
-  hurts is a small total time T (the sum of the steps): depth:1 has T = 1, none T = 9.
-  cifar_resnet56, 3 seeds: none 9.61 ± 0.23, tsc 9.97 ± 0.52, depth:1 13.62 ± 0.18,
-    fixed:0.5 8.98 ± 0.23 (the best); profile-of:tsc 9.29 ± 0.25 (better than tsc itself).
-  tsc - none: +0.36 pp [-0.73, +1.46], a tie; depth:1 - none: +4.01 pp [+3.52, +4.49], worse;
-  fixed:0.5 - none: -0.63 pp [-1.15, -0.11], a lead only (corrected for the 10 comparisons with
-  none, fixed:0.5 Holm p = 0.26).
-  Every other policy ends within 8.98-9.97 %. The controller shrinks the steps early (T from 27
-  to 17) and lets them grow back: tsc has T = 20 at the end, none T = 27. Learning the steps
-  brings no gain; a constant half step leads Δt = 1 by a margin that more seeds must confirm."""
+    tsc - none: -0.20 pp [-0.60, +0.21], a tie; depth:1 - none: +2.45 pp [+2.00, +2.90], worse.
+    Every other policy ends within 9.49-10.01 %.
+  At convergence the controller ties vanilla; only too small a total time (depth:1, T = 1) hurts.
+Full results: {RESULTS_URL}#verdict-so-far-the-converged-study"""
 
 CONTRASTS: dict[str, Contrast] = {
     # Evaluated once, at the end: train.eval_epochs changes no trained weight (tests/test_run_records.py).
