@@ -1,4 +1,4 @@
-"""The studies' numbers quoted in BENCHMARKS.md and the README are the committed reports' (converged, stability),
+"""The studies' numbers quoted in BENCHMARKS.md and docs/results.md are the committed reports' (converged, stability),
 and the tables of where the nets start and of SkipInit's branch scale are what their scripts print."""
 import json
 import os
@@ -28,7 +28,7 @@ def test_benchmarks_tables_of_the_converged_study_are_the_reports(title):
 
 
 @pytest.mark.parametrize("model", ["cifar_resnet20", "cifar_resnet56"])
-def test_readme_results_of_the_converged_study_are_the_reports(model):
+def test_results_page_of_the_converged_study_is_the_reports(model):
     summary = json.loads((RESULTS / "summary.json").read_text())["models"][model]["rows"]
 
     def fmt(x):
@@ -37,7 +37,7 @@ def test_readme_results_of_the_converged_study_are_the_reports(model):
     known = {(f"{r['mean']:.2f}", f"{r['std']:.2f}",
               "—" if r["vs_none"] is None else f"{fmt(r['vs_none']['diff'])} [{fmt(r['vs_none']['ci95'][0])}, "
                                                 f"{fmt(r['vs_none']['ci95'][1])}]") for r in summary}
-    section = _section((ROOT / "README.md").read_text(), f"| {model} | error % | vs `none`, pp |")
+    section = _section((ROOT / "docs" / "results.md").read_text(), f"| {model} | error % | vs `none`, pp |")
     section = section.split("\n\n")[0]
     table = re.findall(r"^\| .* \| (\d+\.\d\d) ± (\d+\.\d\d) \| \**([^|*]+?)\** \|$", section, re.M)
     assert len(table) == len(section.splitlines()) - 2 >= 6
