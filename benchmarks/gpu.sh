@@ -10,8 +10,8 @@
 #
 # Preparation (on a machine with the Debian package dataset-fashion-mnist; data/ is git-ignored):
 #   bash benchmarks/gpu.sh --prepare       # copies the four .gz files into data/fashion-mnist (30 MB)
-# Then, on the GPU machine (repository root as cwd, no network), carrying that folder, e.g. with
-# the device tool: run(command="OUT_DIR=$OUT bash benchmarks/gpu.sh", carry=["data/fashion-mnist"]).
+# Then, on the GPU machine (repository root as cwd, no network, that folder copied along):
+#   OUT_DIR=DIR bash benchmarks/gpu.sh
 #
 # No install and no network: tscnet runs from src/ (PYTHONPATH). That Python needs torch, timm,
 # numpy, PyYAML, safetensors, tqdm, matplotlib (checked first). Fashion-MNIST is looked up in
