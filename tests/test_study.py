@@ -353,8 +353,9 @@ def test_data_the_runs_cannot_read_stops_the_study_before_any_cell(tmp_path, cap
                     *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"tscnet study: error: fashion-mnist data directory {tmp_path / 'no-such-data'} does not exist: "
-                       f"apt-get install dataset-fashion-mnist or pass --set data.data_dir=DIR (relative to {tmp_path}, where the "
-                       "runs start); no cell was started"), err
+                       "apt-get install dataset-fashion-mnist, pass --set data.data_dir=DIR with its four IDX files, or "
+                       "fetch them with --set data.download=true --set data.data_dir=DIR (a folder to download into) "
+                       f"(relative to {tmp_path}, where the runs start); no cell was started"), err
         assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
     # A subset larger than the data (a recipe for Fashion-MNIST on a smaller set of the user's).
     assert cli(["study", str(spec), "--results", "r", "--runs", "runs", "--set", "data.test_subset=10001"]) == 2

@@ -114,10 +114,15 @@ def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) 
             if not download:
                 raise
         if root is None:
-            raise DataError(f"data.download=true needs a data_dir to download {name} into")
-        import torchvision.datasets as tvd  # downloads into root/<tv_name>/raw
+            raise DataError(f"data.download=true needs a data_dir to download {name} into (--data-dir)")
+        import torchvision.datasets as tvd  # downloads into root/<tv_name>/raw (all four files, checksummed)
 
-        getattr(tvd, tv_name)(str(root), train=split == "train", download=True)
+        try:
+            getattr(tvd, tv_name)(str(root), train=split == "train", download=True)
+        except (RuntimeError, OSError) as error:  # no network, a mirror down, a folder we cannot write
+            reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise DataError(f"could not download {name} into {root / tv_name / 'raw'}: {reason}; without network "
+                            f"access, copy its four IDX files into {root} (or another folder given as --data-dir)") from None
         return load(root, split)
 
     return build
@@ -160,7 +165,8 @@ _CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 register_dataset(DatasetSpec(
     DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,)),
     _idx_builder("fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist",
-                 "apt-get install dataset-fashion-mnist or pass --data-dir"),
+                 "apt-get install dataset-fashion-mnist, pass --data-dir with its four IDX files, or fetch them "
+                 "with --set data.download=true --data-dir (a folder to download into)"),
     pad=2, flip=True,
 ))
 register_dataset(DatasetSpec(
