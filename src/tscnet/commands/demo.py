@@ -83,7 +83,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
     parser.add_argument("--data-dir", help="the data's folder (default for Fashion-MNIST: the Debian package's; "
-                        "another dataset with --set data.name=NAME)")
+                        "with --set data.download=true it is fetched into this folder; another dataset with "
+                        "--set data.name=NAME)")
     parser.add_argument("--device", default="auto", help="auto (default: a GPU if there is one), cpu, cuda, cuda:N")
     parser.add_argument("--jobs", type=int,
                         help="policies trained at once, each a process (default: all of them on a CPU, "
