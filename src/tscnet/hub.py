@@ -18,6 +18,7 @@ from typing import Optional, Union
 from torch import nn
 
 from .errors import InvalidValue
+from .jobs.run_folder import RunFolder
 from .stepping import fold_steps
 
 __all__ = ["TIMM_CONFIG_FILE", "TIMM_WEIGHTS_FILE", "is_timm_model", "run_data_config", "save_timm_folder"]
@@ -69,5 +70,5 @@ def save_timm_folder(model: nn.Module, directory: Union[str, Path], data_config:
     folded = fold_steps(model).cpu().eval()
     save_for_hf(folded, str(directory), safe_serialization=True, data_config=data_config)
     if model_card is not None:
-        (directory / "model_card.json").write_text(json.dumps(model_card, indent=2) + "\n")
+        (directory / RunFolder.CARD).write_text(json.dumps(model_card, indent=2) + "\n")
     return folded

@@ -24,8 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.stability import STABILITY_FILES, format_stability_table, stability_study
+    from ..analysis.stability import (
+        STABILITY_FILES,
+        format_stability_table,
+        stability_study,
+    )
     from ..errors import UserError
+    from ..jobs.run_folder import RunFolder
     from .common import check_out_folder
 
     for flag, value in (("--images", args.images), ("--directions", args.directions),
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                             eps=args.eps, power_iters=args.power_iters)
     print(format_stability_table(study.rows))
     for row in study.rows:
-        if row["weights"] != "checkpoint.pt":
+        if row["weights"] != RunFolder.CHECKPOINT:
             print(f"note: {row['run']} has no checkpoint.pt; its stepped model was rebuilt from {row['weights']}")
     print("wrote " + ", ".join(str(p) for p in study.files.values()))
     return 0

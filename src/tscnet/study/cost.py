@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 from .results import read_metrics
 
 # Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):
@@ -87,7 +88,7 @@ class CostModel:
         for folder in folders:
             if not Path(folder).is_dir():
                 continue
-            for card_file in Path(folder).rglob("model_card.json"):
+            for card_file in Path(folder).rglob(RunFolder.CARD):
                 if card_file.resolve() in seen:
                     continue
                 seen.add(card_file.resolve())

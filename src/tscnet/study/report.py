@@ -20,12 +20,21 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 from ..train.run import read_diverged
 from .plan import grid_tag
-from .results import CELL_FILE, DIVERGED_FILES, RESULT_FILES, definition, read_cell_info, read_metrics, read_yaml
-from .transfer import format_transfer, model_depths, plot_transfer, transfer_analysis
+from .results import (
+    CELL_FILE,
+    DIVERGED_FILES,
+    RESULT_FILES,
+    definition,
+    read_cell_info,
+    read_metrics,
+    read_yaml,
+)
 from .spec import StudySpec, ablation_kind
 from .stats import holm, paired, welch
+from .transfer import format_transfer, model_depths, plot_transfer, transfer_analysis
 
 CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller (solid lines in the figures)
 FIXED = ("none", "fixed", "depth")  # policies whose Δt is a constant (no heatmap)
@@ -93,7 +102,7 @@ class Result:
         """Where the run ran (``platform.json``, else the model card's ``platform``), ``None`` if unrecorded."""
         record = None
         try:
-            record = json.loads((self.folder / "platform.json").read_text())
+            record = json.loads((self.folder / RunFolder.PLATFORM).read_text())
         except (OSError, ValueError):
             record = self.card.get("platform") if isinstance(self.card, dict) else None
         return platform_label(record) if record else None
@@ -148,8 +157,8 @@ def load_results(results: Path) -> list[Result]:
         arm = info.get("arm", info["policy"])
         steps = info["policy"] if ablation_kind(str(info["policy"])) else str(info.get("policy", arm))
         found.append(Result(info["model"], arm, steps, int(info["seed"]), dict(info.get("grid") or {}), folder,
-                            read_yaml(folder / "config.yaml"), metrics, {} if diverged else read("steps.json"),
-                            read("model_card.json"), info, diverged))
+                            read_yaml(folder / RunFolder.CONFIG), metrics, {} if diverged else read(RunFolder.STEPS),
+                            read(RunFolder.CARD), info, diverged))
     return found
 
 

@@ -23,18 +23,18 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
-from ..train.run import CONFIG_FILE, DIVERGED_FILE
-from ..train.run import diverged_message
+from ..train.run import CONFIG_FILE, diverged_message
 from ..train.run import read_metrics as read_run_metrics
 from .plan import Cell, Layout, source_cell
 from .spec import StudySpec
 
 CELL_FILE = "cell.json"
-RESULT_FILES = ("config.yaml", "metrics.jsonl", "steps.json", "model_card.json")  # a finished run's
-DIVERGED_FILES = ("config.yaml", "metrics.jsonl")  # a diverged run has no final profile or model card
-OPTIONAL_FILES = ("platform.json", DIVERGED_FILE)  # copied when the run wrote them
+RESULT_FILES = (RunFolder.CONFIG, RunFolder.METRICS, RunFolder.STEPS, RunFolder.CARD)  # a finished run's
+DIVERGED_FILES = (RunFolder.CONFIG, RunFolder.METRICS)  # a diverged run has no final profile or model card
+OPTIONAL_FILES = (RunFolder.PLATFORM, RunFolder.DIVERGED)  # copied when the run wrote them
 # Keys that place a run, not define it: a resumed or skipped cell may differ in these.
 PLACEMENT = {("data", "data_dir"), ("data", "download"), ("data", "workers"), ("data", "eval_batch_size"),
              ("train", "device"), ("train", "progress")}
@@ -112,10 +112,10 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
         message = log_divergence(log)
     if message:
         return message
-    if (run_dir / "model_card.json").is_file():
+    if RunFolder(run_dir).finished:
         metrics = read_metrics(run_dir)
         try:
-            config = read_yaml(run_dir / "config.yaml")
+            config = read_yaml(RunFolder(run_dir).config_file)
         except OSError:
             return None
         if metrics and "test_error" in metrics[-1]:
@@ -153,7 +153,7 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
         for name in RESULT_FILES + OPTIONAL_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
-            elif name == "metrics.jsonl" and diverged:  # diverged in its first epoch: no epoch finished
+            elif name == RunFolder.METRICS and diverged:  # diverged in its first epoch: no epoch finished
                 (tmp / name).write_text("")
             elif name in (DIVERGED_FILES if diverged else RESULT_FILES):
                 raise UserError(f"{run_dir} has no {name}; it cannot be collected")
@@ -308,7 +308,7 @@ def check_recipe(spec: StudySpec, cells: list[Cell], layout: Layout, extra: tupl
     for cell in cells:
         folder = layout.result_dir(cell)
         if is_collected(folder):
-            problem = config_difference(cell_config(spec, cell, layout, extra), read_yaml(folder / "config.yaml"))
+            problem = config_difference(cell_config(spec, cell, layout, extra), read_yaml(folder / RunFolder.CONFIG))
             if problem:
                 raise UserError(f"results {folder} were trained with another recipe ({problem}); "
                                 "use another --results folder or remove them")

@@ -33,13 +33,28 @@ from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from ..jobs.executors.base import Executor, Task
+from ..jobs.run_folder import RunFolder
 from ..jobs.runner import Running, run_tasks
 from ..train.config import dump_config
 from .cost import CostModel, format_hours
 from .plan import Cell, Layout, source_cell
-from .results import (base_config, cell_config, cell_info, cell_overrides, check_configs, check_recipe, collect,
-                      config_difference, diverged_reason, final_error, is_collected, log_error, read_metrics, read_yaml,
-                      run_divergence)
+from .results import (
+    base_config,
+    cell_config,
+    cell_info,
+    cell_overrides,
+    check_configs,
+    check_recipe,
+    collect,
+    config_difference,
+    diverged_reason,
+    final_error,
+    is_collected,
+    log_error,
+    read_metrics,
+    read_yaml,
+    run_divergence,
+)
 from .spec import StudySpec
 
 
@@ -68,9 +83,9 @@ def cell_state(spec: StudySpec, cell: Cell, layout: Layout) -> str:
     if is_collected(folder):
         return "diverged" if diverged_reason(folder) else "results"
     run = layout.run_dir(cell)
-    if (run / "model_card.json").is_file():
+    if RunFolder(run).finished:
         return "trained, not collected"
-    if (run / "config.yaml").is_file():
+    if RunFolder(run).started:
         return "resumable"
     source = source_cell(spec, cell)
     if source is None:
@@ -86,7 +101,7 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
     run, recipe = layout.run_dir(cell), layout.recipe(cell)
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(dump_config(config))
-    resume = (run / "config.yaml").is_file()
+    resume = RunFolder(run).started
     command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(run)]
     command += ["--resume"] if resume else ["--config", str(recipe)]
     return Task(name=str(cell), config=config, command=command, recipe=recipe, run_dir=run, log=layout.log(cell),
@@ -177,8 +192,8 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
         try:
             config = cell_config(spec, cell, layout, extra)
             run = layout.run_dir(cell)
-            if (run / "config.yaml").is_file():
-                problem = config_difference(config, read_yaml(run / "config.yaml"))
+            if RunFolder(run).started:
+                problem = config_difference(config, read_yaml(RunFolder(run).config_file))
                 if problem:
                     raise UserError(f"scratch run {run} has another recipe ({problem}); "
                                     "use another --runs folder or delete it")
@@ -192,10 +207,10 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             return None
         steps = config["model"]["steps"]
         run, log = layout.run_dir(cell), layout.log(cell)
-        if (run / "model_card.json").is_file():  # trained before, not yet collected
+        if RunFolder(run).finished:  # trained before, not yet collected
             settle(cell, lambda: finish(cell, steps, run_divergence(run), None))
             return None
-        if (run / "config.yaml").is_file():
+        if RunFolder(run).started:
             diverged = run_divergence(run, log)  # unfinished: reads diverged.json and the log, not the metrics
             if diverged:  # diverged before, not yet collected: a result, not retried
                 settle(cell, lambda: finish(cell, steps, diverged, None))
@@ -231,7 +246,7 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
             return
         seconds = time.time() - r.began
         longest[cell.model] = max(longest.get(cell.model, 0.0), seconds)
-        finished = code == 0 and (run / "model_card.json").is_file()
+        finished = code == 0 and RunFolder(run).finished
 
         def record() -> None:
             diverged = run_divergence(run, None if finished else r.task.log)

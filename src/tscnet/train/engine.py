@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..data import create_loaders
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
 from . import machine
@@ -370,14 +371,22 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], 
 
 
 def fit(config: dict, out_dir, resume: bool = False) -> list[dict]:
-    """Train ``config`` into run folder ``out_dir``; returns the per-epoch metrics."""
+    """Train ``config`` into run folder ``out_dir``; returns the per-epoch metrics.
+
+    The run folder is locked while it trains (:class:`tscnet.jobs.run_folder.RunFolder`): a second
+    process training into it (a second study, a manual ``--resume`` beside a requeued job) is
+    refused in one line naming the holder; a lock whose process is gone is taken over with a warning.
+    """
     out_dir = Path(out_dir)
     if resume:
         config = runfiles.read_config(runfiles.require_run(out_dir))
     validate_config(config)  # a dict built in Python gets the CLI's range checks, before anything is written
     ctx = setup(config["train"]["device"])
     try:
-        return _fit(config, out_dir, resume, ctx)
+        if ctx.rank != 0:  # one lock per run: the first process holds it for all of them
+            return _fit(config, out_dir, resume, ctx)
+        with RunFolder(out_dir).lock(say=lambda message: warnings.warn(message, stacklevel=2)):
+            return _fit(config, out_dir, resume, ctx)
     finally:
         cleanup(ctx)
 

@@ -24,9 +24,10 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 from . import run as runfiles
 
-PLATFORM_FILE = "platform.json"
+PLATFORM_FILE = RunFolder.PLATFORM
 _WHERE = ("from_step", "from_epoch")  # not part of the platform itself
 
 

@@ -25,14 +25,16 @@ import yaml
 from torch import nn
 
 from ..errors import UserError
+from ..jobs.run_folder import RunFolder
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.pt"
-FOLDED_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
-STEPS_FILE = "steps.json"  # tscnet.stepping.profile.PROFILE_FILE
-DIVERGED_FILE = "diverged.json"  # where the loss became non-finite (written by the engine)
+# The file names are the run folder's (tscnet.jobs.run_folder.RunFolder), named here for the engine.
+CONFIG_FILE = RunFolder.CONFIG
+METRICS_FILE = RunFolder.METRICS
+CHECKPOINT_FILE = RunFolder.CHECKPOINT
+FOLDED_FILE = RunFolder.FOLDED
+CARD_FILE = RunFolder.CARD
+STEPS_FILE = RunFolder.STEPS  # tscnet.stepping.profile.PROFILE_FILE
+DIVERGED_FILE = RunFolder.DIVERGED  # where the loss became non-finite (written by the engine)
 
 METRIC_KEYS = (
     "epoch",            # 1-based

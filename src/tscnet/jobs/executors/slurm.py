@@ -49,6 +49,7 @@ from typing import Any, Optional, Union
 import submitit
 
 from ...errors import UserError
+from ..run_folder import RunFolder
 from . import register_executor
 from .base import Executor, Task
 
@@ -106,7 +107,7 @@ class CellJob:
 
     def argv(self, node: int, master: str, job_id: str) -> list[str]:
         command = list(self.command)
-        if (self.run_dir / "config.yaml").is_file() and "--resume" not in command:
+        if RunFolder(self.run_dir).started and "--resume" not in command:
             command.append("--resume")  # a requeued job, or one resubmitted by a new `tscnet study`
         if self.procs_per_node > 1 or self.nodes > 1:
             module = command.index("tscnet.cli")  # [python, -m, tscnet.cli, train, ...]
@@ -134,7 +135,7 @@ class CellJob:
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if env.node != 0:
             return code
-        unfinished = not (self.run_dir / "model_card.json").is_file()
+        unfinished = not RunFolder(self.run_dir).finished
         near_limit = time.monotonic() - started >= self.time_limit_s - WARNING_S - 30
         if code != 0 and unfinished and near_limit and _stopped_by_signal(self.log):
             # The time-limit warning stopped it: continue in a requeued job (same id, same folder).
