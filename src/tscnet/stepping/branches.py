@@ -87,13 +87,16 @@ class Branch:
         return [self.block.get_parameter(name) for name in self.weight_attrs]
 
 
-# An adapter describes a block's residual branch(es): one Branch, or a list (a transformer block's two).
+#: An adapter describes a block's residual branch(es): one Branch, or a list (a transformer block's two).
 Adapter = Callable[[nn.Module], Union[Branch, list[Branch]]]
 _ADAPTERS: Registry[Adapter] = Registry("residual block adapter")
+#: Decorator: ``@register_block("module.Class", ...)`` makes ``adapter(block)`` describe the residual
+#: branch(es) of blocks of those classes (an :data:`Adapter`); see :func:`find_branches`.
 register_block = _ADAPTERS.register  # register_block("module.Class", ...)(adapter)
 
 
 def supported_blocks() -> list[str]:
+    """The block classes (``module.Class``) with a registered adapter, sorted: the blocks steps attach to."""
     return _ADAPTERS.names()
 
 

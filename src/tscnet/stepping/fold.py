@@ -29,8 +29,11 @@ from .attach import attach_steps, get_policies, get_policy, unwrap_model
 from .branches import Branch
 from .policies import PolicySpec
 
+#: ``fold(gate, dt)``: folds the steps ``dt`` through a gate module, in place.
 GateFolder = Callable[[nn.Module, torch.Tensor], None]
 _GATE_FOLDERS: Registry[GateFolder] = Registry("gate folder")
+#: Decorator: ``@register_gate("module.Class")`` registers ``fold(gate, dt)``, which folds Δt through a
+#: gate of that class (a :data:`GateFolder`).
 register_gate = _GATE_FOLDERS.register  # how to fold Δt through a gate class ("module.Class")
 
 

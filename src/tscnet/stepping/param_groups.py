@@ -25,6 +25,7 @@ from ..errors import InvalidValue
 
 from .attach import get_policy, unwrap_model
 
+#: The weight-decay rules :func:`param_groups` and :func:`weight_decay_rule` take (see above).
 WEIGHT_DECAY_RULES = ("tscnet", "timm")
 
 

@@ -61,6 +61,7 @@ class StepPolicy(nn.Module):
     weight_decay: Optional[float] = None
 
     def forward(self) -> torch.Tensor:
+        """The steps of all D blocks, flat (``Σ_d C_d`` values, block after block)."""
         raise NotImplementedError
 
     def compute(self) -> list[torch.Tensor]:
@@ -290,10 +291,19 @@ _POLICIES: dict[str, _Entry] = {}
 
 
 def register_policy(name: str, factory, positional: Optional[str] = None, **options: type) -> None:
+    """Make ``name`` a policy string: ``name:key=value,...`` builds ``factory(branches, **options)``.
+
+    Args:
+        name: the policy's name in policy strings (``steps="name:..."``).
+        factory: ``factory(branches, **options) -> StepPolicy``; ``None``: no steps (``none``).
+        positional: the option a bare ``name:V`` sets (``fixed:0.5`` is ``fixed:value=0.5``).
+        **options: each option the policy takes -> the type (or converter) its string value is parsed with.
+    """
     _POLICIES[name] = _Entry(factory, positional, options)
 
 
 def policy_names() -> list[str]:
+    """The registered policy names, in registration order (``none``, ``fixed``, ..., ``mlp``, ``tsc``)."""
     return list(_POLICIES)
 
 

@@ -17,7 +17,7 @@ the first block's site (``<site>.step_policy.*``, see :func:`tscnet.stepping.att
   Linear is not called as a module (torchvision's ``nn.MultiheadAttention``).
 
 Sites hold no parameters of their own. Once per forward pass (when the first block's site runs)
-the step policy computes every Δt and, through :meth:`prepare` of each site class, every site's
+the step policy computes every Δt and, through :meth:`StepSite.prepare` of each site class, every site's
 input for all blocks of that class in one multi-tensor op (:mod:`tscnet.stepping.multi_tensor`);
 a site then only reads its own.
 
@@ -339,6 +339,7 @@ class StepTokenScale(StepScale):
         return flat.split(sizes)
 
 
+#: Site kind (a :class:`~tscnet.stepping.branches.Branch`'s ``site``) -> the class of its step sites.
 SITES: dict[str, type] = {"norm": NormSite, "conv": StepConv2d, "slot": StepScale, "linear": StepLinear,
                           "token_slot": StepTokenScale}
 
