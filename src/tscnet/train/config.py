@@ -19,6 +19,7 @@ from ..errors import UserError
 # Recipes ship inside the package (package data), so an installed wheel finds them from any folder.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
+#: The default recipe: every key a recipe may set, with its default (:func:`load_config` starts from it).
 DEFAULTS: dict[str, Any] = {
     # norm: null (the model's own), batch or none (norm-free, our CIFAR nets); init: null (the model's
     # default), he, zero_last (last BN γ of every branch = 0) or fixup (norm-free CIFAR nets).
@@ -41,9 +42,9 @@ DEFAULTS: dict[str, Any] = {
               "loss_steps": [100, 300], "eval_epochs": None},
 }
 
-# Keys a recipe may leave null for the run to fill in from its data (engine: the dataset's classes
-# and channels). A run's saved config.yaml holds the resolved value; on ``--resume`` a null given
-# for one of them is the same recipe, not a change.
+#: Keys a recipe may leave null for the run to fill in from its data (engine: the dataset's classes
+#: and channels). A run's saved config.yaml holds the resolved value; on ``--resume`` a null given
+#: for one of them is the same recipe, not a change.
 RESOLVED_AT_RUN_TIME = frozenset({"model.num_classes", "model.in_chans"})
 
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
@@ -194,7 +195,7 @@ def _milestones(value: Any) -> bool:
     return isinstance(value, list) and all(_is_number(m) and m > 0 for m in value)
 
 
-# key -> (check, what the value must be)
+#: key -> (check, what the value must be)
 RULES: dict[str, tuple[Any, str]] = {
     "model.name": (_name, "a model name such as cifar_resnet20"),
     "model.steps": (_name, "a step policy such as none, fixed:0.5 or tsc"),
@@ -280,6 +281,7 @@ def evaluated_epochs(config: dict) -> set[int]:
 
 
 def dump_config(config: dict) -> str:
+    """``config`` as YAML, keys in their order (what a run's ``config.yaml`` holds)."""
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -290,6 +292,7 @@ def same_setting(key: str, saved: Any, given: Any) -> bool:
 
 
 def get(config: dict, key: str, default: Optional[Any] = None) -> Any:
+    """The value at dotted ``key`` (``"optim.lr"``) of a nested ``config``, else ``default``."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

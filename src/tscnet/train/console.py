@@ -20,6 +20,7 @@ LINE_AT_LEAST_S = 60.0  # a line at least this often (long epochs)
 
 
 def is_terminal() -> bool:
+    """Whether stderr (where the progress bars go) is a terminal."""
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stream

@@ -13,6 +13,8 @@ from ..errors import UserError
 
 @dataclass
 class Context:
+    """This process's place in a run: its device, its rank and the number of processes (1 without torchrun)."""
+
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -44,6 +46,12 @@ class Context:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device ``name`` means (``auto``: CUDA where available, else the CPU; a bare ``cuda``: GPU
+    ``local_rank``).
+
+    Raises:
+        UserError: an unknown name, or a CUDA device this machine does not have.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -75,5 +83,6 @@ def setup(device_name: str) -> Context:
 
 
 def cleanup(ctx: Context) -> None:
+    """Leave the process group that :func:`setup` joined (nothing for a single process)."""
     if ctx.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -57,7 +57,7 @@ class TrainingDiverged(UserError):
 
 
 DIVERGED_FILE = runfiles.DIVERGED_FILE
-SYNC_EVERY = 20  # steps between host reads of the device: the loss check, the bar, the loss window
+SYNC_EVERY = 20  #: steps between host reads of the device: the loss check, the bar, the loss window
 EVAL_POLL_EVERY = 5  # evaluation batches between the ranks' agreement on a stop (torchrun only)
 
 

@@ -112,6 +112,12 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler of ``optimizer``'s learning rate: the base rate × :func:`lr_factor`
+    (warm-up, then the ``sched["name"]`` decay over ``epochs``).
+
+    Raises:
+        UserError: an unknown schedule name.
+    """
     if sched["name"] not in SCHEDULES:
         raise UserError(f"unknown schedule {sched['name']!r}; valid: {', '.join(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(

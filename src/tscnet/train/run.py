@@ -95,6 +95,11 @@ def save_folded(model: nn.Module, path: Path, metadata: Optional[dict] = None) -
 
 
 def require_run(run_dir: Path) -> Path:
+    """``run_dir`` as a ``Path``, checked to be a run folder (it holds the run's config).
+
+    Raises:
+        UserError: it is not one.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a tscnet run folder (no {CONFIG_FILE}); train one with `tscnet train --out DIR`")
@@ -198,6 +203,8 @@ def _load_failure(error: Exception) -> str:
 
 
 def build_model_from_config(config: dict) -> nn.Module:
+    """The untrained model a run's resolved ``config`` describes: its ``model:`` section (name,
+    classes, channels, steps) and options, through :func:`~tscnet.models.registry.create_model`."""
     from ..models import create_model
 
     m = config["model"]
