@@ -28,6 +28,7 @@ from .results import read_metrics
 WALL_PER_TRAIN_TIME = 1.35
 # A guess when no run of any model has finished: ResNet-20 on Fashion-MNIST, one CPU thread.
 DEFAULT_MODEL, DEFAULT_DATA = "cifar_resnet20", "fashion-mnist"
+#: Training images per second of that guess.
 DEFAULT_IMAGES_PER_S = 300.0
 DEFAULT_TRAIN_IMAGES = 50_000
 
@@ -138,4 +139,5 @@ class CostModel:
 
 
 def format_hours(seconds: float) -> str:
+    """``42 min`` under an hour, else ``3.5 h``."""
     return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"

@@ -163,9 +163,9 @@ class Layout:
     source's results lie inside it (so a committed config reads the same on every machine).
     """
 
-    results: Path
-    runs: Path
-    workdir: Path
+    results: Path  #: the results folder: one subfolder per cell, the report
+    runs: Path  #: the scratch run folders
+    workdir: Path  #: where runs start
 
     def result_dir(self, cell: Cell) -> Path:
         return self.results / cell.rel

@@ -1,7 +1,7 @@
 """A study's report from its results folder only: ``report.md``, ``summary.json`` and PNG figures.
 
 Per model (and per grid point, with a grid): final-epoch test error mean ± sample std and per seed,
-T, convergence (mean over seeds of |err_E − err_{E−3}|), Welch 95 % intervals of each arm's
+T, convergence (mean over seeds of ``|err_E − err_{E−3}|``), Welch 95 % intervals of each arm's
 difference to the baseline and to the best peer, ablations against their source (paired by seed
 and Welch), and the p-values of the comparisons with the baseline Holm-adjusted over that family.
 A diverged run counts at chance error (100 − 100 / classes %), marked †. Where cells recorded
@@ -172,6 +172,7 @@ def baseline_key(spec: StudySpec) -> str:
 
 
 def arm_label(spec: StudySpec, name: str) -> str:
+    """The arm's label in tables and legends (an ablation not in the spec: what it freezes, of which arm)."""
     try:
         return spec.arm(name).label
     except KeyError:
@@ -182,6 +183,7 @@ def arm_label(spec: StudySpec, name: str) -> str:
 
 
 def arm_source(spec: StudySpec, result: Result) -> Optional[str]:
+    """The arm an ablation's result was made from (``tsc`` for ``profile-of:tsc``), else ``None``."""
     try:
         return spec.arm(result.arm).source
     except KeyError:
@@ -240,6 +242,8 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
 
 
 def fmt_ci(test: Optional[dict]) -> str:
+    """``+1.23 [+0.45, +2.01] *`` from a test's ``diff`` and ``ci95`` (``*``: the interval excludes 0;
+    ``—`` without a test)."""
     if test is None:
         return "—"
     low, high = test["ci95"]
@@ -253,10 +257,12 @@ def fmt_mean_std(entry: dict) -> str:
 
 
 def fmt_p(p: float) -> str:
+    """A p-value with 3 decimals, in scientific notation below 0.001."""
     return f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
 
 
 def format_table(spec: StudySpec, summary: dict) -> str:
+    """The Markdown table of one model's (and grid point's) summary: a row per policy."""
     best, key = summary["best_peer"], baseline_key(spec)
     lines = [f"| policy | seeds | final test error % (mean ± std) | per seed | T (mean) | last-3-epoch change | "
              f"Δ vs `{spec.baseline}` [95 % CI] | Δ vs best peer `{best}` [95 % CI] |",
@@ -353,6 +359,9 @@ def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], o
 
 @dataclass
 class Report:
+    """What :func:`build_report` wrote: ``report.md`` (``path``), the ``summary.json`` document
+    (``summary``) and every file, figures included (``files``)."""
+
     path: Path
     summary: dict
     files: list[Path] = field(default_factory=list)  # report.md, summary.json and every figure

@@ -65,6 +65,7 @@ def diverged_reason(folder: Path) -> Optional[str]:
 
 
 def read_yaml(path: Path) -> dict:
+    """The YAML file at ``path``, parsed (``yaml.safe_load``)."""
     return yaml.safe_load(Path(path).read_text())
 
 

@@ -38,6 +38,8 @@ from .results import log_error
 
 @dataclass
 class Job:
+    """One run of a sweep: its recipe (``config``) and its run folder (``out``)."""
+
     config: dict
     out: Path
 
