@@ -28,6 +28,7 @@ class StopSignals(CatchSignals):
 
     def __init__(self) -> None:
         super().__init__()
+        #: The first signal's name (``"SIGINT"``), ``None`` while none came.
         self.signal: Optional[str] = None
         self._received: list[int] = []
 
@@ -36,6 +37,7 @@ class StopSignals(CatchSignals):
         self._received.append(signum)
 
     def take(self) -> list[int]:
+        """The signals (numbers) received since the last call."""
         taken, self._received = self._received, []
         return taken
 

@@ -10,11 +10,11 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REPEAT_S = 1.0  # a second signal sooner than this after the first is the same request
+REPEAT_S = 1.0  #: a second signal sooner than this after the first is the same request
 
 
 class CatchSignals:
-    """Context manager: while active, SIGTERM/SIGINT call :meth:`_handle` instead of their handlers
+    """Context manager: while active, SIGTERM/SIGINT call ``self._handle`` instead of their handlers
     (restored on exit). Installed even where the shell ignored SIGINT (background jobs of a
     non-interactive shell), so ``kill -INT`` reaches a ``nohup``-ed job; outside the main thread,
     where Python cannot set handlers, nothing is installed."""

@@ -43,6 +43,7 @@ class StopRequest(CatchSignals):
 
     def __init__(self) -> None:
         super().__init__()
+        #: The first signal's number, ``None`` while none came.
         self.signal: Optional[int] = None
         self._at = 0.0
 

@@ -78,6 +78,7 @@ class Task:
 class Executor(abc.ABC):
     """Runs :class:`Task`\\ s. Subclasses set :attr:`name` and implement start/poll/stop."""
 
+    #: The executor's name, as registered (``local``, ``slurm``).
     name: str = "?"
 
     #: The most tasks this executor runs at once (the scheduler never starts more).

@@ -14,7 +14,7 @@ command line (``tscnet study SPEC --executor slurm --partition gpu --time 04:00:
 ``nodes``           nodes per job (default 1)
 ``procs_per_node``  training processes per node (default: one per GPU, else 1; > 1 on CPUs: torchrun over gloo)
 ``workers``         jobs in the queue at once (submitted, pending or running)
-``account``, ``qos``, ``mem``, ``constraint``: as for ``sbatch``
+``account``         as for ``sbatch``; so are ``qos``, ``mem``, ``constraint``
 ``setup``           shell lines run before the job's command (``module load ...``, ``source venv/bin/activate``)
 ``sbatch``          any other ``sbatch`` option, as a mapping (``{exclusive: true, reservation: r1}``)
 ``folder``          submitit's folder (job pickles and Slurm's own logs); default ``RUN.slurm/`` next to each run
