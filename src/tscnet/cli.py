@@ -23,6 +23,7 @@ import warnings
 from types import TracebackType
 from typing import Optional, Sequence
 
+#: The commands listed first, in this order (in ``tscnet --help``); the others follow by name.
 ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report", "study", "list"]
 
 DESCRIPTION = ("Residual networks as Euler steps with step-size policies: train them, evaluate and fold them, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-T = TypeVar("T")
+T = TypeVar("T")  #: the type of the registered objects
 
 
 def qualname(obj_or_type) -> str:
@@ -24,6 +24,8 @@ class Registry(dict, Generic[T]):
         self.what = what
 
     def register(self, *names: str) -> Callable[[T], T]:
+        """A decorator that adds its argument under each of ``names`` and returns it unchanged."""
+
         def decorator(obj: T) -> T:
             for name in names:
                 self[name] = obj
@@ -32,4 +34,5 @@ class Registry(dict, Generic[T]):
         return decorator
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self)

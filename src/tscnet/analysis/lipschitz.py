@@ -71,6 +71,8 @@ class BlockOps:
 
 BlockOpsFn = Callable[[nn.Module], BlockOps]
 _BLOCK_OPS: Registry[BlockOpsFn] = Registry("block splitter")
+#: Decorator: ``@register_block_ops("module.Class", ...)`` registers ``fn(block) -> BlockOps``, which
+#: splits blocks of those classes into segments.
 register_block_ops = _BLOCK_OPS.register  # how to split blocks of classes "module.Class" into segments
 
 
@@ -178,7 +180,7 @@ def _power(conv: nn.Conv2d, input_shape: Sequence[int], weight: torch.Tensor, **
     return conv_spectral_norm(conv, input_shape, weight=weight, **{**POWER_DEFAULTS, **power})
 
 
-# ``method -> fn(conv, (C, H, W), weight, **options)``: the norm of a (BN-folded) conv operator.
+#: ``method -> fn(conv, (C, H, W), weight, **options)``: the norm of a (BN-folded) conv operator.
 CONV_NORMS: dict[str, Callable[..., float]] = {
     "power": _power,
     "fft": lambda conv, shape, weight, **_: conv_norm_fft_upper(conv, shape, weight),

@@ -15,8 +15,8 @@ from .loader import epoch_seed
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_transform", "build_image_folder", "EpochDataLoader", "create_folder_loader"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  #: ImageNet's per-channel (RGB) mean, of pixel values in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)  #: ImageNet's per-channel (RGB) standard deviation
 # Folder names per split: ImageNet's own "val", and "test" for sets that ship one.
 _SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
 

@@ -318,6 +318,7 @@ cifar_preact_resnet110 = _named(110, preact=True)
 cifar_preact_resnet164 = _named(164, block="bottleneck", preact=True)
 cifar_resnet164 = _named(164, block="bottleneck")
 
+#: Our CIFAR ResNets by name (``cifar_resnet20``, ...): ``fn(**kwargs) -> CifarResNet``.
 CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {
     name: fn for name, fn in globals().items() if name.startswith("cifar_") and name != "cifar_resnet"
     and callable(fn)

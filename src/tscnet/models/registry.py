@@ -36,6 +36,8 @@ class UnknownModelError(KeyError):
 # prefix -> fn(name, num_classes, in_chans, zero_init, **kw): builds "prefix:name", num_classes and
 # in_chans None meaning the library's defaults; raises UnknownModelError if the name is unknown.
 _SOURCES: Registry[Callable[..., nn.Module]] = Registry("model source")
+#: Decorator: ``@register_source("prefix")`` makes ``create_model("prefix:name")`` call
+#: ``fn(name, num_classes, in_chans, zero_init, **kwargs)`` (see the comment above).
 register_source = _SOURCES.register
 
 
