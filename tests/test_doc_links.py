@@ -1,4 +1,4 @@
-"""Every relative link in the project's Markdown (README, BENCHMARKS, docs/, the committed reports)
+"""Every relative link in the project's Markdown (README, BENCHMARKS, docs/, examples/, the committed reports)
 names a file that exists and, with a ``#fragment``, a heading of that file, slugged as GitHub does."""
 import re
 from collections import Counter
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md")),
+PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md",
          *sorted((ROOT / "benchmarks" / "results").glob("*/report.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
