@@ -129,6 +129,9 @@ REPORT_FILES = ("report.md", "summary.json", "training_curves.png", "evolution_t
 
 @dataclass
 class Report:
+    """What :func:`build_report` wrote: ``report.md`` (``path``), the per-group summary rows
+    (``summary``) and the figures (``files``)."""
+
     path: Path                # report.md
     summary: list[dict]
     files: dict[str, Path]    # figure name -> PNG

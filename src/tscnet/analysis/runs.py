@@ -46,10 +46,12 @@ def check_one_dataset(runs: Sequence[Run]) -> str:
 
 
 def policy_of(run: Run) -> str:
+    """The run's step policy string (``model.steps`` of its config)."""
     return str(run.config["model"]["steps"])
 
 
 def seed_of(run: Run) -> int:
+    """The run's seed (``train.seed`` of its config)."""
     return int(run.config["train"]["seed"])
 
 
@@ -59,10 +61,12 @@ def group_key(run: Run) -> tuple[str, str]:
 
 
 def group_label(key: tuple[str, str]) -> str:
+    """``model / policy``: a :func:`group_key` as a label."""
     return f"{key[0]} / {key[1]}"
 
 
 def has_controller(policy: str) -> bool:
+    """Whether ``policy``'s Δt comes from a controller of the weights (``tsc``, ``mlp``)."""
     return policy.partition(":")[0] in CONTROLLERS
 
 

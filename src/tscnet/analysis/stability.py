@@ -59,6 +59,9 @@ def format_stability_table(rows: Sequence[dict]) -> str:
 
 @dataclass
 class StabilityStudy:
+    """What :func:`stability_study` wrote: a row per run (:func:`run_stability`) and the files
+    (``json``, ``md``, ``png``, ``gradient_flow``)."""
+
     rows: list[dict]
     files: dict[str, Path]
 

@@ -11,10 +11,12 @@ from ..errors import InvalidValue
 
 
 def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    """A 3×3 convolution, padding 1, no bias."""
     return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    """A 1×1 convolution, no bias."""
     return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
 
 

@@ -24,6 +24,7 @@ def register_executor(*names: str):
 
 
 def executor_names() -> list[str]:
+    """The executor kinds, registered and built-in (not imported yet), sorted."""
     return sorted(set(EXECUTORS) | set(_BUILTIN))
 
 

@@ -20,6 +20,8 @@ from .base import Executor, Task
 
 @dataclass
 class LocalHandle:
+    """A started task: its process, its open log and the GPU it holds (``None``: none)."""
+
     proc: subprocess.Popen
     log: IO
     gpu: Optional[int]

@@ -159,6 +159,8 @@ def _stopped_by_signal(log: Path) -> bool:
 
 @dataclass
 class SlurmHandle:
+    """A submitted task: its Slurm job id, the task's name and submitit's folder."""
+
     job_id: str
     name: str
     folder: Path  # submitit's: the job writes <job id>.exitcode there
