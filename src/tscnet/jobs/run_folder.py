@@ -49,6 +49,10 @@ HEARTBEAT_S = 30.0
 STALE_S = 180.0
 
 
+#: The words of a :class:`RunLocked` refusal, which a study reads in a trainer's log.
+LOCKED_BY = "is being trained by"
+
+
 class RunLocked(UserError):
     """The run folder is being trained in by another live process."""
 
@@ -229,7 +233,7 @@ class RunLock:
                 raise RunLocked(f"{self.folder.path} is already locked by this process")
             why = _stale_reason(record, path)
             if why is None:
-                raise RunLocked(f"{self.folder.path} is being trained by {describe_holder(record)} (lock {path}); "
+                raise RunLocked(f"{self.folder.path} {LOCKED_BY} {describe_holder(record)} (lock {path}); "
                                 "wait for it to finish, or remove the lock if that process is gone")
             aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
             try:

@@ -55,14 +55,16 @@ class Running:
 def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, Any]]],
               on_end: Callable[[Running, Optional[int], Optional[str]], None], *,
               on_start: Callable[[Running], None] = lambda r: None, tick: Callable[[list[Running]], None] = lambda r: None,
-              poll_interval: float = 1.0, out: Callable[[str], None] = print) -> Optional[str]:
+              waiting: Callable[[], bool] = lambda: False, poll_interval: float = 1.0,
+              out: Callable[[str], None] = print) -> Optional[str]:
     """Keep ``executor`` busy: start ``next_task()`` (``(task, tag)``, or ``None`` when nothing can start now)
     while fewer than ``executor.capacity`` run, poll them, call ``on_end(running, exit code, stop signal)``
     as each ends (exit code ``None``: it could not start), until nothing runs and nothing starts.
 
     SIGINT/SIGTERM (see :class:`StopSignals`) stop the starting and are forwarded to every running
     task once each; the loop then waits for them to end. Returns the first signal's name, or ``None``.
-    ``tick(running)`` is called once per poll (progress lines).
+    ``tick(running)`` is called once per poll (progress lines); while ``waiting()`` is true (tasks run
+    by another process that ``tick`` watches) the loop polls on with nothing of its own running.
     """
     running: list[Running] = []
     with StopSignals() as stop:
@@ -87,7 +89,7 @@ def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, A
                         continue
                     running.append(Running(task, handle, time.time(), tag))
                     on_start(running[-1])
-                if not running:
+                if not running and (stop.signal is not None or not waiting()):
                     break
                 time.sleep(poll_interval)
                 for r in list(running):

@@ -147,6 +147,8 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
     """Copy the small results of finished (or diverged) run ``run_dir`` with ``info`` as ``cell.json``
     to ``final``, atomically; returns ``final``."""
     run_dir, final = Path(run_dir), Path(final)
+    if is_collected(final):  # another study process collected it first (two launches of one study)
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     diverged = bool(info.get("diverged"))
@@ -159,9 +161,14 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
             elif name in (DIVERGED_FILES if diverged else RESULT_FILES):
                 raise UserError(f"{run_dir} has no {name}; it cannot be collected")
         (tmp / CELL_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():  # a partial copy from a killed runner (no cell.json): replace it
+        if final.exists() and not is_collected(final):  # a partial copy from a killed runner: replace it
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_collected(final):  # not another process's copy of the same results: a real failure
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,9 +33,10 @@ from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from ..jobs.executors.base import Executor, Task
-from ..jobs.run_folder import RunFolder
+from ..jobs.run_folder import LOCKED_BY, RunFolder, describe_holder
 from ..jobs.runner import Running, run_tasks
 from ..train.config import dump_config
+from ..train.run import atomic_write_bytes
 from .cost import CostModel, format_hours
 from .plan import Cell, Layout, source_cell
 from .results import (
@@ -100,7 +101,7 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
     ``python -m tscnet.cli train --no-progress --out RUN (--config RECIPE | --resume)``."""
     run, recipe = layout.run_dir(cell), layout.recipe(cell)
     recipe.parent.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(dump_config(config))
+    atomic_write_bytes(recipe, dump_config(config).encode())  # another launch of the study may be reading it
     resume = RunFolder(run).started
     command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(run)]
     command += ["--resume"] if resume else ["--config", str(recipe)]
@@ -108,180 +109,258 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
                 cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
 
 
-def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, *,
-              extra: tuple[str, ...] = (), threads: int = 1, gpus: int = 0, max_hours: Optional[float] = None,
-              on_result: Optional[Callable[[CellResult], None]] = None, poll_interval: float = 1.0,
-              progress_every: float = 300.0, out: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict:
-    """Run every cell of ``cells`` without results through ``executor``; returns counts
-    (``skipped, trained, collected, diverged, failed, stopped, not_run``, ``signal``).
+@dataclass
+class StudyOptions:
+    """How one invocation runs a study's cells (besides the spec, the cells, the layout and the executor).
 
-    ``extra``: overrides after the spec's ``set`` (the command line's ``--set``). ``on_result`` is
-    called with a :class:`CellResult` as soon as a cell's results folder is written (e.g. to commit
-    it); an exception there stops nothing (it is printed).
+    ``extra``: overrides after the spec's ``set`` (the command line's ``--set``); ``max_hours``: no cell
+    starts after that many hours, nor one that would end after them; ``on_result`` is called with a
+    :class:`CellResult` as soon as a cell's results folder is written (e.g. to commit it).
     """
-    start = time.time()
-    deadline = None if max_hours is None else start + 3600.0 * max_hours
-    check_configs(spec, cells, extra)
-    check_recipe(spec, cells, layout, extra)
-    pending = [c for c in cells if not is_collected(layout.result_dir(c))]
-    counts: dict[str, Any] = {"skipped": len(cells) - len(pending), "trained": 0, "collected": 0, "diverged": 0,
-                              "failed": 0, "stopped": 0, "not_run": 0}
-    out(f"study {spec.name}: {counts['skipped']} of {len(cells)} cells already have results in {layout.results}; "
-        f"{len(pending)} to run ({executor.describe()})")
-    cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
-    planned = {cell: base_config(spec, cell, extra) for cell in pending}  # for the time estimates
-    epochs_before: dict[Cell, int] = {}
-    longest: dict[str, float] = {}
-    failed: set[Cell] = set()
-    last_progress = [0.0]
-    now_running: list[Running] = []
 
-    def finish(cell: Cell, steps: str, diverged: Optional[str], seconds: Optional[float]) -> None:
+    extra: tuple[str, ...] = ()
+    threads: int = 1
+    gpus: int = 0
+    max_hours: Optional[float] = None
+    on_result: Optional[Callable[[CellResult], None]] = None
+    poll_interval: float = 1.0
+    progress_every: float = 300.0
+    out: Callable[[str], None] = lambda s: print(s, flush=True)
+
+
+class StudyRun:
+    """One invocation of a study: what is queued, running, running elsewhere, done and failed.
+
+    ``run()`` keeps the executor busy with the cells left (in plan order, ablations once their
+    source's results exist), collects each as it ends and returns the counts. A cell whose run
+    folder another live process holds (a second ``tscnet study`` on the same results, a manual
+    ``tscnet train --resume``) is not started: it waits *elsewhere* and is collected when it lands;
+    if that process stops or dies first (its lock released or stale), the cell is queued again.
+    """
+
+    def __init__(self, spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor,
+                 options: StudyOptions) -> None:
+        self.spec, self.cells, self.layout, self.executor, self.options = spec, cells, layout, executor, options
+        self.out = options.out
+        self.start = time.time()
+        self.deadline = None if options.max_hours is None else self.start + 3600.0 * options.max_hours
+        self.pending = [c for c in cells if not is_collected(layout.result_dir(c))]
+        self.counts: dict[str, Any] = {"skipped": len(cells) - len(self.pending), "trained": 0, "collected": 0,
+                                       "diverged": 0, "failed": 0, "stopped": 0, "not_run": 0, "elsewhere": 0}
+        self.cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
+        self.planned = {cell: base_config(spec, cell, options.extra) for cell in self.pending}  # for time estimates
+        self.epochs_before: dict[Cell, int] = {}
+        self.longest: dict[str, float] = {}  # model -> the longest run of it seen by this invocation (seconds)
+        self.failed: set[Cell] = set()
+        self.running: list[Running] = []
+        self.elsewhere: set[Cell] = set()  # cells another process is training
+        self.last_progress = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Run every cell without results; returns the counts (``skipped, trained, collected, diverged,
+        failed, stopped, not_run, elsewhere``, ``signal``)."""
+        spec, layout, counts = self.spec, self.layout, self.counts
+        check_configs(spec, self.cells, self.options.extra)
+        check_recipe(spec, self.cells, layout, self.options.extra)
+        self.out(f"study {spec.name}: {counts['skipped']} of {len(self.cells)} cells already have results in "
+                 f"{layout.results}; {len(self.pending)} to run ({self.executor.describe()})")
+        stopped = run_tasks(self.executor, self.next_task, self.on_end, on_start=self.on_start, tick=self.tick,
+                            waiting=lambda: bool(self.elsewhere), poll_interval=self.options.poll_interval,
+                            out=self.out)
+        for cell in [c for c in self.pending if not self.ready(c)]:
+            source = source_cell(spec, cell)
+            why = "failed" if source in self.failed else "was not run"
+            self.out(f"not run: {cell}: its source {source} {why}")
+        late = [c for c in self.pending if self.ready(c)] + sorted(self.elsewhere, key=self.cells.index)
+        if late:
+            why = f"stopped by {stopped}" if stopped else f"--max-hours {self.options.max_hours} reached"
+            self.out(f"not started: {len(late)} cells ({why}); run again to continue")
+        if stopped:
+            self.out(f"stopped by {stopped}: {counts['stopped']} run(s) checkpointed; run the same command again "
+                     "to resume them")
+        counts["not_run"] = len(self.pending) + len(self.elsewhere)
+        counts["signal"] = stopped
+        self.out(f"study {spec.name}: {summary_line(counts, len(self.cells))} in "
+                 f"{format_hours(time.time() - self.start)}")
+        return counts
+
+    def next_task(self) -> Optional[tuple[Task, Cell]]:
+        """The next cell to start and its task, or ``None`` when none can start now."""
+        while True:
+            cell = next((c for c in self.pending if self.ready(c) and self.fits(c)), None)
+            if cell is None:
+                return None
+            self.pending.remove(cell)
+            if self.taken_elsewhere(cell):
+                continue
+            task = self.prepare(cell)
+            if task is not None:
+                try:
+                    self.epochs_before[cell] = len(read_metrics(task.run_dir))
+                except UserError:  # damaged: the trainer, resuming, says so in the cell's log
+                    self.epochs_before[cell] = 0
+                return task, cell
+
+    def on_start(self, r: Running) -> None:
+        self.out(f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps "
+                 f"{r.task.config['model']['steps']}) in {r.task.run_dir}")
+        self.running.append(r)
+        self.progress(force=True)
+
+    def on_end(self, r: Running, code: Optional[int], stopping: Optional[str]) -> None:
+        cell, run = r.tag, r.task.run_dir
+        if r in self.running:
+            self.running.remove(r)
+        if code is None:  # could not start
+            self.fail(cell, "the executor could not start it")
+            return
+        seconds = time.time() - r.began
+        self.longest[cell.model] = max(self.longest.get(cell.model, 0.0), seconds)
+        finished = code == 0 and RunFolder(run).finished
+        if code != 0 and LOCKED_BY in (log_error(r.task.log) or ""):  # lost the race for the run folder
+            if not self.taken_elsewhere(cell):  # that process is already done with it: collect or resume
+                self.pending.insert(0, cell)
+            self.progress(force=True)
+            return
+
+        def record() -> None:
+            diverged = run_divergence(run, None if finished else r.task.log)
+            if finished or diverged:
+                self.counts["trained"] += 1
+                if finished and not r.task.resume:
+                    self.cost.record(cell.model, seconds, len(read_metrics(run)))
+                self.finish(cell, r.task.config["model"]["steps"], diverged, seconds)
+            elif stopping is not None:
+                self.counts["stopped"] += 1
+                self.out(f"stopped: {cell} ({stopping}); resumable from {run}")
+            else:
+                why = log_error(r.task.log)
+                self.fail(cell, f"exit code {code}{': ' + why if why else ''}; see {r.task.log}")
+
+        self.settle(cell, record)
+        self.progress(force=True)
+
+    def tick(self, running: list[Running]) -> None:
+        """Once per poll: cells running elsewhere that landed or were given up, then the progress line."""
+        for cell in sorted(self.elsewhere, key=self.cells.index):
+            if is_collected(self.layout.result_dir(cell)):
+                self.elsewhere.discard(cell)
+                self.counts["elsewhere"] += 1
+                self.out(f"done elsewhere: {cell} → {self.layout.result_dir(cell)}")
+            elif not RunFolder(self.layout.run_dir(cell)).locked:  # that process stopped or died: ours again
+                self.elsewhere.discard(cell)
+                self.pending.insert(0, cell)
+                self.out(f"no longer running elsewhere: {cell}; queued again")
+        self.progress()
+
+    # -- one cell ----------------------------------------------------------------------------
+
+    def taken_elsewhere(self, cell: Cell) -> bool:
+        """Another live process trains ``cell``'s run folder: it waits elsewhere (True), or not (False)."""
+        holder = RunFolder(self.layout.run_dir(cell)).lock_holder()
+        if holder is None or not RunFolder(self.layout.run_dir(cell)).locked:
+            return False
+        self.elsewhere.add(cell)
+        self.out(f"running elsewhere: {cell} ({describe_holder(holder)}); collected when it lands")
+        return True
+
+    def ready(self, cell: Cell) -> bool:
+        source = source_cell(self.spec, cell)
+        return source is None or is_collected(self.layout.result_dir(source))
+
+    def fits(self, cell: Cell) -> bool:
+        """Ends before the deadline: by the longest run of its model seen here, else by the estimate."""
+        expected = self.longest.get(cell.model) or self.cost.seconds(cell.model, self.planned[cell])[0]
+        return self.deadline is None or time.time() + expected <= self.deadline
+
+    def prepare(self, cell: Cell) -> Optional[Task]:
+        """The task of ``cell``, or ``None`` when it needs no run (collected now, or cannot run)."""
+        spec, layout, extra = self.spec, self.layout, self.options.extra
+        run = RunFolder(layout.run_dir(cell))
+        try:
+            config = cell_config(spec, cell, layout, extra)
+            if run.started:
+                problem = config_difference(config, read_yaml(run.config_file))
+                if problem:
+                    raise UserError(f"scratch run {run.path} has another recipe ({problem}); "
+                                    "use another --runs folder or delete it")
+        except UserError as error:
+            source = source_cell(spec, cell)
+            if source is not None and diverged_reason(layout.result_dir(source)):
+                self.out(f"not run: {cell}: its source {source} diverged")
+                self.counts["not_run_diverged_source"] = self.counts.get("not_run_diverged_source", 0) + 1
+            else:
+                self.fail(cell, str(error))
+            return None
+        steps = config["model"]["steps"]
+        if run.finished:  # trained before, not yet collected
+            self.settle(cell, lambda: self.finish(cell, steps, run_divergence(run.path), None))
+            return None
+        if run.started:
+            diverged = run_divergence(run.path, layout.log(cell))  # reads diverged.json and the log
+            if diverged:  # diverged before, not yet collected: a result, not retried
+                self.settle(cell, lambda: self.finish(cell, steps, diverged, None))
+                return None
+        return make_task(cell, config, layout, self.options.threads, self.options.gpus)
+
+    def finish(self, cell: Cell, steps: str, diverged: Optional[str], seconds: Optional[float]) -> None:
+        """Collect ``cell``'s ended run into its results folder and tell ``on_result``."""
+        layout = self.layout
         error = final_error(layout.run_dir(cell))  # read before anything is written: a damaged run leaves no results
-        info = cell_info(spec, cell, steps, cell_overrides(spec, cell, extra), diverged)
+        info = cell_info(self.spec, cell, steps, cell_overrides(self.spec, cell, self.options.extra), diverged)
         folder = collect(layout.run_dir(cell), layout.result_dir(cell), info)
-        counts["collected"] += 1
-        counts["diverged"] += bool(diverged)
+        self.counts["collected"] += 1
+        self.counts["diverged"] += bool(diverged)
         result = CellResult(cell, folder, diverged, error, seconds)
-        out(f"done: {cell} — {result.describe()} → {folder}")
-        if on_result is not None:
+        self.out(f"done: {cell} — {result.describe()} → {folder}")
+        if self.options.on_result is not None:
             try:
-                on_result(result)
+                self.options.on_result(result)
             except Exception as error:  # a failing hook (e.g. git) must not lose the study
-                out(f"WARNING: the result hook failed for {cell}: {type(error).__name__}: {error}")
+                self.out(f"WARNING: the result hook failed for {cell}: {type(error).__name__}: {error}")
 
-    def fail(cell: Cell, why: str) -> None:
-        failed.add(cell)
-        counts["failed"] += 1
-        out(f"FAILED: {cell}: {why}")
+    def fail(self, cell: Cell, why: str) -> None:
+        self.failed.add(cell)
+        self.counts["failed"] += 1
+        self.out(f"FAILED: {cell}: {why}")
 
-    def settle(cell: Cell, action: Callable[[], None]) -> None:
+    def settle(self, cell: Cell, action: Callable[[], None]) -> None:
         """``action()``, which reads an ended run and collects it; if it cannot, the cell fails and the
         study goes on."""
         try:
             action()
         except Exception as problem:
             why = problem if isinstance(problem, UserError) else f"{type(problem).__name__}: {problem}"
-            fail(cell, f"its results cannot be collected: {why}")
+            self.fail(cell, f"its results cannot be collected: {why}")
 
-    def ready(cell: Cell) -> bool:
-        source = source_cell(spec, cell)
-        return source is None or is_collected(layout.result_dir(source))
-
-    def fits(cell: Cell) -> bool:
-        """Ends before the deadline: by the longest run of its model seen here, else by the estimate."""
-        expected = longest.get(cell.model) or cost.seconds(cell.model, planned[cell])[0]
-        return deadline is None or time.time() + expected <= deadline
-
-    def progress(running: list[Running], force: bool = False) -> None:
+    def progress(self, force: bool = False) -> None:
+        """``progress: D/N done (x diverged), R running, E elsewhere, Q queued, F failed; ~H h left``."""
         now = time.time()
-        if not force and now - last_progress[0] < progress_every:
+        if not force and now - self.last_progress < self.options.progress_every:
             return
-        last_progress[0] = now
-        left = sum(cost.seconds(cell.model, planned[cell])[0] for cell in pending)
-        for r in running:
-            total, _ = cost.seconds(r.tag.model, r.task.config, epochs_before.get(r.tag, 0))
+        self.last_progress = now
+        left = sum(self.cost.seconds(cell.model, self.planned[cell])[0] for cell in self.pending)
+        for r in self.running:
+            total, _ = self.cost.seconds(r.tag.model, r.task.config, self.epochs_before.get(r.tag, 0))
             left += max(0.0, total - (now - r.began))
-        done = counts["skipped"] + counts["collected"]
+        counts = self.counts
+        done = counts["skipped"] + counts["collected"] + counts["elsewhere"]
         diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
-        out(f"progress: {done}/{len(cells)} done{diverged}, {len(running)} running, {len(pending)} queued, "
-            f"{counts['failed']} failed; ~{format_hours(left / max(1, executor.capacity))} left")
+        elsewhere = f", {len(self.elsewhere)} running elsewhere" if self.elsewhere else ""
+        self.out(f"progress: {done}/{len(self.cells)} done{diverged}, {len(self.running)} running{elsewhere}, "
+                 f"{len(self.pending)} queued, {counts['failed']} failed; "
+                 f"~{format_hours(left / max(1, self.executor.capacity))} left")
 
-    def prepare(cell: Cell) -> Optional[Task]:
-        """The task of ``cell``, or ``None`` when it needs no run (collected now, or cannot run)."""
-        try:
-            config = cell_config(spec, cell, layout, extra)
-            run = layout.run_dir(cell)
-            if RunFolder(run).started:
-                problem = config_difference(config, read_yaml(RunFolder(run).config_file))
-                if problem:
-                    raise UserError(f"scratch run {run} has another recipe ({problem}); "
-                                    "use another --runs folder or delete it")
-        except UserError as error:
-            source = source_cell(spec, cell)
-            if source is not None and diverged_reason(layout.result_dir(source)):
-                out(f"not run: {cell}: its source {source} diverged")
-                counts["not_run_diverged_source"] = counts.get("not_run_diverged_source", 0) + 1
-            else:
-                fail(cell, str(error))
-            return None
-        steps = config["model"]["steps"]
-        run, log = layout.run_dir(cell), layout.log(cell)
-        if RunFolder(run).finished:  # trained before, not yet collected
-            settle(cell, lambda: finish(cell, steps, run_divergence(run), None))
-            return None
-        if RunFolder(run).started:
-            diverged = run_divergence(run, log)  # unfinished: reads diverged.json and the log, not the metrics
-            if diverged:  # diverged before, not yet collected: a result, not retried
-                settle(cell, lambda: finish(cell, steps, diverged, None))
-                return None
-        return make_task(cell, config, layout, threads, gpus)
 
-    def next_task() -> Optional[tuple[Task, Cell]]:
-        while True:
-            cell = next((c for c in pending if ready(c) and fits(c)), None)
-            if cell is None:
-                return None
-            pending.remove(cell)
-            task = prepare(cell)
-            if task is not None:
-                try:
-                    epochs_before[cell] = len(read_metrics(task.run_dir))
-                except UserError:  # damaged: the trainer, resuming, says so in the cell's log
-                    epochs_before[cell] = 0
-                return task, cell
+def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, **options: Any) -> dict:
+    """Run every cell of ``cells`` without results through ``executor``; returns the counts.
 
-    def on_start(r: Running) -> None:
-        out(f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps {r.task.config['model']['steps']}) "
-            f"in {r.task.run_dir}")
-        now_running.append(r)
-        progress(now_running, force=True)
-
-    def on_end(r: Running, code: Optional[int], stopping: Optional[str]) -> None:
-        cell, run = r.tag, r.task.run_dir
-        if r in now_running:
-            now_running.remove(r)
-        if code is None:  # could not start
-            fail(cell, "the executor could not start it")
-            return
-        seconds = time.time() - r.began
-        longest[cell.model] = max(longest.get(cell.model, 0.0), seconds)
-        finished = code == 0 and RunFolder(run).finished
-
-        def record() -> None:
-            diverged = run_divergence(run, None if finished else r.task.log)
-            if finished or diverged:
-                counts["trained"] += 1
-                if finished and not r.task.resume:
-                    cost.record(cell.model, seconds, len(read_metrics(run)))
-                finish(cell, r.task.config["model"]["steps"], diverged, seconds)
-            elif stopping is not None:
-                counts["stopped"] += 1
-                out(f"stopped: {cell} ({stopping}); resumable from {run}")
-            else:
-                why = log_error(r.task.log)
-                fail(cell, f"exit code {code}{': ' + why if why else ''}; see {r.task.log}")
-
-        settle(cell, record)
-        progress(now_running, force=True)
-
-    stopped = run_tasks(executor, next_task, on_end, on_start=on_start, tick=progress,
-                        poll_interval=poll_interval, out=out)
-    for cell in [c for c in pending if not ready(c)]:
-        source = source_cell(spec, cell)
-        why = "failed" if source in failed else "was not run"
-        out(f"not run: {cell}: its source {source} {why}")
-    late = [c for c in pending if ready(c)]
-    if late:
-        why = f"stopped by {stopped}" if stopped else f"--max-hours {max_hours} reached"
-        out(f"not started: {len(late)} cells ({why}); run again to continue")
-    if stopped:
-        out(f"stopped by {stopped}: {counts['stopped']} run(s) checkpointed; run the same command again "
-            "to resume them")
-    counts["not_run"] = len(pending)
-    counts["signal"] = stopped
-    out(f"study {spec.name}: {summary_line(counts, len(cells))} in {format_hours(time.time() - start)}")
-    return counts
+    ``options`` are :class:`StudyOptions`' fields (``extra``, ``threads``, ``gpus``, ``max_hours``,
+    ``on_result``, ``poll_interval``, ``progress_every``, ``out``); see :class:`StudyRun`.
+    """
+    return StudyRun(spec, cells, layout, executor, StudyOptions(**options)).run()
 
 
 def summary_line(counts: dict[str, Any], cells: int) -> str:
@@ -292,6 +371,8 @@ def summary_line(counts: dict[str, Any], cells: int) -> str:
         untrained = counts["collected"] - counts["trained"]
         parts.append(f"{counts['collected']} collected{diverged}"
                      + (f", {untrained} of them trained before this call" if untrained > 0 else ""))
+    if counts.get("elsewhere"):
+        parts.append(f"{counts['elsewhere']} collected by another process")
     parts += [f"{counts[key]} {label}" for key, label in (("failed", "failed"), ("stopped", "stopped with a checkpoint"),
                                                           ("not_run", "not run"),
                                                           ("not_run_diverged_source", "not run: source diverged"))
