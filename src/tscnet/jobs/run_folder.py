@@ -196,6 +196,7 @@ def _stale_reason(record: dict, path: Path) -> Optional[str]:
 
 
 def describe_holder(record: dict) -> str:
+    """Who holds a lock, from its run.lock record: PID, host, Slurm job (if any) and since when."""
     job = f", Slurm job {record['slurm_job']}" if record.get("slurm_job") else ""
     return f"PID {record.get('pid', '?')} on {record.get('host', '?')}{job}, since {record.get('since', '?')}"
 
