@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["tscnet", "tscnet.stepping", "tscnet.study", "tscnet.train"]
+PACKAGES = ["tscnet", "tscnet.stepping", "tscnet.study", "tscnet.train",
+            "tscnet.models", "tscnet.data", "tscnet.jobs", "tscnet.analysis"]  # every package docs/api/ documents
 NOT_ON_API_PAGES = {"tscnet.commands"}  # one module per CLI command: `tscnet COMMAND -h` documents them
 
 
