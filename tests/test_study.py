@@ -511,7 +511,7 @@ def test_sweep_matrix_marks_diverged_seeds_and_missing_ones():
     def point(value, seeds, errors, diverged=()):
         mean = statistics.fmean(errors)
         return {"value": value, "seeds": seeds, "n": len(seeds), "test_errors": errors, "mean": mean,
-                "std": statistics.stdev(errors) if len(errors) > 1 else None, "diverged": list(diverged)}
+                "std": statistics.stdev(errors) if len(errors) > 1 else None, "failed": list(diverged)}
 
     sweep = {"key": "optim.lr", "values": [0.1, 0.3], "seeds": [0, 1, 2], "arms": {
         "depth:0.5": {"points": [point(0.1, [0, 1, 2], [25.0, 27.0, 26.0]), point(0.3, [0, 1, 2], [90.0, 35.5, 90.0], [0, 2])]},
@@ -553,3 +553,50 @@ def test_depth_transfer_reads_each_arms_best_lr_across_depths(tmp_path):
     assert plot_transfer(transfer, {"none"}, tmp_path / "t.png").stat().st_size > 0
     # one depth, or depths swept over different keys: no reading
     assert transfer_analysis({"vit_d6": sweeps["vit_d6"]}, {"vit_d6": 12}) is None
+
+
+def _finished_run(folder: Path, final_error: float) -> Path:
+    """A finished run folder as the engine leaves it (config, metrics, model card), ending at ``final_error``."""
+    from tscnet.jobs.run_folder import RunFolder
+
+    folder.mkdir(parents=True)
+    (folder / RunFolder.CONFIG).write_text(yaml.safe_dump({"model": {"name": "cifar_resnet8", "steps": "none",
+                                                                     "num_classes": 10}, "data": {"name": "mnist"}}))
+    (folder / RunFolder.METRICS).write_text(json.dumps({"epoch": 1, "test_error": final_error}) + "\n")
+    (folder / RunFolder.CARD).write_text("{}\n")
+    return folder
+
+
+def test_a_run_that_finished_at_chance_did_not_learn_and_one_with_a_nan_loss_diverged(tmp_path):
+    """Both count at chance error; the labels keep them apart (a run at chance did not blow up)."""
+    from tscnet.jobs.run_folder import RunFolder
+    from tscnet.study.results import did_not_learn, run_divergence
+    from tscnet.study.scheduler import CellResult
+
+    stuck = run_divergence(_finished_run(tmp_path / "stuck", 88.0))  # ≥ 0.95 × 90 %: chance level
+    assert stuck is not None and did_not_learn(stuck)
+    assert run_divergence(_finished_run(tmp_path / "learned", 40.0)) is None
+    nan = _finished_run(tmp_path / "nan", 40.0)
+    (nan / RunFolder.DIVERGED).write_text(json.dumps({"message": "loss became nan at step 7"}))
+    reason = run_divergence(nan)
+    assert reason == "loss became nan at step 7" and not did_not_learn(reason)
+    assert CellResult(None, tmp_path, stuck, 90.0).describe().startswith("DID NOT LEARN (final test error 88.00 %")
+    assert CellResult(None, tmp_path, reason, 90.0).describe() == "DIVERGED (loss became nan at step 7)"
+
+
+def test_the_report_marks_a_run_that_did_not_learn_apart_from_one_that_diverged():
+    from tscnet.study.report import Result, format_table, summarize_group
+
+    spec = load_spec("converged")
+    config = {"model": {"num_classes": 10, "steps": "none"}, "train": {"epochs": 1}}
+
+    def result(seed, error, failure=None):
+        return Result("cifar_resnet20", "none", "none", seed, {}, Path(f"s{seed}"), config,
+                      [{"epoch": 1, "test_error": error}], {} if failure else {"evolution_time": 9.0}, {}, {}, failure)
+
+    group = [result(0, 30.0), result(1, 88.0, "final test error 88.00 % is at chance level (≥ 0.95 × 90.00 %)"),
+             result(2, 12.0, "loss became nan at step 3")]
+    row = summarize_group(spec, group)["rows"][0]
+    assert row["test_errors"] == [30.0, 90.0, 90.0]  # both count at chance
+    assert (row["failed"], row["did_not_learn"], row["diverged"]) == ([1, 2], [1], [2])
+    assert "30.00, 90.00‡, 90.00†" in format_table(spec, summarize_group(spec, group))

@@ -15,12 +15,26 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..formats import stamped
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
 from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
 from ..train.run import Run, load_run, read_diverged
-from .plots import Series, plot_block_series, plot_dt_heatmaps, plot_series, plot_stability_vs_depth
-from .runs import group_label, group_runs, has_controller, learns_steps, load_runs, seed_of
+from .plots import (
+    Series,
+    plot_block_series,
+    plot_dt_heatmaps,
+    plot_series,
+    plot_stability_vs_depth,
+)
+from .runs import (
+    group_label,
+    group_runs,
+    has_controller,
+    learns_steps,
+    load_runs,
+    seed_of,
+)
 from .stability import STABILITY_FILE, format_stability_table
 
 __all__ = ["Report", "REPORT_FILES", "build_report", "summarize", "format_summary"]
@@ -195,9 +209,9 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
                      format_stability_table(saved["runs"]) + "\n", "![amplification against depth](stability.png)\n"]
     path = out_dir / "report.md"
     path.write_text("\n".join(sections))
-    (out_dir / "summary.json").write_text(json.dumps({
+    (out_dir / "summary.json").write_text(json.dumps(stamped({
         "data": data, "groups": summary,
         "runs": [{"run": r.name, "path": str(r.path), "model": r.config["model"]["name"],
                   "policy": str(r.config["model"]["steps"]), "seed": seed_of(r), "final": r.final} for r in runs],
-    }, indent=2) + "\n")
+    }), indent=2) + "\n")
     return Report(path, summary, files)

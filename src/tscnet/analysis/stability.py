@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..formats import stamped
 from ..train.run import Run
 from .gradflow import fixed_step_study, gradient_flow
 from .lipschitz import stability_bound
@@ -75,7 +76,7 @@ def stability_study(run_dirs: Iterable[Path], out_dir: Path, images: int = 32, d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / STABILITY_FILE, "md": out_dir / "stability.md", "png": out_dir / "stability.png"}
-    files["json"].write_text(json.dumps({"data": rows[0]["data"], "images": len(x), "runs": rows}, indent=2) + "\n")
+    files["json"].write_text(json.dumps(stamped({"data": rows[0]["data"], "images": len(x), "runs": rows}), indent=2) + "\n")
     files["md"].write_text(
         f"# Stability on {len(x)} {rows[0]['data']} test images\n\n"
         "Amplification `‖y_D^ε − y_D‖ / ‖ε‖` from the input of the first residual block to the output of the last "

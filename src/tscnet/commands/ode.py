@@ -34,8 +34,17 @@ def _trajectory(result, setting: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.ode_plot import EULER_STEPS, LAMBDA, RKF_TOL, T_END, format_table, poster_figure, poster_runs
+    from ..analysis.ode_plot import (
+        EULER_STEPS,
+        LAMBDA,
+        RKF_TOL,
+        T_END,
+        format_table,
+        poster_figure,
+        poster_runs,
+    )
     from ..errors import UserError
+    from ..formats import stamped
     from .common import check_out_folder
 
     args.h = list(EULER_STEPS) if args.h is None else args.h
@@ -56,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     rows = poster_figure(out / "ode.png", args.h, args.tol, **options)
     runs = poster_runs(args.h, args.tol, **options)
     settings = [f"h={h:g}" for h in args.h] + [f"tol={args.tol:g}"]
-    (out / "ode.json").write_text(json.dumps({
+    (out / "ode.json").write_text(json.dumps(stamped({
         "equation": f"Y' = -{LAMBDA:g} Y, Y(0) = 1, t in [0, {T_END:g}]", "rkf45": {"tol": args.tol, **options},
         "table": rows, "trajectories": [_trajectory(r, s) for r, s in zip(runs, settings)],
-    }, indent=2) + "\n")
+    }), indent=2) + "\n")
     print(format_table(rows))
     for h, r in zip(args.h, runs):
         factor = 1 - LAMBDA * h

@@ -20,6 +20,7 @@ from typing import Sequence, Union
 import torch
 
 from ..errors import InvalidValue
+from ..formats import check_format, stamped
 
 __all__ = ["PROFILE_FILE", "profile_dict", "read_profile"]
 
@@ -29,8 +30,8 @@ PROFILE_FILE = "steps.json"
 def profile_dict(steps: Sequence[torch.Tensor], model: str, spec: str) -> dict:
     """The profile of ``steps`` (one 1-D tensor per block, e.g. :func:`tscnet.step_sizes`)."""
     dt = [[float(v) for v in s.detach().float().cpu().flatten().tolist()] for s in steps]
-    return {"model": str(model), "steps": str(spec),
-            "evolution_time": sum(float(s.detach().float().mean()) for s in steps), "dt": dt}
+    return stamped({"model": str(model), "steps": str(spec),
+                    "evolution_time": sum(float(s.detach().float().mean()) for s in steps), "dt": dt})
 
 
 def read_profile(path: Union[str, Path]) -> dict:
@@ -49,6 +50,7 @@ def read_profile(path: Union[str, Path]) -> dict:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidValue(f"step profile {file} is not valid JSON: {str(error).splitlines()[0]}") from None
+    check_format(data, f"step profile {file}")
     blocks = data.get("dt") if isinstance(data, dict) else None
     if not isinstance(blocks, list) or not blocks or not all(isinstance(b, list) and b for b in blocks):
         raise InvalidValue(f"step profile {file} needs a non-empty list \"dt\" of per-block lists of step sizes")

@@ -4,7 +4,8 @@ Per model (and per grid point, with a grid): final-epoch test error mean ± samp
 T, convergence (mean over seeds of ``|err_E − err_{E−3}|``), Welch 95 % intervals of each arm's
 difference to the baseline and to the best peer, ablations against their source (paired by seed
 and Welch), and the p-values of the comparisons with the baseline Holm-adjusted over that family.
-A diverged run counts at chance error (100 − 100 / classes %), marked †. Where cells recorded
+A failed run counts at chance error (100 − 100 / classes %): one that diverged (a non-finite loss) is
+marked †, one that finished at chance level (did not learn) ‡. Where cells recorded
 their platform (``platform.json`` or the model card), the report says which cells ran where.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..formats import stamped
 from ..jobs.run_folder import RunFolder
 from ..train.run import read_diverged
 from .plan import grid_tag
@@ -28,6 +30,7 @@ from .results import (
     DIVERGED_FILES,
     RESULT_FILES,
     definition,
+    did_not_learn,
     read_cell_info,
     read_metrics,
     read_yaml,
@@ -80,6 +83,16 @@ class Result:
         return self.chance if self.diverged else self.errors[-1]
 
     @property
+    def did_not_learn(self) -> bool:
+        """It finished with finite losses at a final error at chance level (``diverged`` holds why)."""
+        return bool(self.diverged) and did_not_learn(self.diverged)
+
+    @property
+    def outcome(self) -> Optional[str]:
+        """``"diverged"`` (a non-finite loss), ``"did not learn"`` (finished at chance level) or ``None``."""
+        return None if not self.diverged else ("did not learn" if self.did_not_learn else "diverged")
+
+    @property
     def loss_at_step(self) -> dict[int, float]:
         """Mean training loss around given global steps (``loss_at_step`` of the metrics rows and of
         ``diverged.json``), ``{step: loss}``."""
@@ -103,6 +116,8 @@ class Result:
         record = None
         try:
             record = json.loads((self.folder / RunFolder.PLATFORM).read_text())
+            if isinstance(record, dict):  # versioned: {"format_version": 1, "platforms": [...]}
+                record = record.get("platforms")
         except (OSError, ValueError):
             record = self.card.get("platform") if isinstance(self.card, dict) else None
         return platform_label(record) if record else None
@@ -214,7 +229,9 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
             "seeds": [r.seed for r in rs], "n": len(rs), "epochs": sorted({len(r.metrics) for r in rs}),
             "test_errors": errors, "mean": statistics.fmean(errors),
             "std": statistics.stdev(errors) if len(errors) > 1 else None,
-            "diverged": [r.seed for r in rs if r.diverged],
+            "failed": [r.seed for r in rs if r.diverged],  # counted at chance: diverged or did not learn
+            "diverged": [r.seed for r in rs if r.outcome == "diverged"],
+            "did_not_learn": [r.seed for r in rs if r.did_not_learn],
             "T": [None if r.diverged else float(r.profile["evolution_time"]) for r in rs],
             "T_mean": statistics.fmean(times) if times else None,
             "last3_change": statistics.fmean(drift) if drift else None,
@@ -270,7 +287,7 @@ def format_table(spec: StudySpec, summary: dict) -> str:
     for r in summary["rows"]:
         change = "—" if r["last3_change"] is None else f"{r['last3_change']:.2f}"
         label = f"`{r['policy']}`" + ("" if r["label"] == r["policy"] else f" ({r['label']})")
-        per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "")
+        per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "‡" if seed in r["did_not_learn"] else "")
                              for e, seed in zip(r["test_errors"], r["seeds"]))
         t_mean = "—" if r["T_mean"] is None else f"{r['T_mean']:.3f}"
         lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {fmt_mean_std(r)} | "
@@ -427,7 +444,8 @@ def _method(spec: StudySpec, grid: bool) -> str:
                  f"{'each is' if len(parts) > 1 else 'it is'} also compared with its source run seed by seed "
                  "(paired t-test, `scipy.stats.ttest_rel`, over the seeds both have). ")
     text += ("A run that diverged (the engine stopped it at a NaN or infinite loss) counts at chance error "
-             "(100 − 100 / classes %) and is marked †; it has no T or Δt profile and no ablations.\n")
+             "(100 − 100 / classes %) and is marked †; one that did not learn (finished at a final error at chance "
+             "level) counts at chance too and is marked ‡; neither has T, a Δt profile or ablations.\n")
     return text
 
 
@@ -569,7 +587,7 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         document["transfer"] = transfer
     if platforms:
         document["platforms"] = {str(r): r.platform or "unrecorded" for r in found}
-    (results / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    (results / "summary.json").write_text(json.dumps(stamped(document), indent=2) + "\n")
     return Report(path, document, [path, results / "summary.json", *files])
 
 
@@ -626,7 +644,9 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
                 losses[str(step)] = {"mean": statistics.fmean(have) if have else None, "n": len(have)}
             points.append({
                 "value": value, "seeds": [r.seed for r in rs], "n": len(rs), "test_errors": errors,
-                "mean": mean, "std": std, "diverged": [r.seed for r in rs if r.diverged],
+                "mean": mean, "std": std, "failed": [r.seed for r in rs if r.diverged],
+                "diverged": [r.seed for r in rs if r.outcome == "diverged"],
+                "did_not_learn": [r.seed for r in rs if r.did_not_learn],
                 "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
                 "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None,
                 "T_mean": statistics.fmean(times) if times else None,
@@ -643,9 +663,9 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
             "points": points,
             "largest_stable": largest,
             # Seeds still to run where no seed diverged yet: the largest stable value may still grow.
-            "pending": [p["value"] for p in above if not p["diverged"] and not set(planned) <= set(p["seeds"])],
+            "pending": [p["value"] for p in above if not p["failed"] and not set(planned) <= set(p["seeds"])],
             # No value stable and a diverged seed at every one: below the smallest value run.
-            "below_grid": bool(points) and not stable and all(p["diverged"] for p in points),
+            "below_grid": bool(points) and not stable and all(p["failed"] for p in points),
             "best_value": best["value"] if best else None,
             "best": best,
             "spread": max(means) - min(means) if means else None,
@@ -691,7 +711,7 @@ def _matrix_cell(point: Optional[dict], planned: int) -> str:
     """``26.17 ± 0.81``; ``✗ 2/3 (35.59)``: 2 of 3 seeds diverged, the others' errors in brackets."""
     if point is None:
         return "—"
-    bad = set(point["diverged"])
+    bad = set(point["failed"])
     if bad:
         others = [f"{e:.2f}" for seed, e in zip(point["seeds"], point["test_errors"]) if seed not in bad]
         return f"✗ {len(bad)}/{point['n']}" + (f" ({', '.join(others)})" if others else "")
@@ -744,7 +764,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
     lines += ["", f"Early speed per arm and `{key}`: mean training loss around steps "
               + ", ".join(map(str, steps)) + " (the run's `loss_at_step`; — where not recorded; (k/n): only k of the "
               "n seeds reached the step), test error after epoch 1, final test error, T. × counts the seeds "
-              "that diverged.\n",
+              "that failed (diverged or did not learn).\n",
               f"| policy | `{key}` | seeds | " + " | ".join(f"loss @ {s}" for s in steps)
               + " | error after epoch 1 | final error (mean ± std) | T (mean) |",
               "|---|---:|---|" + "---:|" * len(steps) + "---:|---|---:|"]
@@ -757,7 +777,7 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
                 if loss["mean"] is not None and loss["n"] < pt["n"]:
                     text += f" ({loss['n']}/{pt['n']})"
                 losses.append(text)
-            diverged = f", {len(pt['diverged'])}×" if pt["diverged"] else ""
+            diverged = f", {len(pt['failed'])}×" if pt["failed"] else ""
             final = fmt_mean_std(pt)
             lines.append(f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | " + " | ".join(losses)
                          + f" | {_fmt(pt['error_epoch1'], 2)} | {final} | {_fmt(pt['T_mean'], 3)} |")
@@ -784,7 +804,7 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
         dashed = _kind(sweep["arms"][arm]["steps"]) not in CONTROLLERS
         ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] or 0.0 for p in points], color=color,
                     marker="o", capsize=3, lw=1.5, label=arm, ls="--" if dashed else "-")
-        bad = [(x, chance) for x, p in zip(xs, points) for _ in p["diverged"]]
+        bad = [(x, chance) for x, p in zip(xs, points) for _ in p["failed"]]
         if bad:
             ax.scatter(*zip(*bad), marker="x", s=70, color=color, zorder=5)
     if log_x:

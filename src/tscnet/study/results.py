@@ -23,6 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import UserError
+from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
@@ -46,6 +47,7 @@ def read_cell_info(folder: Path) -> Optional[dict]:
         info = json.loads((Path(folder) / CELL_FILE).read_text())
     except (OSError, ValueError):
         return None
+    check_format(info, Path(folder) / CELL_FILE)  # a newer tscnet's results: refused, not misread
     return info if isinstance(info, dict) else None
 
 
@@ -102,8 +104,9 @@ def log_divergence(log: Path) -> Optional[str]:
 
 
 def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
-    """Why an ended run counts as diverged, else ``None``: its ``diverged.json``, the engine's error in
-    its log, or (finished) a final test error at chance level."""
+    """Why an ended run failed and counts at chance error, else ``None``: it diverged (its
+    ``diverged.json``, the engine's error in its log) or, finished, it did not learn (a final test
+    error at chance level, :func:`did_not_learn`)."""
     run_dir = Path(run_dir)
     try:
         message = diverged_message(run_dir)
@@ -122,9 +125,19 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
         if metrics and "test_error" in metrics[-1]:
             error, chance = float(metrics[-1]["test_error"]), chance_error(config)
             if error >= CHANCE_FRACTION * chance:
-                return (f"final test error {error:.2f} % is at chance level "
+                return (f"final test error {error:.2f} % {AT_CHANCE} "
                         f"(≥ {CHANCE_FRACTION:g} × {chance:.2f} %)")
     return None
+
+
+# How run_divergence words a run that finished at chance level (cell.json's "diverged" keeps this reason).
+AT_CHANCE = "is at chance level"
+
+
+def did_not_learn(reason: str) -> bool:
+    """Whether a failed cell's reason (``cell.json``'s ``diverged``) says it finished at chance level —
+    it did not learn — rather than diverging (a non-finite loss). Both count at chance error."""
+    return AT_CHANCE in reason
 
 
 def cell_info(spec: StudySpec, cell: Cell, steps: str, overrides: list[str], diverged: Optional[str] = None) -> dict:
@@ -160,7 +173,7 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
                 (tmp / name).write_text("")
             elif name in (DIVERGED_FILES if diverged else RESULT_FILES):
                 raise UserError(f"{run_dir} has no {name}; it cannot be collected")
-        (tmp / CELL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / CELL_FILE).write_text(json.dumps(stamped(info), indent=2) + "\n")
         if final.exists() and not is_collected(final):  # a partial copy from a killed runner: replace it
             shutil.rmtree(final)
         try:

@@ -48,6 +48,7 @@ from .results import (
     check_recipe,
     collect,
     config_difference,
+    did_not_learn,
     diverged_reason,
     final_error,
     is_collected,
@@ -70,7 +71,9 @@ class CellResult:
     seconds: Optional[float] = None  # wall time of this invocation's run (None: collected without running)
 
     def describe(self) -> str:
-        return f"DIVERGED ({self.diverged})" if self.diverged else f"final test error {self.error:.2f} %"
+        if not self.diverged:
+            return f"final test error {self.error:.2f} %"
+        return f"{'DID NOT LEARN' if did_not_learn(self.diverged) else 'DIVERGED'} ({self.diverged})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..data import create_loaders
 from ..errors import UserError
+from ..formats import stamped
 from ..jobs.run_folder import RunFolder
 from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
@@ -334,13 +335,13 @@ def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, hist
                 recent: torch.Tensor, progress: Optional[EpochProgress] = None) -> dict:
     """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint);
     ``recent``: every rank's last 20 losses (:class:`RecentLosses`, one row per rank)."""
-    return {
+    return stamped({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
         "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
         "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
         "progress": None if progress is None else progress.to_dict(), "recent_losses": recent,
-    }
+    })
 
 
 def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1,
@@ -352,7 +353,7 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], 
         folded = None
         warnings.warn(f"no {runfiles.FOLDED_FILE}: {error}; {runfiles.CHECKPOINT_FILE} holds the trained model "
                       f"with its steps", stacklevel=2)
-    card = {
+    card = stamped({
         "model": config["model"]["name"], "steps": str(config["model"]["steps"]),
         "data": config["data"]["name"], "num_classes": config["model"]["num_classes"],
         "in_chans": config["model"]["in_chans"], "epochs": len(history),
@@ -363,7 +364,7 @@ def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], 
         "folded_weights": None if folded is None else runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
         "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
         "platform": platforms or [],  # where it ran: platform.json (tscnet.train.machine)
-    }
+    })
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
     runfiles.atomic_write_bytes(out_dir / PROFILE_FILE, (json.dumps(profile) + "\n").encode())
@@ -569,7 +570,7 @@ def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[
         if "first_loss" in details:
             first = details["first_loss"]
             record["first_loss"] = first if math.isfinite(first) else str(first)
-        runfiles.atomic_write_bytes(out_dir / DIVERGED_FILE, (json.dumps(record, indent=2) + "\n").encode())
+        runfiles.atomic_write_bytes(out_dir / DIVERGED_FILE, (json.dumps(stamped(record), indent=2) + "\n").encode())
     raise TrainingDiverged(message, {**details, "epoch": epoch}) from None
 
 

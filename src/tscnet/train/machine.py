@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
 from . import run as runfiles
 
@@ -69,6 +70,9 @@ def read_platforms(run_dir: Path) -> list[dict]:
         platforms = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); delete it to record the platform afresh") from None
+    if isinstance(platforms, dict):  # {"format_version": 1, "platforms": [...]}; a bare list before versions
+        check_format(platforms, path)
+        platforms = platforms.get("platforms")
     if not isinstance(platforms, list) or not all(isinstance(p, dict) for p in platforms):
         raise UserError(f"{path} must hold a list of platforms, got {type(platforms).__name__}")
     return platforms
@@ -80,5 +84,6 @@ def record(run_dir: Path, here: dict, step: int, epoch: int) -> list[dict]:
     last: Optional[dict] = platforms[-1] if platforms else None
     if last is None or {k: v for k, v in last.items() if k not in _WHERE} != here:
         platforms.append({**here, "from_step": step, "from_epoch": epoch})
-        runfiles.atomic_write_bytes(Path(run_dir) / PLATFORM_FILE, (json.dumps(platforms, indent=2) + "\n").encode())
+        text = json.dumps(stamped({"platforms": platforms}), indent=2) + "\n"
+        runfiles.atomic_write_bytes(Path(run_dir) / PLATFORM_FILE, text.encode())
     return platforms

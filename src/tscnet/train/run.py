@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 
 from ..errors import UserError
+from ..formats import check_format
 from ..jobs.run_folder import RunFolder
 
 # The file names are the run folder's (tscnet.jobs.run_folder.RunFolder), named here for the engine.
@@ -142,6 +143,7 @@ def read_diverged(run_dir: Path) -> Optional[dict]:
         raise UserError(f"{path} is not valid JSON; the run diverged, its record is damaged") from None
     if not isinstance(record, dict):
         raise UserError(f"{path} is not a JSON object; the run diverged, its record is damaged")
+    check_format(record, path)
     return record
 
 
@@ -188,6 +190,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
         raise UserError(f"cannot load checkpoint {path} safely: {_load_failure(error)}") from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a tscnet checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
+    check_format(checkpoint, f"checkpoint {path}")
     return checkpoint
 
 
