@@ -14,8 +14,8 @@ from typing import Any
 
 from .errors import UserError
 
-FORMAT_KEY = "format_version"
-FORMAT_VERSION = 1
+FORMAT_KEY = "format_version"  #: the key of the version in every JSON record and checkpoint
+FORMAT_VERSION = 1  #: the version this tscnet writes (and the newest it reads)
 
 
 def stamped(record: dict) -> dict:
