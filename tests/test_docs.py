@@ -105,7 +105,7 @@ def test_every_module_is_on_an_api_page():
     assert not missing, f"modules on no page of docs/api/ (add an automodule section): {sorted(set(missing))}"
 
 
-# The Sphinx build takes ~50 s (2 busy cores; ~16 s of CPU): it imports every module, torch and timm included.
+# The Sphinx build takes ~45 s (35-60 s on 2 busy cores, ~15 s of CPU): it imports every module, torch and timm included.
 @pytest.mark.slow
 def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
