@@ -107,3 +107,23 @@ def test_a_cell_deleted_or_truncated_by_hand_is_redone_and_the_rest_kept(tmp_pat
     third = subprocess.run(_study(spec, results, "--report-only"), env=_env(), capture_output=True, text=True)
     assert third.returncode == 2 and len(third.stderr.strip().splitlines()) == 1, third.stderr
     assert "metrics.jsonl" in third.stderr
+
+
+def test_two_results_folders_never_share_scratch_runs(tmp_path):
+    """Two studies whose results folders have the same name (x/out, y/out), started from one folder:
+    the second gets its own scratch runs, trains its own cells, and each results folder records where
+    its scratch runs are; naming the other's scratch folder with --runs is refused in one line."""
+    spec = _spec(tmp_path, seeds=(0,), epochs=1)
+    first, second = tmp_path / "x" / "out", tmp_path / "y" / "out"
+    argv = [sys.executable, "-m", "tscnet.cli", "study", str(spec), "--workers", "1", "--policies", "none"]
+    for results in (first, second):
+        done = subprocess.run(argv + ["--results", str(results)], cwd=tmp_path, env=_env(), capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "starting: cifar_resnet8 none seed0" in done.stdout  # trained here, not collected from the other
+    scratch = [(results / "scratch.txt").read_text().strip() for results in (first, second)]
+    assert scratch[0] == "runs/out" and scratch[1].startswith("runs/out-") and scratch[0] != scratch[1]
+    refused = subprocess.run(argv + ["--results", str(second), "--runs", str(tmp_path / "runs" / "out")],
+                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"belong to the results {first}" in refused.stderr

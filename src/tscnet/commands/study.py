@@ -65,11 +65,13 @@ def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
     return kind, options
 
 
-def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int) -> None:
+def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: int = 0) -> None:
     """Print each cell's state and estimated cost, and the totals (training time; wall time at ``capacity``
-    cells at once)."""
+    cells at once). Cells that run as jobs of ``gpus`` GPUs, of a model with a stated throughput
+    (:func:`~tscnet.study.cost.gpu_cost`), are costed in GPU-hours instead: per cell, in all, and the
+    wall hours of the study at ``capacity`` jobs at once."""
     from ..study.results import base_config, check_configs, check_recipe
-    from ..study.cost import CostModel, format_hours
+    from ..study.cost import CostModel, format_hours, gpu_cost
     from ..study.scheduler import cell_state
 
     check_configs(spec, cells, extra)
@@ -77,19 +79,37 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int) -> None:
     cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
     width = max(len(str(c)) for c in cells)
     total, counts, sources = 0.0, {}, set()
+    gpu_hours: dict[str, float] = {}  # model -> GPU-hours of its cells to run
+    job_hours, stated = 0.0, {}  # wall hours of those jobs one after another; model -> images/s per GPU
     print(f"study {spec.name}: {len(cells)} cells; results {layout.results}; scratch runs {layout.runs}")
     for cell in cells:
         state = cell_state(spec, cell, layout)
         counts[state] = counts.get(state, 0) + 1
-        seconds, source = cost.seconds(cell.model, base_config(spec, cell, extra))
+        config = base_config(spec, cell, extra)
         todo = state in ("to run", "resumable", "waiting for its source")
-        if todo:
-            total += seconds
-            sources.add(source)
-        print(f"{state:<26} {str(cell):<{width}}  {'~' + format_hours(seconds) if todo else ''}")
+        on_gpus = gpu_cost(cell.model, config, gpus)
+        if on_gpus is not None:
+            estimate = f"~{on_gpus.gpu_hours:.1f} GPU-h, {on_gpus.wall_hours:.2f} h on {gpus} GPUs"
+            if todo:
+                gpu_hours[cell.model] = gpu_hours.get(cell.model, 0.0) + on_gpus.gpu_hours
+                job_hours += on_gpus.wall_hours
+                stated[cell.model] = on_gpus.images_per_s
+        else:
+            seconds, source = cost.seconds(cell.model, config)
+            estimate = "~" + format_hours(seconds)
+            if todo:
+                total += seconds
+                sources.add(source)
+        print(f"{state:<26} {str(cell):<{width}}  {estimate if todo else ''}")
     print("; ".join(f"{n} {state}" for state, n in counts.items())
           + (f"; ~{format_hours(total)} of training, ~{format_hours(total / capacity)} at {capacity} at a time "
              f"(estimated from {', '.join(sorted(sources))})" if total else ""))
+    if gpu_hours:
+        per_model = ", ".join(f"{model} {hours:.1f}" for model, hours in gpu_hours.items())
+        figures = ", ".join(f"{model} {speed:g}" for model, speed in stated.items())
+        print(f"GPU-hours: ~{sum(gpu_hours.values()):.1f} GPU-h to run ({per_model}); ~{job_hours:.1f} h of "
+              f"{gpus}-GPU jobs, ~{job_hours / capacity:.1f} h wall at {capacity} jobs at a time (from stated "
+              f"training images/s per GPU, {figures}: assumptions, tscnet.study.cost.GPU_IMAGES_PER_S)")
 
 
 def parse_grid_filter(items: list[str]) -> dict[str, list]:
@@ -143,11 +163,13 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
         cells = plan_cells(spec, args.models, args.policies, args.seeds, parse_grid_filter(args.grid))
         kind, options = executor_options(spec, args)
         if args.dry_run:
-            dry_run(spec, cells, layout, extra, int(options.get("workers", 1)))
+            gpus = int(options.get("gpus_per_node") or 0) * int(options.get("nodes") or 1) if kind == "slurm" else 0
+            dry_run(spec, cells, layout, extra, int(options.get("workers", 1)), gpus)
         if kind == "local":  # a cluster's nodes may see other folders than this machine
             check_cell_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra)
         if args.dry_run:
             return 0
+        layout.claim()  # the scratch runs belong to this results folder from now on
         executor = create_executor(kind, **options)
         counts = run_study(spec, cells, layout, executor, extra=extra, threads=int(options.get("threads", 1)),
                            max_hours=args.max_hours, on_result=on_result)

@@ -16,13 +16,14 @@ ablations first, then the other ordinary arms, then the ablations.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..errors import UserError
+from ..errors import InvalidValue, UserError
 from .spec import Arm, StudySpec
 
 
@@ -181,6 +182,21 @@ class Layout:
         run = self.run_dir(cell)
         return run.parent / f"{run.name}.recipe.yaml"
 
+    def claim(self) -> None:
+        """Tie the scratch folder to the results folder (each records the other), before any run.
+
+        Raises:
+            UserError: the scratch folder belongs to another results folder.
+        """
+        owner = _read_line(self.runs / OWNER_RECORD)
+        if owner and Path(owner) != self.results:
+            raise InvalidValue(f"scratch runs {self.runs} belong to the results {owner}, not {self.results}; "
+                               "pass another --runs (two studies must not share scratch runs)")
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        (self.runs / OWNER_RECORD).write_text(f"{self.results}\n")
+        (self.results / SCRATCH_RECORD).write_text(f"{self.for_recipe(self.runs)}\n")
+
     def for_recipe(self, folder: Path) -> str:
         """``folder`` relative to :attr:`workdir` when inside it, else absolute."""
         folder = folder.resolve()
@@ -190,14 +206,42 @@ class Layout:
             return str(folder)
 
 
+#: In a results folder: where its scratch runs are (relative to the working directory when inside it).
+SCRATCH_RECORD = "scratch.txt"
+#: In a scratch folder: the results folder it belongs to (absolute).
+OWNER_RECORD = ".results"
+
+
 def default_layout(spec: StudySpec, results: Optional[Path] = None, runs: Optional[Path] = None) -> Layout:
     """``benchmarks/results/<name>`` and ``runs/<name>`` in the tscnet checkout (when the working
     directory is inside it), else ``./study-results/<name>`` and ``./runs/<name>``; runs start in the
-    checkout's root or the working directory. Scratch runs default to ``runs/<name of results>``."""
+    checkout's root or the working directory.
+
+    Scratch runs belong to one results folder: without ``runs``, the folder its ``scratch.txt``
+    records, else ``runs/<name of results>`` — unless that one belongs to another results folder
+    (its ``.results`` names it), then ``runs/<name>-<hash of the results path>``. A given ``runs``
+    that belongs to another results folder is refused (:meth:`Layout.claim`).
+    """
     root = checkout_root()
     workdir = root or Path.cwd().resolve()
     if results is None:
         results = (root / "benchmarks" / "results" / spec.name) if root else workdir / "study-results" / spec.name
     results = Path(os.path.abspath(results))
-    runs = Path(os.path.abspath(runs)) if runs is not None else workdir / "runs" / results.name
+    if runs is not None:
+        return Layout(results, Path(os.path.abspath(runs)), workdir)
+    recorded = _read_line(results / SCRATCH_RECORD)
+    if recorded:
+        return Layout(results, (workdir / recorded).resolve(), workdir)
+    runs = workdir / "runs" / results.name
+    owner = _read_line(runs / OWNER_RECORD)
+    if owner and Path(owner) != results:
+        digest = hashlib.sha1(str(results).encode()).hexdigest()[:8]
+        runs = workdir / "runs" / f"{results.name}-{digest}"
     return Layout(results, runs, workdir)
+
+
+def _read_line(path: Path) -> Optional[str]:
+    try:
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
