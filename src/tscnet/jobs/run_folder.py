@@ -51,6 +51,8 @@ STALE_S = 180.0
 
 #: The words of a :class:`RunLocked` refusal, which a study reads in a trainer's log.
 LOCKED_BY = "is being trained by"
+#: The words of a refusal to start a fresh run in a folder that holds one (a study reads them too).
+HOLDS_A_RUN = "already holds a run"
 
 
 class RunLocked(UserError):

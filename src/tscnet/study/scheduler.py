@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from ..jobs.executors.base import Executor, Task
-from ..jobs.run_folder import LOCKED_BY, RunFolder, describe_holder
+from ..jobs.run_folder import HOLDS_A_RUN, LOCKED_BY, RunFolder, describe_holder
 from ..jobs.runner import Running, run_tasks
 from ..train.config import dump_config
 from ..train.run import atomic_write_bytes
@@ -158,6 +158,7 @@ class StudyRun:
         self.running: list[Running] = []
         self.elsewhere: set[Cell] = set()  # cells another process is training
         self.last_progress = 0.0
+        self.started = 0  # runs this invocation started (or resumed)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -172,6 +173,10 @@ class StudyRun:
         stopped = run_tasks(self.executor, self.next_task, self.on_end, on_start=self.on_start, tick=self.tick,
                             waiting=lambda: bool(self.elsewhere), poll_interval=self.options.poll_interval,
                             out=self.out)
+        if not self.started and not stopped and (counts["collected"] or counts["skipped"]):
+            # Say why nothing ran (a cluster user would otherwise wonder why no job was submitted).
+            self.out(f"started no run: {counts['skipped']} cell(s) already had results in {layout.results}, "
+                     f"{counts['collected']} were collected from runs that had finished in {layout.runs}")
         for cell in [c for c in self.pending if not self.ready(c)]:
             source = source_cell(spec, cell)
             why = "failed" if source in self.failed else "was not run"
@@ -210,6 +215,7 @@ class StudyRun:
         self.out(f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps "
                  f"{r.task.config['model']['steps']}) in {r.task.run_dir}")
         self.running.append(r)
+        self.started += 1
         self.progress(force=True)
 
     def on_end(self, r: Running, code: Optional[int], stopping: Optional[str]) -> None:
@@ -222,8 +228,11 @@ class StudyRun:
         seconds = time.time() - r.began
         self.longest[cell.model] = max(self.longest.get(cell.model, 0.0), seconds)
         finished = code == 0 and RunFolder(run).finished
-        if code != 0 and LOCKED_BY in (log_error(r.task.log) or ""):  # lost the race for the run folder
-            if not self.taken_elsewhere(cell):  # that process is already done with it: collect or resume
+        why = log_error(r.task.log) or "" if code != 0 else ""
+        if LOCKED_BY in why or (HOLDS_A_RUN in why and not r.task.resume):
+            # Lost the race for the run folder to another launch of the study: that process trains it
+            # (wait for it), or has already trained it (collect it) or stopped (resume it).
+            if not self.taken_elsewhere(cell):
                 self.pending.insert(0, cell)
             self.progress(force=True)
             return

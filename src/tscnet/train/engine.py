@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..data import create_loaders
 from ..errors import UserError
 from ..formats import stamped
-from ..jobs.run_folder import RunFolder
+from ..jobs.run_folder import HOLDS_A_RUN, RunFolder
 from ..stepping import step_sizes
 from ..stepping.profile import PROFILE_FILE, profile_dict
 from . import machine
@@ -127,7 +127,7 @@ def _prepare_out_dir(out_dir: Path, config: dict, resume: bool) -> None:
         runfiles.require_run(out_dir)
         return
     if (out_dir / runfiles.CONFIG_FILE).exists():
-        raise UserError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise UserError(f"{out_dir} {HOLDS_A_RUN}; pass --resume to continue it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     runfiles.atomic_write_bytes(out_dir / runfiles.CONFIG_FILE, dump_config(config).encode())
 
