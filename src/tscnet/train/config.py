@@ -56,7 +56,7 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
     for key, value in update.items():
         where = f"{path}{key}"
         if key not in base:
-            close = difflib.get_close_matches(key, base, n=1)
+            close = difflib.get_close_matches(key, base, n=1) if isinstance(key, str) else []
             hint = f" (did you mean {path}{close[0]}?)" if close else ""
             raise UserError(f"unknown config key {where!r}{hint}; valid keys under "
                             f"{path.rstrip('.') or 'the top level'}: {', '.join(base)}")
@@ -65,8 +65,9 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
                 raise UserError(f"config key {where!r} must be a mapping, got {value!r}")
             _merge(base[key], value, where + ".")
         elif isinstance(value, dict):
-            raise UserError(f"config key {where!r} is a value, not a section: {where}.{next(iter(value), '')} "
-                            f"does not exist (set it with {where}=VALUE)")
+            below = f"{where}.{next(iter(value), '')}"
+            raise UserError(f"config key {where!r} is a value, not a section: {below!r} does not exist "
+                            f"(set it with {where}=VALUE)")
         else:  # typed by the schema, not by the value a recipe or flag put there before
             base[key] = _typed(where, get(DEFAULTS, where, base[key]), value)
     return base
@@ -91,7 +92,11 @@ def _typed(key: str, default: Any, value: Any) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserError(f"config key {key!r} must be a number, got {value!r}")
         if isinstance(default, float):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise UserError(f"config key {key!r} must be a finite number, got an integer too large for a "
+                                "float") from None
         # An integer key keeps a whole float as an int (2.0 -> 2); 1.5 is left for validate_config to refuse.
         return int(value) if isinstance(value, float) and value.is_integer() else value
     return value
@@ -100,9 +105,29 @@ def _typed(key: str, default: Any, value: Any) -> Any:
 def find_yaml(name_or_path: Union[str, Path], folder: Path) -> Optional[Path]:
     """``name_or_path`` if it is a file, else ``folder/NAME.yaml`` or ``folder/NAME``; ``None`` if none is."""
     path = Path(name_or_path)
-    if path.is_file():
+    if file_exists(path):
         return path
-    return next((c for c in (folder / f"{name_or_path}.yaml", folder / str(name_or_path)) if c.is_file()), None)
+    return next((c for c in (folder / f"{name_or_path}.yaml", folder / str(name_or_path)) if file_exists(c)), None)
+
+
+def file_exists(path: Path) -> bool:
+    """``path.is_file()``, false also for a name the file system refuses (longer than it allows)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def load_yaml_file(path: Path, what: str) -> Any:
+    """The YAML document in file ``path``; a file that is not YAML text is a one-line UserError naming ``what``."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except RecursionError:
+        raise UserError(f"{what} {path} is not valid YAML: nested too deeply") from None
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: not UTF-8, or an integer of over 4300 digits
+        raise UserError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read: {error.strerror}") from None
 
 
 def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
@@ -126,10 +151,7 @@ def load_config(source: Union[str, Path, dict, None] = None, overrides: Iterable
         _merge(config, source)
     elif source is not None:
         path = resolve_config_path(source)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        loaded = load_yaml_file(path, "config") or {}
         if not isinstance(loaded, dict):
             raise UserError(f"config {path} must be a mapping of sections, got {type(loaded).__name__}")
         _merge(config, loaded)
@@ -145,7 +167,7 @@ def apply_override(config: dict, item: str) -> None:
         raise UserError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.05)")
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an integer of over 4300 digits): the text
         value = raw
     update: dict = {}
     node = update
@@ -259,7 +281,7 @@ def validate_config(config: dict) -> dict:
         if not check(value):
             raise UserError(f"{key} must be {rule}, got {value!r}")
     name = get(config, "sched.name")
-    if name not in SCHEDULES:
+    if not isinstance(name, str) or name not in SCHEDULES:
         raise UserError(f"sched.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
     if get(config, "optim.nesterov") and not get(config, "optim.momentum"):
         raise UserError("optim.nesterov needs optim.momentum > 0, got momentum 0")
