@@ -31,10 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from ..errors import UserError
-from ..train.config import CONFIG_DIR, find_yaml
+from ..train.config import CONFIG_DIR, file_exists, find_yaml, load_yaml_file
 
 STUDY_DIR = CONFIG_DIR / "studies"
 ABLATIONS = ("profile-of", "fixed-of")
@@ -44,6 +42,9 @@ ARM_KEYS = ("name", "steps", "set")
 # the wording of the report's first lines; transfer: true adds the depth-transfer reading (study.transfer)
 REPORT_KEYS = ("title", "written_by", "layout", "transfer")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# str.splitlines()'s line breaks, escaped in an error (a quoted YAML key or value may hold one)
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_MAX_FOLDER = 255  # bytes in a folder name (NAME_MAX): an arm's tag, a grid point's tag
 
 
 def ablation_kind(steps: str) -> Optional[str]:
@@ -154,16 +155,13 @@ def load_spec(name_or_path: Union[str, Path, dict]) -> StudySpec:
         raw, path = name_or_path, None
     else:
         path = resolve_spec_path(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise UserError(f"study spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = load_yaml_file(path, "study spec")
     where = f"study spec {path}" if path else "study spec"
     return parse_spec(raw, where, path)
 
 
 def _fail(where: str, key: str, message: str) -> UserError:
-    return UserError(f"{where}: {key}: {message}")
+    return UserError(f"{where}: {key}: {message}".translate(_LINE_BREAKS))
 
 
 def _str_list(where: str, key: str, value: Any, allow_empty: bool = True) -> list[str]:
@@ -198,10 +196,17 @@ def _grid(where: str, key: str, value: Any) -> dict[str, list]:
             raise _fail(where, f"{key}.{name}", "must be a config key section.key, e.g. optim.lr")
         if not isinstance(values, list) or not values:
             raise _fail(where, f"{key}.{name}", f"must be a non-empty list of values, got {values!r}")
+        if not all(_grid_value(v) for v in values):
+            raise _fail(where, f"{key}.{name}", f"values must be numbers, strings or lists of them, got {values!r}")
         if len({repr(v) for v in values}) != len(values):
             raise _fail(where, f"{key}.{name}", f"repeats a value: {values!r}")
         grid[name] = list(values)
     return grid
+
+
+def _grid_value(value: Any) -> bool:
+    """A value a grid may hold: no mapping or set, which no config key takes (nor a cell's folder name)."""
+    return all(_grid_value(v) for v in value) if isinstance(value, list) else not isinstance(value, (dict, set))
 
 
 def _arm(where: str, key: str, value: Any) -> Arm:
@@ -275,7 +280,7 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
     if not isinstance(recipe, str) or not recipe.strip():
         raise _fail(where, "recipe", f"must be a recipe name or path, got {recipe!r}")
     recipe = recipe.strip()
-    if path is not None and not Path(recipe).is_absolute() and (path.parent / recipe).is_file():
+    if path is not None and not Path(recipe).is_absolute() and file_exists(path.parent / recipe):
         recipe = str((path.parent / recipe).resolve())  # a recipe next to the spec
     from ..train.config import resolve_config_path
 
@@ -294,6 +299,8 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
     seeds = _seeds(where, "seeds", raw.get("seeds", [0, 1, 2]))
     grid = _grid(where, "grid", raw.get("grid"))
     per_model: dict[str, dict] = {}
+    if not isinstance(raw.get("per_model") or {}, dict):
+        raise _fail(where, "per_model", f"must map models to their seeds and/or grid, got {raw['per_model']!r}")
     for model, entry in (raw.get("per_model") or {}).items():
         key = f"per_model.{model}"
         if model not in models:
@@ -305,6 +312,14 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
             per_model[model]["seeds"] = _seeds(where, f"{key}.seeds", entry["seeds"])
         if "grid" in entry:
             per_model[model]["grid"] = _grid(where, f"{key}.grid", entry["grid"])
+    from .plan import grid_tag  # plan imports this module
+
+    for model in models:
+        key = f"per_model.{model}.grid" if "grid" in per_model.get(model, {}) else "grid"
+        parts = per_model.get(model, {}).get("grid", grid)
+        longest = sum(max(len(grid_tag(((k, v),)).encode()) + 1 for v in vs) for k, vs in parts.items()) - 1
+        if longest > _MAX_FOLDER:
+            raise _fail(where, key, f"a grid point's folder name would be {longest} bytes, more than {_MAX_FOLDER}")
     if not isinstance(raw["policies"], list) or not raw["policies"]:
         raise _fail(where, "policies", f"must be a non-empty list of arms, got {raw['policies']!r}")
     arms = [_arm(where, f"policies[{i}]", value) for i, value in enumerate(raw["policies"])]
@@ -313,6 +328,9 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
         key = f"policies[{i}]"
         if labels.index(arm.name) != i or tags.index(arm.tag) != i:
             raise _fail(where, key, f"{arm.name!r} repeats the name or folder tag {arm.tag!r} of another arm")
+        if len(arm.tag.encode()) > _MAX_FOLDER:
+            raise _fail(where, key, f"its folder name would be {len(arm.tag.encode())} bytes, more than {_MAX_FOLDER}; "
+                        "give the arm a short name: {name: ..., steps: ...}")
         for j, item in enumerate(arm.set):
             _check_override(where, f"{key}.set[{j}]", item)
         if arm.ablation:
@@ -340,6 +358,14 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise _fail(where, "slurm", f"must be a mapping of Slurm options, got {slurm!r}")
+    kind = executor.get("kind", "local")
+    if not isinstance(kind, str) or not kind.strip():
+        raise _fail(where, "executor.kind", f"must be an executor name such as local or slurm, got {kind!r}")
+    for section, options in (("executor", executor), ("slurm", slurm)):
+        for option in ("workers", "threads"):
+            value = options.get(option, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _fail(where, f"{section}.{option}", f"must be a positive integer, got {value!r}")
     report = raw.get("report") or {}
     if not isinstance(report, dict) or any(k not in REPORT_KEYS for k in report):
         bad = next((k for k in report if k not in REPORT_KEYS), None) if isinstance(report, dict) else None
