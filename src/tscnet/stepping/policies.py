@@ -180,7 +180,11 @@ class DepthSteps(FixedSteps):
         power = float(power)
         if not math.isfinite(power):
             raise InvalidValue(f"step policy 'depth': the power P of Δt = D^(-P) must be finite, got {power}")
-        super().__init__(branches, len(branches) ** -power)
+        try:
+            value = len(branches) ** -power
+        except OverflowError:
+            raise InvalidValue(f"step policy 'depth': Δt = D^(-P) is too large for a float with P = {power}") from None
+        super().__init__(branches, value)
         self.power = power
 
     def extra_repr(self) -> str:
@@ -354,7 +358,8 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
     unknown = set(raw) - set(entry.options)
     if unknown:
         valid = ", ".join(entry.options) or "none"
-        raise InvalidValue(f"step policy {name!r}: unknown option(s) {', '.join(sorted(unknown))} (valid: {valid})")
+        raise InvalidValue(f"step policy {name!r}: unknown option(s) {', '.join(sorted(map(repr, unknown)))} "
+                           f"(valid: {valid})")
     return PolicySpec(name, {k: _convert(name, k, v, entry.options[k]) for k, v in raw.items()})
 
 
