@@ -7,6 +7,11 @@ ResNet-56 runs have finished) is scaled from the finished model nearest in cost 
 forward FLOPs per image, since a CPU or GPU trains a plain ResNet at a roughly constant FLOP rate:
 
     speed(M) ≈ speed(R) · FLOPs(R) / FLOPs(M).
+
+A cell that runs on GPUs (a Slurm job with ``gpus_per_node``) of a model with a stated throughput
+(:data:`GPU_IMAGES_PER_S`: assumed figures, not measurements) is costed in GPU-hours instead
+(:func:`gpu_cost`): ``epochs × train images / (images/s per GPU) + evaluated epochs × val images /
+(EVAL_SPEEDUP × images/s per GPU)``, in hours; its job takes that divided by its GPUs.
 """
 from __future__ import annotations
 
@@ -141,3 +146,71 @@ class CostModel:
 def format_hours(seconds: float) -> str:
     """``42 min`` under an hour, else ``3.5 h``."""
     return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU-hours from a stated throughput (cells that run as multi-GPU jobs, e.g. the imagenet_paper study)
+
+#: Training images per second per GPU, ASSUMED (nothing here has run on a GPU yet): an A100-class GPU,
+#: bf16 autocast and channels_last (``train.amp`` and ``train.channels_last`` ``auto`` on CUDA), a full
+#: GPU (batch >= 256 per GPU) and data loading that keeps up. resnet50: 2600, timm's ``benchmark.py``
+#: on an A100 with AMP and channels_last (huggingface/pytorch-image-models issue #1491); the other two
+#: scaled by their speed relative to resnet50 in timm's training benchmark (RTX 3090, AMP, NHWC:
+#: resnet50 1218, resnext50_32x4d 1001, seresnet50 972 img/s; results/benchmark-train-amp-nhwc-pt112-
+#: cu113-rtx3090.csv). Optimistic for the ImageNet recipes' global batch 256 on 8 GPUs (32 per GPU)
+#: and for a step policy's overhead (tsc: 1.14x the ops of none on resnet50, BENCHMARKS.md). Replace
+#: with a measured figure: ``benchmarks/gpu.sh`` measures resnet50's images/s at batch 256.
+GPU_IMAGES_PER_S: dict[str, float] = {"resnet50": 2600.0, "resnext50_32x4d": 2140.0, "seresnet50": 2070.0}
+#: Evaluation images per second relative to training: a training step is a forward and a backward pass,
+#: about 3x the FLOPs of the forward pass that evaluates.
+EVAL_SPEEDUP = 3.0
+#: The image folder a GPU estimate takes ``data.name=imagefolder`` to be: ImageNet-1k (ILSVRC-2012).
+IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES = 1_281_167, 50_000
+
+
+@dataclass(frozen=True)
+class GpuCost:
+    """A cell's cost on GPUs from a stated throughput (see :func:`gpu_cost`)."""
+
+    gpu_hours: float  #: GPU-hours of the whole run (training and every evaluation)
+    gpus: int  #: GPUs of its job
+    images_per_s: float  #: the stated training images per second per GPU it assumes
+
+    @property
+    def wall_hours(self) -> float:
+        """Hours the job runs: its GPU-hours shared by its GPUs (DDP taken to scale linearly)."""
+        return self.gpu_hours / self.gpus
+
+
+def split_sizes(config: dict) -> Optional[tuple[int, int]]:
+    """``(training images, evaluation images)`` of a recipe: its subsets, else ImageNet-1k's for an
+    image folder; ``None`` for other data without subsets (no stated size)."""
+    data = config.get("data", {})
+    if data.get("train_subset") and data.get("test_subset"):
+        return int(data["train_subset"]), int(data["test_subset"])
+    if str(data.get("name", "")).lower().replace("-", "").replace("_", "") != "imagefolder":
+        return None
+    return int(data.get("train_subset") or IMAGENET_TRAIN_IMAGES), int(data.get("test_subset") or IMAGENET_VAL_IMAGES)
+
+
+def gpu_cost(model: str, config: dict, gpus: int,
+             images_per_s: Optional[dict[str, float]] = None) -> Optional[GpuCost]:
+    """GPU-hours of one cell on ``gpus`` GPUs from the stated training throughput of ``model``
+    (``images_per_s``, default :data:`GPU_IMAGES_PER_S`):
+
+        (epochs × train images / S + evaluated epochs × eval images / (EVAL_SPEEDUP × S)) / 3600,
+
+    S the images per second per GPU. ``None`` without GPUs, without a stated figure for the model, or
+    for data of no known size (:func:`split_sizes`)."""
+    from ..train.config import evaluated_epochs
+
+    speed = (GPU_IMAGES_PER_S if images_per_s is None else images_per_s).get(model)
+    sizes = split_sizes(config)
+    if gpus < 1 or not speed or sizes is None:
+        return None
+    train, val = sizes
+    epochs = int(config.get("train", {}).get("epochs", 1))
+    evaluations = len(evaluated_epochs({"train": {"epochs": epochs,
+                                                  "eval_epochs": config.get("train", {}).get("eval_epochs")}}))
+    seconds = epochs * train / speed + evaluations * val / (EVAL_SPEEDUP * speed)
+    return GpuCost(seconds / 3600.0, gpus, float(speed))
