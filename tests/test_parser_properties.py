@@ -307,6 +307,7 @@ def folder(tmp_path_factory) -> Path:
 @example(document=spec_file(report={"a\rb": 1}))
 @example(document=spec_file(policies=["none", "profile-of:ts\nc"]))
 @example(document=spec_file(recipe="x" * 300))
+@example(document=spec_file().replace(b"policies:", b"grid: {optim.lr: &a [1, *a]}\npolicies:"))
 @example(document=b"\x80")
 @example(document=b"[" * 100000)
 @example(document=spec_file().replace(b"policies:", b"seeds: [" + b"1" * 5000 + b"]\npolicies:"))

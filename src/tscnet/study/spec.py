@@ -204,9 +204,12 @@ def _grid(where: str, key: str, value: Any) -> dict[str, list]:
     return grid
 
 
-def _grid_value(value: Any) -> bool:
-    """A value a grid may hold: no mapping or set, which no config key takes (nor a cell's folder name)."""
-    return all(_grid_value(v) for v in value) if isinstance(value, list) else not isinstance(value, (dict, set))
+def _grid_value(value: Any, inside: tuple = ()) -> bool:
+    """A value a grid may hold: no mapping or set, which no config key takes (nor a cell's folder name), nor a
+    list that holds itself (a YAML alias, ``&a [1, *a]``)."""
+    if isinstance(value, list):
+        return id(value) not in inside and all(_grid_value(v, (*inside, id(value))) for v in value)
+    return not isinstance(value, (dict, set))
 
 
 def _arm(where: str, key: str, value: Any) -> Arm:
