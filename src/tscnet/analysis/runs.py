@@ -3,17 +3,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 
 from ..errors import UserError
+from ..stepping import POLICY_CLASSES, StepPolicy
 from ..train.run import DIVERGED_FILE, Run, load_run
 
 __all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_runs", "has_controller", "learns_steps",
-           "seed_of", "test_batch", "CONTROLLERS"]
-
-CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller Θ of the weights
+           "seed_of", "test_batch"]
 
 
 def load_runs(paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False,
@@ -65,14 +64,24 @@ def group_label(key: tuple[str, str]) -> str:
     return f"{key[0]} / {key[1]}"
 
 
+def _registered_class(policy: str) -> Optional[type[StepPolicy]]:
+    """The class of a run's policy string, ``None`` if its name is not registered in this process
+    (a policy a training script registered itself: the run's files still hold its steps)."""
+    return POLICY_CLASSES.get(policy.partition(":")[0])
+
+
 def has_controller(policy: str) -> bool:
-    """Whether ``policy``'s Δt comes from a controller of the weights (``tsc``, ``mlp``)."""
-    return policy.partition(":")[0] in CONTROLLERS
+    """Whether ``policy``'s Δt comes from a controller of the weights (its class's
+    :attr:`~tscnet.stepping.StepPolicy.controller`: ``tsc``, ``mlp``); an unregistered one: no."""
+    cls = _registered_class(policy)
+    return cls is not None and cls.controller
 
 
 def learns_steps(policy: str) -> bool:
-    """Whether Δt is trained (not ``none``, not a constant: ``fixed``, ``depth``, a frozen ``profile``)."""
-    return policy.partition(":")[0] not in ("none", "fixed", "depth", "profile")
+    """Whether Δt is trained (its class's :attr:`~tscnet.stepping.StepPolicy.learned`; not ``none``,
+    ``fixed``, ``depth``, a frozen ``profile``); an unregistered policy counts as trained (its steps are shown)."""
+    cls = _registered_class(policy)
+    return cls is None or cls.learned
 
 
 def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:

@@ -7,9 +7,11 @@ from .branches import Branch, find_branches, register_block, supported_blocks
 from .fold import fold_steps, register_gate, unfold_steps
 from .param_groups import WEIGHT_DECAY_RULES, param_groups, weight_decay_rule
 from .watch import UntrainedStepsWarning
-from .policies import PolicySpec, StepPolicy, build_policy, parse_policy, policy_names, register_policy
+from .policies import (POLICY_CLASSES, PolicySpec, StepPolicy, build_policy, parse_policy, policy_class, policy_names,
+                       register_policy)
 
 __all__ = [
+    "POLICY_CLASSES", "policy_class",
     "Branch", "PolicySpec", "StepPolicy", "UntrainedStepsWarning", "WEIGHT_DECAY_RULES", "attach_steps", "branches_of", "build_policy", "convert_sync_batchnorm",
     "evolution_time", "find_branches", "fold_steps", "get_policies", "get_policy", "parse_policy", "policy_name",
     "policy_names",

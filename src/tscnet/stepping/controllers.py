@@ -48,7 +48,7 @@ from ..errors import InvalidValue
 from .branches import Branch
 from .lstm import BlockLSTM
 from .multi_tensor import filter_norms
-from .policies import InitStep, StepPolicy, register_policy
+from .policies import POLICY_CLASSES, InitStep, StepPolicy
 from .power_iteration import BranchSpectralNorms
 from .projections import HiddenToWidth, WidthToHidden
 
@@ -58,6 +58,10 @@ FEEDBACK = ("implicit", "explicit")
 
 class WeightController(StepPolicy):
     """Shared machinery: weight summaries, per-width projections, the bounded output."""
+
+    learned = True
+    controller = True
+    options = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": InitStep, "summary": str}
 
     def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
                  dt_min: float = 0.01, dt_init: float | str = 1.0) -> None:
@@ -112,6 +116,7 @@ class WeightController(StepPolicy):
                 f"dt_init={self.dt_init}, summary={self.summary!r}")
 
 
+@POLICY_CLASSES.register("mlp")
 class MLPController(WeightController):
     """``mlp``: Δt_d from block d's own weights only."""
 
@@ -123,8 +128,11 @@ class MLPController(WeightController):
         return self.out(torch.tanh(self.mid(torch.tanh(x))))
 
 
+@POLICY_CLASSES.register("tsc")
 class LSTMController(WeightController):
     """``tsc``: the paper's TSC_LSTM, one LSTM run across the blocks."""
+
+    options = {**WeightController.options, "feedback": str}
 
     def __init__(self, branches: list[Branch], feedback: str = "implicit", **options) -> None:
         super().__init__(branches, **options)
@@ -156,7 +164,3 @@ class LSTMController(WeightController):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", feedback={self.feedback_mode!r}"
 
-
-_OPTIONS = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": InitStep, "summary": str}
-register_policy("mlp", MLPController, **_OPTIONS)
-register_policy("tsc", LSTMController, **_OPTIONS, feedback=str)

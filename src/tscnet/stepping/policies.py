@@ -20,23 +20,33 @@ Every policy computes the steps of *all* blocks in one call (``policy()``, a fla
 ``tsc``             Δt_d = Θ(w_d; Δt_1..Δt_{d−1}): the paper's LSTM controller across the blocks.
 ==================  ==========================================================================
 
-A policy whose class sets :attr:`StepPolicy.weight_decay` (not ``None``) has its parameters
-trained with that weight decay instead of the optimizer's (``layerscale``: 0).
+Each name is a :class:`StepPolicy` subclass in :data:`POLICY_CLASSES`, registered with
+``@POLICY_CLASSES.register("name")``. The class declares how its string is parsed
+(:attr:`~StepPolicy.options`, :attr:`~StepPolicy.positional`) and the facts about the policy that
+reports and the trainer read without building a model (:func:`policy_class`):
+:attr:`~StepPolicy.learned`, :attr:`~StepPolicy.controller`, :attr:`~StepPolicy.constant` and
+:attr:`~StepPolicy.weight_decay`. A policy whose class sets ``weight_decay`` (not ``None``) has its
+parameters trained with that weight decay instead of the optimizer's (``layerscale``: 0).
 """
 from __future__ import annotations
 
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from ..errors import InvalidType, InvalidValue
+from ..registry import Registry
 from .branches import Branch
 from .profile import read_profile
 from .sites import prepare_sites
+
+#: The step policies by name, in registration order (``none``, ``fixed``, ..., ``mlp``, ``tsc``): each
+#: a :class:`StepPolicy` subclass, added with ``@POLICY_CLASSES.register("name")`` (or :func:`register_policy`).
+POLICY_CLASSES: Registry[type["StepPolicy"]] = Registry("step policy")
 
 
 class StepPolicy(nn.Module):
@@ -59,6 +69,23 @@ class StepPolicy(nn.Module):
 
     #: Weight decay of this policy's parameters; ``None``: the optimizer's (the regulariser R).
     weight_decay: Optional[float] = None
+    #: It has trainable parameters: Δt is trained with the network (``scalar``, ``channel``,
+    #: ``layerscale``, ``mlp``, ``tsc``).
+    learned: ClassVar[bool] = False
+    #: Δt is computed from the network's weights by a controller Θ (``mlp``, ``tsc``).
+    controller: ClassVar[bool] = False
+    #: Δt is one value for every block and channel, known from the policy string alone: no
+    #: parameters, nothing read from a file (``none``, ``fixed``, ``depth``; not ``profile``).
+    constant: ClassVar[bool] = False
+    #: The options of the policy string: name → the type (or converter) its string value is parsed with.
+    options: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    #: The option a bare ``name:V`` sets (``fixed:0.5`` is ``fixed:value=0.5``); ``None``: none does.
+    positional: ClassVar[Optional[str]] = None
+
+    @classmethod
+    def build(cls, branches: list[Branch], **options: Any) -> Optional["StepPolicy"]:
+        """The policy over ``branches`` with the parsed ``options``; ``None``: attach nothing."""
+        return cls(branches, **options)
 
     def forward(self) -> torch.Tensor:
         """The steps of all D blocks, flat (``Σ_d C_d`` values, block after block)."""
@@ -130,8 +157,26 @@ def count_blocks(branches: list[Branch]) -> int:
     return len({id(b.block) for b in branches})
 
 
+@POLICY_CLASSES.register("none")
+class NoSteps(StepPolicy):
+    """``none``: the vanilla model, Δt ≡ 1. Nothing is attached (:meth:`build` gives ``None``, so no
+    sites and no policy); the class states the facts of ``none``."""
+
+    constant = True
+
+    @classmethod
+    def build(cls, branches: list[Branch], **options: Any) -> None:
+        """``None``: the vanilla model has no steps to build."""
+        return None
+
+
+@POLICY_CLASSES.register("fixed")
 class FixedSteps(StepPolicy):
     """Δt_d ≡ ``value`` (a constant, not trained)."""
+
+    constant = True
+    positional = "value"
+    options = {"value": float}
 
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
@@ -152,6 +197,8 @@ class FixedSteps(StepPolicy):
 class FreeSteps(StepPolicy):
     """Free learnable steps: one per block (``per_channel=False``) or one per block and channel."""
 
+    learned = True
+
     def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
         self.per_channel = per_channel
@@ -167,6 +214,29 @@ class FreeSteps(StepPolicy):
         return f"blocks={len(self.sizes)}, per_channel={self.per_channel}"
 
 
+@POLICY_CLASSES.register("scalar")
+class ScalarSteps(FreeSteps):
+    """``scalar[:I]``: one free learnable Δt per block, init I (0 allowed: ReZero / SkipInit-like)."""
+
+    positional = "init"
+    options = {"init": init_option}
+
+    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0) -> None:
+        super().__init__(branches, init, per_channel=False)
+
+
+@POLICY_CLASSES.register("channel")
+class ChannelSteps(FreeSteps):
+    """``channel[:I]``: a free learnable Δt per block and channel, init I = 1 (LayerScale-like)."""
+
+    positional = "init"
+    options = {"init": init_option}
+
+    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0) -> None:
+        super().__init__(branches, init, per_channel=True)
+
+
+@POLICY_CLASSES.register("depth")
 class DepthSteps(FixedSteps):
     """``depth:P``: Δt_d ≡ D^(−P) for every block d and channel, D = number of residual blocks.
 
@@ -175,6 +245,9 @@ class DepthSteps(FixedSteps):
     not trained (a :class:`FixedSteps` whose value follows from the depth): cifar_resnet20 has
     D = 9 blocks, so ``depth:0.5`` is Δt ≡ 1/3 and ``depth:1`` is Δt ≡ 1/9.
     """
+
+    positional = "power"
+    options = {"power": float}
 
     def __init__(self, branches: list[Branch], power: float = 0.5) -> None:
         power = float(power)
@@ -205,6 +278,7 @@ def layerscale_init(blocks: int) -> float:
     return 1e-5 if blocks <= 24 else 1e-6
 
 
+@POLICY_CLASSES.register("layerscale")
 class LayerScaleSteps(FreeSteps):
     """``layerscale[:I]``: LayerScale (Touvron et al. 2021): y_{d+1} = y_d + diag(λ_d) F(y_d), i.e.
     Δt_d = λ_d, a free learnable value per block and channel initialised to ε.
@@ -218,6 +292,8 @@ class LayerScaleSteps(FreeSteps):
     """
 
     weight_decay = 0.0
+    positional = "init"
+    options = {"init": float}
 
     def __init__(self, branches: list[Branch], init: Optional[float] = None) -> None:
         init = layerscale_init(count_blocks(branches)) if init is None else float(init)
@@ -228,6 +304,7 @@ class LayerScaleSteps(FreeSteps):
         return f"blocks={len(self.sizes)}, init={self.init:g}, weight_decay=0"
 
 
+@POLICY_CLASSES.register("profile")
 class ProfileSteps(StepPolicy):
     """``profile:PATH``: Δt_d[c] frozen at a saved profile (a buffer, not trained).
 
@@ -238,6 +315,9 @@ class ProfileSteps(StepPolicy):
     training run, or to ask how much of a controller's result its final steps alone explain.
     The profile is a persistent buffer: checkpoints keep the steps they were trained with.
     """
+
+    positional = "path"
+    options = {"path": str}
 
     def __init__(self, branches: list[Branch], path: Optional[str] = None) -> None:
         if not path:
@@ -263,7 +343,7 @@ class ProfileSteps(StepPolicy):
 
 
 # ---------------------------------------------------------------------------------------------
-# Policy specs: "name[:arg][,key=value...]" strings or config objects, and the registry.
+# Policy specs: "name[:arg][,key=value...]" strings or config objects.
 
 
 @dataclass
@@ -276,39 +356,86 @@ class PolicySpec:
     def __str__(self) -> str:
         if not self.options:
             return self.name
-        entry = _POLICIES.get(self.name)
-        if len(self.options) == 1 and entry is not None and entry.positional in self.options:
-            return f"{self.name}:{self.options[entry.positional]}"
+        cls = POLICY_CLASSES.get(self.name)
+        if len(self.options) == 1 and cls is not None and cls.positional in self.options:
+            return f"{self.name}:{self.options[cls.positional]}"
         if set(self.options) == {"value"} or set(self.options) == {"init"}:
             return f"{self.name}:{next(iter(self.options.values()))}"
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
 
 
-@dataclass
-class _Entry:
-    factory: Optional[Callable[..., StepPolicy]]
-    positional: Optional[str]  # the option a bare ``name:V`` sets
-    options: dict[str, type]
-
-
-_POLICIES: dict[str, _Entry] = {}
-
-
-def register_policy(name: str, factory, positional: Optional[str] = None, **options: type) -> None:
+def register_policy(name: str, factory: Optional[Callable[..., Optional[StepPolicy]]],
+                    positional: Optional[str] = None, **options: Callable[[Any], Any]) -> type[StepPolicy]:
     """Make ``name`` a policy string: ``name:key=value,...`` builds ``factory(branches, **options)``.
+
+    The function form of ``@POLICY_CLASSES.register(name)``, for a factory that does not declare its
+    own string options. A :class:`StepPolicy` subclass that declares exactly these
+    :attr:`~StepPolicy.options` and :attr:`~StepPolicy.positional` is registered as it is; otherwise
+    a subclass of it (of :class:`NoSteps` for ``None``, of :class:`StepPolicy` for any other callable)
+    that declares them and whose :meth:`~StepPolicy.build` calls ``factory``: the policy built is
+    ``factory``'s own object, and the facts (:attr:`~StepPolicy.learned`, ...) are its class's
+    (a plain callable's are :class:`StepPolicy`'s defaults: declare them on a class instead).
 
     Args:
         name: the policy's name in policy strings (``steps="name:..."``).
         factory: ``factory(branches, **options) -> StepPolicy``; ``None``: no steps (``none``).
         positional: the option a bare ``name:V`` sets (``fixed:0.5`` is ``fixed:value=0.5``).
         **options: each option the policy takes -> the type (or converter) its string value is parsed with.
+
+    Returns:
+        The registered class (what :func:`policy_class` gives for ``name``).
     """
-    _POLICIES[name] = _Entry(factory, positional, options)
+    if isinstance(factory, type) and issubclass(factory, StepPolicy):
+        if factory.options == options and factory.positional == positional:
+            return POLICY_CLASSES.register(name)(factory)
+        base: type[StepPolicy] = factory
+    else:
+        base = NoSteps if factory is None else StepPolicy
+
+    def build(cls, branches: list[Branch], **kwargs: Any) -> Optional[StepPolicy]:
+        return None if factory is None else factory(branches, **kwargs)
+
+    # A subclass per registration: it declares this name's options; the object built is factory's.
+    declared = type(base.__name__, (base,), {"__module__": base.__module__, "__doc__": base.__doc__,
+                                             "options": dict(options), "positional": positional,
+                                             "build": classmethod(build)})
+    return POLICY_CLASSES.register(name)(declared)
 
 
 def policy_names() -> list[str]:
     """The registered policy names, in registration order (``none``, ``fixed``, ..., ``mlp``, ``tsc``)."""
-    return list(_POLICIES)
+    return list(POLICY_CLASSES)
+
+
+def _registered(name: str) -> type[StepPolicy]:
+    """The class registered as ``name``; an unknown name is an error with the close matches."""
+    if name not in POLICY_CLASSES:
+        close = difflib.get_close_matches(name, POLICY_CLASSES, n=3, cutoff=0.3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InvalidValue(f"unknown step policy {name!r}{hint}; valid: {', '.join(POLICY_CLASSES)}")
+    return POLICY_CLASSES[name]
+
+
+def _name_of(spec: Union[str, "PolicySpec", dict, None]) -> str:
+    """The policy name of ``spec``, read as :func:`parse_policy` reads it."""
+    if spec is None:
+        return "none"
+    if isinstance(spec, PolicySpec):
+        return spec.name
+    if isinstance(spec, dict):
+        return str(spec.get("name", "none"))
+    if isinstance(spec, str):
+        return spec.strip().partition(":")[0]
+    raise InvalidType(f"step policy must be a string, dict or PolicySpec, not {type(spec).__name__}")
+
+
+def policy_class(spec: Union[str, "PolicySpec", dict, None]) -> type[StepPolicy]:
+    """The class of a policy, for its facts without building a model or parsing its options:
+    ``policy_class("tsc:dt_init=0.5").controller`` is true, ``policy_class("fixed:0.5").constant``
+    too (:attr:`~StepPolicy.learned`, :attr:`~StepPolicy.controller`, :attr:`~StepPolicy.constant`,
+    :attr:`~StepPolicy.weight_decay`). ``spec`` as :func:`parse_policy` takes it; an unknown name is
+    the same error."""
+    return _registered(_name_of(spec))
 
 
 def _convert(name: str, key: str, value: Any, kind: type) -> Any:
@@ -331,50 +458,35 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
     elif isinstance(spec, str):
         name, _, args = spec.strip().partition(":")
         raw = {}
-        entry = _POLICIES.get(name)
-        if entry is not None and entry.positional is not None and entry.options == {entry.positional: str}:
+        cls = POLICY_CLASSES.get(name)
+        if cls is not None and cls.positional is not None and cls.options == {cls.positional: str}:
             # One string option (a path): the whole argument, which may hold ',' '=' or ':'.
             value = args.strip()
-            prefix = f"{entry.positional}="
+            prefix = f"{cls.positional}="
             value = value[len(prefix):] if value.startswith(prefix) else value
             args = ""
             if value:
-                raw[entry.positional] = value
+                raw[cls.positional] = value
         for i, item in enumerate(a for a in args.split(",") if a.strip()):
             key, eq, value = item.partition("=")
             if not eq:
-                entry = _POLICIES.get(name)
-                if i or entry is None or entry.positional is None:
+                cls = POLICY_CLASSES.get(name)
+                if i or cls is None or cls.positional is None:
                     raise InvalidValue(f"step policy {spec!r}: expected key=value, got {item!r}")
-                key, value = entry.positional, item
+                key, value = cls.positional, item
             raw[key.strip()] = value.strip()
     else:
         raise InvalidType(f"step policy must be a string, dict or PolicySpec, not {type(spec).__name__}")
-    if name not in _POLICIES:
-        close = difflib.get_close_matches(name, _POLICIES, n=3, cutoff=0.3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise InvalidValue(f"unknown step policy {name!r}{hint}; valid: {', '.join(_POLICIES)}")
-    entry = _POLICIES[name]
-    unknown = set(raw) - set(entry.options)
+    cls = _registered(name)
+    unknown = set(raw) - set(cls.options)
     if unknown:
-        valid = ", ".join(entry.options) or "none"
+        valid = ", ".join(cls.options) or "none"
         raise InvalidValue(f"step policy {name!r}: unknown option(s) {', '.join(sorted(map(repr, unknown)))} "
                            f"(valid: {valid})")
-    return PolicySpec(name, {k: _convert(name, k, v, entry.options[k]) for k, v in raw.items()})
+    return PolicySpec(name, {k: _convert(name, k, v, cls.options[k]) for k, v in raw.items()})
 
 
 def build_policy(spec: Union[str, PolicySpec, dict], branches: list[Branch]) -> Optional[StepPolicy]:
     """The policy module for ``spec`` over ``branches``, or ``None`` for ``none``."""
     spec = parse_policy(spec)
-    factory = _POLICIES[spec.name].factory
-    return None if factory is None else factory(branches, **spec.options)
-
-
-register_policy("none", None)
-register_policy("fixed", FixedSteps, positional="value", value=float)
-register_policy("scalar", lambda b, init=1.0: FreeSteps(b, init, per_channel=False), positional="init", init=init_option)
-register_policy("channel", lambda b, init=1.0: FreeSteps(b, init, per_channel=True), positional="init",
-                init=init_option)
-register_policy("depth", DepthSteps, positional="power", power=float)
-register_policy("layerscale", LayerScaleSteps, positional="init", init=float)
-register_policy("profile", ProfileSteps, positional="path", path=str)
+    return POLICY_CLASSES[spec.name].build(branches, **spec.options)

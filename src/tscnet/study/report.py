@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import UserError
 from ..formats import stamped
 from ..jobs.run_folder import RunFolder
+from ..stepping import policy_class
 from ..train.run import read_diverged
 from .plan import grid_tag
 from .results import (
@@ -39,8 +40,15 @@ from .spec import StudySpec, ablation_kind
 from .stats import holm, paired, welch
 from .transfer import format_transfer, model_depths, plot_transfer, transfer_analysis
 
-CONTROLLERS = ("tsc", "mlp")  # policies whose Δt comes from a controller (solid lines in the figures)
-FIXED = ("none", "fixed", "depth")  # policies whose Δt is a constant (no heatmap)
+
+def _controller(steps: str) -> bool:
+    """Whether an arm's Δt comes from a controller (solid lines in the figures); an ablation's is frozen."""
+    return not ablation_kind(steps) and policy_class(steps).controller
+
+
+def _constant(steps: str) -> bool:
+    """Whether an arm's Δt is a constant its steps state (no heatmap); an ablation's comes from its source run."""
+    return not ablation_kind(steps) and policy_class(steps).constant
 
 
 @dataclass
@@ -329,10 +337,6 @@ def format_holm(spec: StudySpec, summary: dict) -> Optional[str]:
 # Figures
 
 
-def _kind(steps: str) -> str:
-    return steps.partition(":")[0]
-
-
 def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], out: Path) -> dict[str, Path]:
     """Test error per epoch, over the last epochs, final Δt per block and the Δt heatmaps of one group."""
     from ..analysis.plots import Series, plot_dt_heatmaps, plot_series
@@ -342,7 +346,7 @@ def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], o
         groups.setdefault(r.arm, []).append(r)
     order = _order(list(groups), [a.name for a in spec.arms])
     steps = {a: groups[a][0].steps for a in order}
-    dashed = {a: _kind(steps[a]) not in CONTROLLERS for a in order}
+    dashed = {a: not _controller(steps[a]) for a in order}
     files = {}
     curves = [Series.from_runs(a, [r.errors for r in groups[a]], dashed=dashed[a]) for a in order]
     note = "solid: Δt from a controller; dashed: without"
@@ -362,7 +366,7 @@ def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], o
                                         f"{title}: final step size of each block "
                                         "(mean over channels; mean ± std over seeds)",
                                         note=note, xlabel="residual block d (1 = first)")
-    learned = [a for a in order if _kind(steps[a]) not in FIXED and finished[a]]
+    learned = [a for a in order if not _constant(steps[a]) and finished[a]]
     if learned:
         panels = [(f"{a} (seed {finished[a][0].seed})",
                    [np.asarray(b, dtype=float) for b in finished[a][0].profile["dt"]]) for a in learned]
@@ -520,7 +524,7 @@ def build_report(spec: StudySpec, results: Path) -> Report:
     transfer = transfer_analysis(sweeps, model_depths(found)) if spec.report.get("transfer") else None
     if transfer is not None:
         controller_arms = {arm for sweep in sweeps.values() for arm, e in sweep["arms"].items()
-                           if _kind(e["steps"]) in CONTROLLERS}
+                           if _controller(e["steps"])}
         figure = plot_transfer(transfer, controller_arms, results / "depth_transfer.png")
         files.append(figure)
         sections += [f"## Depth transfer: the best `{transfer['key']}` across {', '.join(transfer['models'])}\n",
@@ -801,7 +805,7 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
         # each arm a little to the side (×1.5 % a step on a log axis), so error bars of equal means stay apart
         dodge = (i - (len(arms) - 1) / 2) * 0.015
         xs = [positions[p["value"]] * (1 + dodge) if log_x else positions[p["value"]] + dodge * span for p in points]
-        dashed = _kind(sweep["arms"][arm]["steps"]) not in CONTROLLERS
+        dashed = not _controller(sweep["arms"][arm]["steps"])
         ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] or 0.0 for p in points], color=color,
                     marker="o", capsize=3, lw=1.5, label=arm, ls="--" if dashed else "-")
         bad = [(x, chance) for x, p in zip(xs, points) for _ in p["failed"]]
