@@ -316,7 +316,7 @@ CASES = [
      "no results folder"),
     ("study-data-missing", lambda env: ["study", env.file("s.yaml", STUDY), "--set", f"data.data_dir={env.tmp / 'nodata'}",
                                         "--results", str(env.tmp / "r"), "--runs", str(env.tmp / "runs")],
-     "or pass --set data.data_dir=DIR; no cell was started"),
+     "(a folder to download into); no cell was started"),
     # ---- demo and the top level ----------------------------------------------------------------------
     ("demo-epochs-0", lambda env: ["demo", "--epochs", "0", "--out", str(env.tmp / "demo")], "train.epochs must be a positive integer, got 0"),
     ("demo-train-subset-negative", lambda env: ["demo", "--train-subset", "-5", "--out", str(env.tmp / "demo")],
