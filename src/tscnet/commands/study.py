@@ -70,9 +70,9 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: in
     cells at once). Cells that run as jobs of ``gpus`` GPUs, of a model with a stated throughput
     (:func:`~tscnet.study.cost.gpu_cost`), are costed in GPU-hours instead: per cell, in all, and the
     wall hours of the study at ``capacity`` jobs at once."""
-    from ..study.results import base_config, check_configs, check_recipe
+    from ..study.results import check_configs, check_recipe
     from ..study.cost import CostModel, format_hours, gpu_cost
-    from ..study.scheduler import cell_state
+    from ..study.scheduler import cell_state, planned_configs
 
     check_configs(spec, cells, extra)
     check_recipe(spec, cells, layout, extra)
@@ -81,11 +81,12 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: in
     total, counts, sources = 0.0, {}, set()
     gpu_hours: dict[str, float] = {}  # model -> GPU-hours of its cells to run
     job_hours, stated = 0.0, {}  # wall hours of those jobs one after another; model -> images/s per GPU
+    configs = planned_configs(spec, cells, extra)  # the recipe read once per model, arm and grid point
     print(f"study {spec.name}: {len(cells)} cells; results {layout.results}; scratch runs {layout.runs}")
     for cell in cells:
         state = cell_state(spec, cell, layout)
         counts[state] = counts.get(state, 0) + 1
-        config = base_config(spec, cell, extra)
+        config = configs[cell]
         todo = state in ("to run", "resumable", "waiting for its source")
         on_gpus = gpu_cost(cell.model, config, gpus)
         if on_gpus is not None:
@@ -166,7 +167,8 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
             gpus = int(options.get("gpus_per_node") or 0) * int(options.get("nodes") or 1) if kind == "slurm" else 0
             dry_run(spec, cells, layout, extra, int(options.get("workers", 1)), gpus)
         if kind == "local":  # a cluster's nodes may see other folders than this machine
-            check_cell_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra)
+            check_cell_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra,
+                            download=not args.dry_run)  # a dry run fetches nothing
         if args.dry_run:
             return 0
         layout.claim()  # the scratch runs belong to this results folder from now on

@@ -27,6 +27,7 @@ from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
 from ..train.metrics import CHANCE_FRACTION, last_test_error
 from ..train.metrics import chance_error as chance_from_classes
+from ..train.preemption import inject_signal
 from ..train.run import CONFIG_FILE, diverged_message
 from ..train.run import read_metrics as read_run_metrics
 from .plan import Cell, Layout, source_cell
@@ -82,18 +83,22 @@ def chance_error(config: dict) -> float:
     return chance_from_classes(config.get("model", {}).get("num_classes") or 10)
 
 
-def _log_errors(log: Path) -> list[str]:
-    """The one-line errors (``tscnet train: error: ...``) in a run's log, oldest first, without the prefix."""
+def _log_errors(log: Path, start: int = 0) -> list[str]:
+    """The one-line errors (``tscnet train: error: ...``) in a run's log from byte ``start`` on, oldest
+    first, without the prefix."""
     try:
-        lines = Path(log).read_text(errors="replace").splitlines()
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return []
     return [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
 
 
-def log_error(log: Path) -> Optional[str]:
-    """The last one-line error in a run's log (why a trainer that failed did), else ``None``."""
-    errors = _log_errors(log)
+def log_error(log: Path, start: int = 0) -> Optional[str]:
+    """The last one-line error in a run's log (why a trainer that failed did), else ``None``; ``start``:
+    the log's size when this attempt began (an earlier attempt's error is not this one's reason)."""
+    errors = _log_errors(log, start)
     return errors[-1] if errors else None
 
 
@@ -162,18 +167,23 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
     run_dir, final = Path(run_dir), Path(final)
     if is_collected(final):  # another study process collected it first (two launches of one study)
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as error:
+        raise _unwritable(final, error) from None
     diverged = bool(info.get("diverged"))
     try:
         for name in RESULT_FILES + OPTIONAL_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, tmp / name)
+                inject_signal("collect", name)  # tests: kill -9 of the study while it copies
             elif name == RunFolder.METRICS and diverged:  # diverged in its first epoch: no epoch finished
                 (tmp / name).write_text("")
             elif name in (DIVERGED_FILES if diverged else RESULT_FILES):
                 raise UserError(f"{run_dir} has no {name}; it cannot be collected")
         (tmp / CELL_FILE).write_text(json.dumps(stamped(info), indent=2) + "\n")
+        inject_signal("collect", CELL_FILE)
         if final.exists() and not is_collected(final):  # a partial copy from a killed runner: replace it
             shutil.rmtree(final)
         try:
@@ -182,10 +192,18 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
             if not is_collected(final):  # not another process's copy of the same results: a real failure
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise _unwritable(final, error) from None
         raise
     return final
+
+
+def _unwritable(final: Path, error: OSError) -> UserError:
+    """A collect that could not write (a full disk, a read-only folder): nothing of the cell was kept."""
+    return UserError(f"cannot write {final}: {error.strerror or error}; nothing of it was kept, and the next "
+                     "tscnet study collects it")
 
 
 def final_error(folder: Path) -> float:
@@ -252,10 +270,12 @@ def check_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = (
         validate_config(config)
 
 
-def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = ()) -> None:
+def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = (),
+                    download: bool = True) -> None:
     """Every dataset the ``cells`` train on can be read from ``workdir``, where their runs start, with
     their subsets: a missing or damaged data folder fails once, before any cell starts, instead of
-    once per cell."""
+    once per cell. ``download=False`` (a dry run) fetches nothing: data a recipe would download is
+    not checked."""
     from ..data import check_data
 
     seen = set()
@@ -265,6 +285,8 @@ def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tu
         if key in seen:
             continue
         seen.add(key)
+        if data["download"] and not download:
+            continue
         folder = data["data_dir"]
         if folder is not None and not Path(folder).expanduser().is_absolute():
             folder = workdir / folder
