@@ -187,99 +187,6 @@ class RecentLosses:
         return bad, values[(bad - 1) % SYNC_EVERY]
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, ctx: Context, amp_dtype,
-                 channels_last: bool, label_smoothing: float, desc: str, progress: bool, *, start: "EpochProgress",
-                 stop: StopRequest, clock: CheckpointClock, save_midway, recent: RecentLosses, loss_steps: set,
-                 first_step: int, monitor=None) -> Optional[dict]:
-    """Train one epoch from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
-
-    ``first_step``: global steps done before the epoch. Returns the epoch's metrics, or ``None``
-    when a signal stopped it mid-way (after ``save_midway(progress)`` wrote the checkpoint).
-    Raises :class:`TrainingDiverged` at the first sync point after the loss became non-finite.
-    """
-    model.train()
-    sums = MetricSums(ctx.device)
-    if start.sums is not None:
-        sums.load_state(start.sums)
-    loss_at = dict(start.loss_at_step)
-    log = EpochLog(len(loader), start.batch, desc, progress and ctx.is_main)
-    begin, seen = time.perf_counter() - start.elapsed, start.seen
-    checked = first_step + start.batch  # the loss was finite up to this global step
-
-    def check(step: int) -> None:
-        """Raise if a loss since the last check was not finite (a host sync; every rank calls it)."""
-        bad = recent.first_bad(checked, step, ctx, sums.loss_is_finite())
-        if bad is not None:
-            log.close()
-            at, loss = bad
-            details = {"step": at, "batch": at - first_step, "loss": loss, "loss_at_step": loss_at}
-            if (first := recent.first(step)) is not None:
-                details["first_loss"] = first
-            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({desc}, batch {at - first_step})", details)
-
-    for i, (images, target) in enumerate(loader, start=start.batch):
-        step = first_step + i + 1
-        images = images.to(ctx.device, non_blocking=True)
-        target = target.to(ctx.device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        # fp16 only: the loss is scaled so small gradients do not underflow; a step whose
-        # gradients overflow is skipped and the scale halved. The schedule advances regardless
-        # (it counts iterations). Disabled, the scaler is a pass-through.
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        sums.update(logits.float(), target, loss)
-        recent.record(step, loss)
-        seen += target.numel() * ctx.world_size
-        if step in loss_steps:  # a host read at these steps only
-            loss_at[str(step)] = recent.mean(step, ctx)
-        # Syncing costs on a GPU: check for divergence and refresh the bar every 20 batches.
-        if i % SYNC_EVERY == SYNC_EVERY - 1 or i + 1 == len(loader):
-            check(step)
-            checked = step
-            m = sums.compute()
-            log.sync(i + 1, m["loss"], m["top1"], seen, time.perf_counter() - begin)
-            if monitor is not None:
-                monitor.step(scheduler.last_epoch, m["loss"], m["top1"], scheduler.get_last_lr()[0])
-        log.advance()
-        inject_signal("step", scheduler.last_epoch)
-        # Under torchrun agreeing is a collective, and on a GPU its host sync would stall the
-        # queue every step: there, ranks agree at the bar's sync points only.
-        if ctx.world_size == 1 or ctx.device.type != "cuda" or i % SYNC_EVERY == SYNC_EVERY - 1:
-            stopping, due = stop.poll(ctx.device, clock.due(scheduler.last_epoch))
-        else:
-            stopping = due = False
-        if i + 1 < len(loader) and (stopping or due):
-            if checked != step:
-                check(step)
-                checked = step
-            # A checkpoint holds finite weights only: a step can blow them up with a finite loss (the
-            # next loss is then NaN, and the run stops there, keeping the previous checkpoint).
-            if not _finite(model, optimizer, ctx):
-                if not stopping:
-                    continue
-                log.close()
-                raise TrainingDiverged(f"the weights became non-finite at step {step} ({desc}, batch {i + 1}) "
-                                       f"with loss {float(loss):.4g}",
-                                       {"step": step, "batch": i + 1, "loss": float(loss), "loss_at_step": loss_at})
-            save_midway(EpochProgress(i + 1, _gathered(sums, ctx), seen, time.perf_counter() - begin, loss_at))
-            if stopping:
-                log.close()
-                return None
-    log.close()
-    elapsed = time.perf_counter() - begin
-    sums.reduce()
-    m = sums.compute()
-    return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed, "images_per_s": seen / elapsed,
-            "loss_at_step": loss_at}
-
-
 @dataclass
 class EpochProgress:
     """How far an epoch got: batches done, every rank's running metric sums, images, seconds."""
@@ -385,148 +292,306 @@ def fit(config: dict, out_dir, resume: bool = False) -> list[dict]:
     ctx = setup(config["train"]["device"])
     try:
         if ctx.rank != 0:  # one lock per run: the first process holds it for all of them
-            return _fit(config, out_dir, resume, ctx)
+            return Trainer(config, out_dir, resume, ctx).run()
         with RunFolder(out_dir).lock(say=lambda message: warnings.warn(message, stacklevel=2)):
-            return _fit(config, out_dir, resume, ctx)
+            return Trainer(config, out_dir, resume, ctx).run()
     finally:
         cleanup(ctx)
 
 
-def _fit(config: dict, out_dir: Path, resume: bool, ctx: Context) -> list[dict]:
-    tc, dc = config["train"], config["data"]
-    torch.manual_seed(tc["seed"])
-    if dc["batch_size"] % ctx.world_size:
-        raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
-    train_loader, test_loader, info = create_loaders(
-        dc["name"], dc["data_dir"], batch_size=dc["batch_size"] // ctx.world_size, device=ctx.device,
-        seed=tc["seed"], train_subset=dc["train_subset"], augment=dc["augment"], rank=ctx.rank,
-        world_size=ctx.world_size, workers=dc["workers"], eval_batch_size=dc["eval_batch_size"],
-        image_size=dc["image_size"], test_subset=dc["test_subset"], download=dc["download"])
-    config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
-    config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
-    model = runfiles.build_model_from_config(config).to(ctx.device)
-    amp_dtype = _amp_dtype(tc["amp"], ctx.device)
-    channels_last = _use_channels_last(tc["channels_last"], model, ctx.device)
-    backend = _compile_backend(tc["compile"])
-    clock = CheckpointClock(tc["checkpoint_every"])
-    check_log_setting(tc["log"])
-    if ctx.is_main:  # after every setting is checked: a refused config leaves no run folder behind
-        _prepare_out_dir(out_dir, config, resume)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    epochs = int(tc["epochs"])
-    optimizer = build_optimizer(model, config["optim"])
-    scheduler = build_scheduler(optimizer, config["sched"], epochs, len(train_loader))
-    # bf16 has fp32's exponent range and needs no loss scaling; fp16 does.
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
-    history: list[dict] = []
-    start_epoch, progress = 0, EpochProgress()
-    ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
-    recent = RecentLosses(ctx.device)
-    kept = "no checkpoint was written"  # what a divergence leaves behind
-    if resume and ckpt_path.exists():
-        ckpt = runfiles.load_checkpoint(ckpt_path, map_location=ctx.device)
-        runfiles.check_checkpoint_matches(ckpt, config, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+@dataclass
+class _Epoch:
+    """The running state of one training epoch: metric sums, the loss windows so far, the bar, images
+    seen and since when, and the last global step whose loss was checked finite."""
+
+    sums: MetricSums
+    loss_at: dict
+    log: EpochLog
+    begin: float
+    seen: int
+    checked: int
+    epoch: int  # from 0
+    first_step: int  # global steps before the epoch
+    desc: str
+
+
+class Trainer:
+    """One training run: its data, model, optimizer, schedule and run folder, and how far it got.
+
+    Built from a validated config (``resume``: continuing the checkpoint in ``out_dir``); :meth:`run`
+    trains the epochs left and returns the per-epoch metrics. The order in which the constructor
+    builds things (loaders, model, optimizer, ...) is the order that draws from the seeded random
+    generator: changing it changes the run.
+    """
+
+    def __init__(self, config: dict, out_dir: Path, resume: bool, ctx: Context) -> None:
+        tc, dc = config["train"], config["data"]
+        self.config, self.out_dir, self.ctx = config, out_dir, ctx
+        torch.manual_seed(tc["seed"])
+        if dc["batch_size"] % ctx.world_size:
+            raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
+        self.train_loader, self.test_loader, info = create_loaders(
+            dc["name"], dc["data_dir"], batch_size=dc["batch_size"] // ctx.world_size, device=ctx.device,
+            seed=tc["seed"], train_subset=dc["train_subset"], augment=dc["augment"], rank=ctx.rank,
+            world_size=ctx.world_size, workers=dc["workers"], eval_batch_size=dc["eval_batch_size"],
+            image_size=dc["image_size"], test_subset=dc["test_subset"], download=dc["download"])
+        config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
+        config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
+        model = runfiles.build_model_from_config(config).to(ctx.device)
+        self.amp_dtype = _amp_dtype(tc["amp"], ctx.device)
+        self.channels_last = _use_channels_last(tc["channels_last"], model, ctx.device)
+        backend = _compile_backend(tc["compile"])
+        self.clock = CheckpointClock(tc["checkpoint_every"])
+        check_log_setting(tc["log"])
+        if ctx.is_main:  # after every setting is checked: a refused config leaves no run folder behind
+            _prepare_out_dir(out_dir, config, resume)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.epochs = int(tc["epochs"])
+        self.optimizer = build_optimizer(model, config["optim"])
+        self.scheduler = build_scheduler(self.optimizer, config["sched"], self.epochs, len(self.train_loader))
+        # bf16 has fp32's exponent range and needs no loss scaling; fp16 does.
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
+        self.history: list[dict] = []
+        self.start_epoch, self.progress = 0, EpochProgress()
+        self.ckpt_path = out_dir / runfiles.CHECKPOINT_FILE
+        self.recent = RecentLosses(ctx.device)
+        self.kept = "no checkpoint was written"  # what a divergence leaves behind
+        if resume and self.ckpt_path.exists():
+            self._load_checkpoint()
+        self.steps_per_epoch = len(self.train_loader)
+        self.platforms: list[dict] = []
+        if ctx.is_main:
+            self.platforms = machine.record(out_dir, machine.describe(ctx.device, ctx.world_size),
+                                            self.start_epoch * self.steps_per_epoch + self.progress.batch,
+                                            self.start_epoch)
+        self.loss_steps = set(tc["loss_steps"])
+        self.eval_epochs = evaluated_epochs(config)
+        self.eval_batches = _fewest(len(self.test_loader), ctx)
+        self.train_model = ctx.wrap(model)
+        if backend is not None:
+            self.train_model = torch.compile(self.train_model, backend=backend)
+        self.monitor = open_monitor(tc["log"], out_dir, ctx.is_main)
+        self.stop: Optional[StopRequest] = None
+
+    def _load_checkpoint(self) -> None:
+        """Continue from the run folder's checkpoint: weights, optimizer, schedule, scaler, RNG, progress."""
+        ctx = self.ctx
+        ckpt = runfiles.load_checkpoint(self.ckpt_path, map_location=ctx.device)
+        runfiles.check_checkpoint_matches(ckpt, self.config, self.ckpt_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-        progress = EpochProgress.for_rank(ckpt.get("progress"), ctx.rank)  # a mid-epoch checkpoint
+        self.start_epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+        self.progress = EpochProgress.for_rank(ckpt.get("progress"), ctx.rank)  # a mid-epoch checkpoint
         if ckpt.get("recent_losses") is not None:  # else a checkpoint from before: windows across it are null
-            recent = RecentLosses(ctx.device, ckpt["recent_losses"][ctx.rank])
-        kept = _kept(ckpt_path, start_epoch, progress.batch)
+            self.recent = RecentLosses(ctx.device, ckpt["recent_losses"][ctx.rank])
+        self.kept = _kept(self.ckpt_path, self.start_epoch, self.progress.batch)
         if ctx.is_main:  # drop lines of an epoch that was cut off after its metrics were written
-            _write_metrics(out_dir, history)
-    steps_per_epoch = len(train_loader)
-    platforms = []
-    if ctx.is_main:
-        platforms = machine.record(out_dir, machine.describe(ctx.device, ctx.world_size),
-                                   start_epoch * steps_per_epoch + progress.batch, start_epoch)
-    loss_steps = set(tc["loss_steps"])
-    eval_epochs = evaluated_epochs(config)
-    eval_batches = _fewest(len(test_loader), ctx)
-    train_model = ctx.wrap(model)
-    if backend is not None:
-        train_model = torch.compile(train_model, backend=backend)
-    monitor = open_monitor(tc["log"], out_dir, ctx.is_main)
-    with StopRequest() as stop, monitor or contextlib.nullcontext():
-        for epoch in range(start_epoch, epochs):
-            train_loader.set_epoch(epoch, progress.batch)
-            row = {"epoch": epoch + 1}
-            desc = f"epoch {epoch + 1}/{epochs}"
+            _write_metrics(self.out_dir, self.history)
 
-            def save_midway(now: EpochProgress, done: int = epoch) -> None:
-                """A checkpoint inside epoch ``done + 1`` (every rank calls it: the loss windows are gathered)."""
-                nonlocal kept
-                rows = _rows(recent.values, ctx)
-                if ctx.is_main:
-                    runfiles.atomic_save(_checkpoint(model, optimizer, scheduler, scaler, done, history, config, rows,
-                                                     now), ckpt_path)
-                kept = _kept(ckpt_path, done, now.batch)
+    # -- the run -------------------------------------------------------------------------------
 
-            def eval_stop(k: int, done: int = epoch) -> bool:
-                """After ``k`` evaluation batches: stop for a signal? (ranks agree every few batches)"""
-                inject_signal("eval", f"{done + 1}.{k}")
-                if ctx.world_size == 1:
-                    return stop.signal is not None
-                return k % EVAL_POLL_EVERY == 0 and k <= eval_batches and stop.requested(ctx.device)
+    def run(self) -> list[dict]:
+        """Train the epochs left; returns the per-epoch metrics (the run folder is written as it goes)."""
+        with StopRequest() as stop, self.monitor or contextlib.nullcontext():
+            self.stop = stop
+            for epoch in range(self.start_epoch, self.epochs):
+                self.run_epoch(epoch)
+        if self.ctx.is_main and self.history:
+            _finish(self.out_dir, self.model, self.config, self.history, self.ctx.world_size, self.platforms)
+        return self.history
 
-            try:
-                if progress.trained is not None:  # stopped during this epoch's evaluation: trained already
-                    trained = progress.trained
-                else:
-                    with warnings.catch_warnings():
-                        if scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
-                            warnings.filterwarnings("ignore",
-                                                    message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                        trained = _train_epoch(train_model, train_loader, optimizer, scheduler, scaler, ctx, amp_dtype,
-                                               channels_last, config["optim"]["label_smoothing"], desc,
-                                               tc["progress"], start=progress, stop=stop, clock=clock,
-                                               save_midway=save_midway, recent=recent, loss_steps=loss_steps,
-                                               first_step=epoch * steps_per_epoch, monitor=monitor)
-                progress = EpochProgress()
-                if trained is None:
-                    raise TrainingStopped(_stopped(stop, f"during epoch {epoch + 1}", ckpt_path, out_dir))
-                row.update(trained)
-                if epoch + 1 not in eval_epochs:  # train.eval_epochs skips this one: its row has no test_*
-                    tested = {}
-                else:
-                    inject_signal("eval", epoch + 1)
-                    tested = evaluate(train_model, test_loader, ctx.device, amp_dtype, channels_last, stop=eval_stop)
-                if tested is None:  # a signal: keep the trained epoch, redo its evaluation on resume
-                    save_midway(EpochProgress(steps_per_epoch, None, 0, 0.0, trained["loss_at_step"], trained))
-                    raise TrainingStopped(_stopped(stop, f"during the evaluation of epoch {epoch + 1}", ckpt_path,
-                                                   out_dir))
-                row.update(tested)
-                if tested and not math.isfinite(row["test_loss"]):
-                    step = (epoch + 1) * steps_per_epoch
-                    raise TrainingDiverged(f"test loss became {row['test_loss']:.4g} after {desc} (step {step})",
-                                           {"step": step, "batch": steps_per_epoch, "loss": row["test_loss"],
-                                            "loss_at_step": trained["loss_at_step"]})
-            except TrainingDiverged as error:
-                _diverged(out_dir, error, epoch + 1, history, kept, ctx, config["model"]["num_classes"])
-            ctx.check_in_sync(model, epoch + 1)
-            dt_mean = [float(s.mean()) for s in step_sizes(model)]
-            row.update(lr=scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
-            history.append(row)
-            inject_signal("save", epoch + 1)
-            rows = _rows(recent.values, ctx)
-            if ctx.is_main:
-                state = _checkpoint(model, optimizer, scheduler, scaler, epoch + 1, history, config, rows)
-                runfiles.atomic_save(state, ckpt_path)
-                _write_metrics(out_dir, history)
-                tqdm.write(_epoch_line(row, epochs))
-            kept = _kept(ckpt_path, epoch + 1)
-            if monitor is not None:
-                monitor.epoch(row, step_sizes(model))
-            if epoch + 1 < epochs and stop.requested(ctx.device):  # a signal during the checkpoint
-                raise TrainingStopped(_stopped(stop, f"after epoch {epoch + 1}", ckpt_path, out_dir))
-    if ctx.is_main and history:
-        _finish(out_dir, model, config, history, ctx.world_size, platforms)
-    return history
+    def run_epoch(self, epoch: int) -> None:
+        """Train epoch ``epoch`` (from 0), evaluate it if due, then checkpoint it and record its metrics."""
+        self.train_loader.set_epoch(epoch, self.progress.batch)
+        row = {"epoch": epoch + 1}
+        try:
+            trained = self._trained(epoch)
+            row.update(trained)
+            tested = self._tested(epoch, trained)
+            row.update(tested)
+            if tested and not math.isfinite(row["test_loss"]):
+                step = (epoch + 1) * self.steps_per_epoch
+                raise TrainingDiverged(f"test loss became {row['test_loss']:.4g} after epoch {epoch + 1}/{self.epochs} "
+                                       f"(step {step})", {"step": step, "batch": self.steps_per_epoch,
+                                                          "loss": row["test_loss"],
+                                                          "loss_at_step": trained["loss_at_step"]})
+        except TrainingDiverged as error:
+            _diverged(self.out_dir, error, epoch + 1, self.history, self.kept, self.ctx,
+                      self.config["model"]["num_classes"])
+        self._end_epoch(epoch, row)
+
+    def _trained(self, epoch: int) -> dict:
+        """Epoch ``epoch``'s training metrics: trained now, or (stopped during its evaluation) from the checkpoint."""
+        if self.progress.trained is not None:  # stopped during this epoch's evaluation: trained already
+            trained = self.progress.trained
+        else:
+            with warnings.catch_warnings():
+                if self.scaler.is_enabled():  # the scaler skipped the first step (overflow): expected, not a bug
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                trained = self.train_epoch(epoch, self.progress)
+        self.progress = EpochProgress()
+        if trained is None:
+            raise TrainingStopped(self._stopped(f"during epoch {epoch + 1}"))
+        return trained
+
+    def _tested(self, epoch: int, trained: dict) -> dict:
+        """Epoch ``epoch``'s test metrics (``{}`` when ``train.eval_epochs`` skips it)."""
+        if epoch + 1 not in self.eval_epochs:  # its row has no test_*
+            return {}
+        inject_signal("eval", epoch + 1)
+        tested = evaluate(self.train_model, self.test_loader, self.ctx.device, self.amp_dtype, self.channels_last,
+                          stop=lambda k: self._eval_stop(epoch, k))
+        if tested is None:  # a signal: keep the trained epoch, redo its evaluation on resume
+            self.save_midway(epoch, EpochProgress(self.steps_per_epoch, None, 0, 0.0, trained["loss_at_step"], trained))
+            raise TrainingStopped(self._stopped(f"during the evaluation of epoch {epoch + 1}"))
+        return tested
+
+    def _end_epoch(self, epoch: int, row: dict) -> None:
+        """Record epoch ``epoch``: its Δt and T, the checkpoint, the metrics line; stop for a signal."""
+        ctx, model = self.ctx, self.model
+        ctx.check_in_sync(model, epoch + 1)
+        dt_mean = [float(s.mean()) for s in step_sizes(model)]
+        row.update(lr=self.scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
+        self.history.append(row)
+        inject_signal("save", epoch + 1)
+        rows = _rows(self.recent.values, ctx)
+        if ctx.is_main:
+            state = _checkpoint(model, self.optimizer, self.scheduler, self.scaler, epoch + 1, self.history,
+                                self.config, rows)
+            runfiles.atomic_save(state, self.ckpt_path)
+            _write_metrics(self.out_dir, self.history)
+            tqdm.write(_epoch_line(row, self.epochs))
+        self.kept = _kept(self.ckpt_path, epoch + 1)
+        if self.monitor is not None:
+            self.monitor.epoch(row, step_sizes(model))
+        if epoch + 1 < self.epochs and self.stop.requested(ctx.device):  # a signal during the checkpoint
+            raise TrainingStopped(self._stopped(f"after epoch {epoch + 1}"))
+
+    def save_midway(self, epoch: int, now: "EpochProgress") -> None:
+        """A checkpoint inside epoch ``epoch + 1`` (every rank calls it: the loss windows are gathered)."""
+        rows = _rows(self.recent.values, self.ctx)
+        if self.ctx.is_main:
+            runfiles.atomic_save(_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, epoch,
+                                             self.history, self.config, rows, now), self.ckpt_path)
+        self.kept = _kept(self.ckpt_path, epoch, now.batch)
+
+    def _eval_stop(self, epoch: int, k: int) -> bool:
+        """After ``k`` evaluation batches: stop for a signal? (ranks agree every few batches)"""
+        inject_signal("eval", f"{epoch + 1}.{k}")
+        if self.ctx.world_size == 1:
+            return self.stop.signal is not None
+        return k % EVAL_POLL_EVERY == 0 and k <= self.eval_batches and self.stop.requested(self.ctx.device)
+
+    def _stopped(self, where: str) -> str:
+        return _stopped(self.stop, where, self.ckpt_path, self.out_dir)
+
+    # -- one epoch -----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int, start: "EpochProgress") -> Optional[dict]:
+        """Train epoch ``epoch`` from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
+
+        Returns the epoch's metrics, or ``None`` when a signal stopped it mid-way (after a mid-epoch
+        checkpoint). Raises :class:`TrainingDiverged` at the first sync point after the loss became
+        non-finite.
+        """
+        ctx, loader = self.ctx, self.train_loader
+        self.train_model.train()
+        sums = MetricSums(ctx.device)
+        if start.sums is not None:
+            sums.load_state(start.sums)
+        first_step = epoch * self.steps_per_epoch
+        desc = f"epoch {epoch + 1}/{self.epochs}"
+        state = _Epoch(sums, dict(start.loss_at_step),
+                       EpochLog(len(loader), start.batch, desc, self.config["train"]["progress"] and ctx.is_main),
+                       time.perf_counter() - start.elapsed, start.seen, first_step + start.batch, epoch, first_step,
+                       desc)
+        for i, (images, target) in enumerate(loader, start=start.batch):
+            if not self._train_step(state, i, images, target):
+                state.log.close()
+                return None
+        state.log.close()
+        elapsed = time.perf_counter() - state.begin
+        sums.reduce()
+        m = sums.compute()
+        return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed,
+                "images_per_s": state.seen / elapsed, "loss_at_step": state.loss_at}
+
+    def _train_step(self, state: _Epoch, i: int, images: torch.Tensor, target: torch.Tensor) -> bool:
+        """One optimizer step on batch ``i`` of the epoch; ``False`` when a signal stops the epoch here."""
+        ctx, scheduler, loader = self.ctx, self.scheduler, self.train_loader
+        step = state.first_step + i + 1
+        images = images.to(ctx.device, non_blocking=True)
+        target = target.to(ctx.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.train_model(images)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.config["optim"]["label_smoothing"])
+        self.optimizer.zero_grad(set_to_none=True)
+        # fp16 only: the loss is scaled so small gradients do not underflow; a step whose
+        # gradients overflow is skipped and the scale halved. The schedule advances regardless
+        # (it counts iterations). Disabled, the scaler is a pass-through.
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        scheduler.step()
+        state.sums.update(logits.float(), target, loss)
+        self.recent.record(step, loss)
+        state.seen += target.numel() * ctx.world_size
+        if step in self.loss_steps:  # a host read at these steps only
+            state.loss_at[str(step)] = self.recent.mean(step, ctx)
+        # Syncing costs on a GPU: check for divergence and refresh the bar every 20 batches.
+        if i % SYNC_EVERY == SYNC_EVERY - 1 or i + 1 == len(loader):
+            self._check_finite(state, step)
+            m = state.sums.compute()
+            state.log.sync(i + 1, m["loss"], m["top1"], state.seen, time.perf_counter() - state.begin)
+            if self.monitor is not None:
+                self.monitor.step(scheduler.last_epoch, m["loss"], m["top1"], scheduler.get_last_lr()[0])
+        state.log.advance()
+        inject_signal("step", scheduler.last_epoch)
+        # Under torchrun agreeing is a collective, and on a GPU its host sync would stall the
+        # queue every step: there, ranks agree at the bar's sync points only.
+        if ctx.world_size == 1 or ctx.device.type != "cuda" or i % SYNC_EVERY == SYNC_EVERY - 1:
+            stopping, due = self.stop.poll(ctx.device, self.clock.due(scheduler.last_epoch))
+        else:
+            stopping = due = False
+        if i + 1 < len(loader) and (stopping or due):
+            if state.checked != step:
+                self._check_finite(state, step)
+            # A checkpoint holds finite weights only: a step can blow them up with a finite loss (the
+            # next loss is then NaN, and the run stops there, keeping the previous checkpoint).
+            if not _finite(self.model, self.optimizer, ctx):
+                if not stopping:
+                    return True
+                state.log.close()
+                raise TrainingDiverged(f"the weights became non-finite at step {step} ({state.desc}, batch {i + 1}) "
+                                       f"with loss {float(loss):.4g}",
+                                       {"step": step, "batch": i + 1, "loss": float(loss),
+                                        "loss_at_step": state.loss_at})
+            self.save_midway(state.epoch, EpochProgress(i + 1, _gathered(state.sums, ctx), state.seen,
+                                                        time.perf_counter() - state.begin, state.loss_at))
+            if stopping:
+                return False
+        return True
+
+    def _check_finite(self, state: _Epoch, step: int) -> None:
+        """Raise if a loss since the last check was not finite (a host sync; every rank calls it)."""
+        bad = self.recent.first_bad(state.checked, step, self.ctx, state.sums.loss_is_finite())
+        if bad is not None:
+            state.log.close()
+            at, loss = bad
+            details = {"step": at, "batch": at - state.first_step, "loss": loss, "loss_at_step": state.loss_at}
+            if (first := self.recent.first(step)) is not None:
+                details["first_loss"] = first
+            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({state.desc}, batch {at - state.first_step})",
+                                   details)
+        state.checked = step
 
 
 def _fewest(n: int, ctx: Context) -> int:
