@@ -3,7 +3,7 @@ warnings as errors (docs/conf.py: Sphinx, MyST, autodoc + napoleon; ``nitpicky``
 
 Public: a name in ``__all__`` of :data:`PACKAGES`, and every function or class defined at the top
 of one of their modules without a leading underscore. Functions and classes need a docstring; a
-constant or an alias (``register_block = _ADAPTERS.register``) in ``__all__`` needs a ``#:``
+constant or an alias (``register_gate = GATE_FOLDERS.register``) in ``__all__`` needs a ``#:``
 comment, which is what autodoc documents it with. Sources are parsed with :mod:`ast` (a dataclass
 without a docstring still has a ``__doc__``: its signature).
 """

@@ -24,8 +24,10 @@ strided convs and tiny maps. Shortcut norms:
   norm 1; a projection (1x1 conv + BN): the folded conv's norm;
 * pre-activation blocks feed ``relu(bn1(y))`` to both paths, so ``‖bn1‖ = max_c |s_c|`` enters both.
 
-Covered blocks (:func:`register_block_ops` adds more): our CIFAR basic/bottleneck blocks, post-
-and pre-activation; torchvision's and timm's ``BasicBlock``/``Bottleneck`` with ReLU activations.
+Covered blocks: our CIFAR basic/bottleneck blocks, post- and pre-activation; torchvision's and
+timm's ``BasicBlock``/``Bottleneck`` with ReLU activations. A block type's bound rule is part of its
+registration (:func:`tscnet.stepping.register_block`, ``block_ops=``, or ``no_bound=`` with the
+reason none exists); :func:`register_block_ops` attaches one to a type registered without.
 Branches with a squeeze-and-excitation (or any other data-dependent) gate are refused:
 ``u ↦ u ⊙ sigmoid(f(pool(u)))`` has no global Lipschitz constant (its Jacobian contains ``u``
 times the gate's derivative, unbounded in ``‖u‖``), so no constant ``L_j`` exists.
@@ -33,7 +35,7 @@ times the gate's derivative, unbounded in ``‖u‖``), so no constant ``L_j`` e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -42,7 +44,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InvalidValue
 from ..stepping import branches_of, evolution_time, step_sizes
-from ..registry import Registry, qualname
+from ..stepping.branches import BLOCK_TYPES, BoundRule
+from ..registry import qualname
 from .spectral import bn_scale, conv_spectral_norm, conv_spectral_norm_fft, fold_bn_into_conv
 
 __all__ = ["Segment", "BlockOps", "BlockBound", "StabilityBound", "CONV_NORMS", "block_ops", "conv_norm_fft_upper",
@@ -70,35 +73,43 @@ class BlockOps:
 
 
 BlockOpsFn = Callable[[nn.Module], BlockOps]
-_BLOCK_OPS: Registry[BlockOpsFn] = Registry("block splitter")
-#: Decorator: ``@register_block_ops("module.Class", ...)`` registers ``fn(block) -> BlockOps``, which
-#: splits blocks of those classes into segments.
-register_block_ops = _BLOCK_OPS.register  # how to split blocks of classes "module.Class" into segments
 
 
-_ATTENTION = ("self-attention has no global Lipschitz constant (its Jacobian grows with the input, "
-              "Kim et al. 2021) and LayerNorm divides by a data-dependent scale")
-_LAYER_NORM = "LayerNorm divides by a data-dependent scale, so the branch has no global Lipschitz constant"
-# Block types tscnet steps but for which no bound exists, and why (the error says so in one line).
-NO_BOUND: dict[str, str] = {
-    "timm.models.vision_transformer.Block": _ATTENTION,
-    "timm.models.cait.LayerScaleBlock": _ATTENTION,
-    "timm.models.cait.LayerScaleBlockClassAttn": _ATTENTION,
-    "torchvision.models.vision_transformer.EncoderBlock": _ATTENTION,
-    "timm.models.convnext.ConvNeXtBlock": _LAYER_NORM,
-    "torchvision.models.convnext.CNBlock": _LAYER_NORM,
-}
+def register_block_ops(*names: str) -> Callable[[BlockOpsFn], BlockOpsFn]:
+    """Decorator: ``@register_block_ops("module.Class", ...)`` attaches ``fn(block) -> BlockOps``, which
+    splits blocks of those classes into segments, to their registered block types
+    (:data:`tscnet.stepping.branches.BLOCK_TYPES`) as the bound rule; returns ``fn`` unchanged.
+
+    For the block types of tscnet's lower layer, whose bound rules live here. A new block type states
+    its rule where it is registered: ``register_block("module.Class", block_ops=fn)``.
+
+    Raises:
+        ValueError: a class has no registered block type (:func:`tscnet.stepping.register_block` first).
+    """
+
+    def decorator(fn: BlockOpsFn) -> BlockOpsFn:
+        unknown = [name for name in names if name not in BLOCK_TYPES]
+        if unknown:
+            raise InvalidValue(f"no block type {', '.join(unknown)} to attach a Lipschitz bound to; "
+                               "register it with tscnet.stepping.register_block (block_ops=...)")
+        for name in names:
+            BLOCK_TYPES[name] = replace(BLOCK_TYPES[name], block_ops=fn)
+        return fn
+
+    return decorator
 
 
 def block_ops(block: nn.Module) -> BlockOps:
     """The segments of ``block``; raises ValueError for unknown blocks and gated branches."""
-    fn = _BLOCK_OPS.get(qualname(block))
-    if fn is None and qualname(block) in NO_BOUND:
-        raise InvalidValue(f"no Lipschitz bound for {type(block).__name__} blocks: {NO_BOUND[qualname(block)]}")
-    if fn is None:
+    kind = BLOCK_TYPES.get(qualname(block))
+    rule: Optional[BoundRule] = None if kind is None else kind.block_ops
+    if rule is None and kind is not None and kind.no_bound:
+        raise InvalidValue(f"no Lipschitz bound for {type(block).__name__} blocks: {kind.no_bound}")
+    if rule is None:
+        known = sorted(name for name, k in BLOCK_TYPES.items() if k.block_ops is not None)
         raise InvalidValue(f"no Lipschitz bound for block type {qualname(block)} (known: "
-                           f"{', '.join(_BLOCK_OPS.names())}); see tscnet.analysis.lipschitz.register_block_ops")
-    return fn(block)
+                           f"{', '.join(known)}); see tscnet.stepping.register_block (block_ops=)")
+    return rule(block)
 
 
 def _projection(shortcut: Optional[nn.Module]) -> tuple[tuple[Segment, ...], str]:

@@ -1,13 +1,16 @@
 """Residual branches: which modules of a block hold ``F`` in ``y + Δt ⊙ F(y)``.
 
-A registry maps each supported block class (ours, torchvision's, timm's) to an adapter that
-describes its branch as a :class:`Branch`. Blocks are keyed by qualified class name, so
-timm and torchvision are only imported when the user builds one of their models.
+A registry (:data:`BLOCK_TYPES`) maps each supported block class (ours, torchvision's, timm's) to
+its :class:`BlockType`: the adapter that describes its branch as a :class:`Branch`, and what the
+stability bound (:mod:`tscnet.analysis.lipschitz`) needs to know about it. Blocks are keyed by
+qualified class name, so timm and torchvision are only imported when the user builds one of their
+models. Adding a block type is one registration, :func:`register_block` (docs/design.md, "Adding
+a block type").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import Tensor, nn
 
@@ -89,15 +92,57 @@ class Branch:
 
 #: An adapter describes a block's residual branch(es): one Branch, or a list (a transformer block's two).
 Adapter = Callable[[nn.Module], Union[Branch, list[Branch]]]
-_ADAPTERS: Registry[Adapter] = Registry("residual block adapter")
-#: Decorator: ``@register_block("module.Class", ...)`` makes ``adapter(block)`` describe the residual
-#: branch(es) of blocks of those classes (an :data:`Adapter`); see :func:`find_branches`.
-register_block = _ADAPTERS.register  # register_block("module.Class", ...)(adapter)
+#: A bound rule splits a block into the Lipschitz segments of the stability bound:
+#: ``block_ops(block) -> tscnet.analysis.lipschitz.BlockOps``. Stepping only stores it;
+#: :func:`tscnet.analysis.lipschitz.block_ops` calls it.
+BoundRule = Callable[[nn.Module], Any]
+
+
+@dataclass(frozen=True)
+class BlockType:
+    """Everything tscnet knows about one residual block class, registered once (:func:`register_block`).
+
+    Attributes:
+        branches: the :data:`Adapter`: ``branches(block)`` describes the block's residual
+            branch(es), where Δt enters and what folding changes.
+        block_ops: the :data:`BoundRule` of the stability bound, ``None`` if there is none (yet):
+            :func:`tscnet.analysis.lipschitz.register_block_ops` attaches one to a registered type.
+        no_bound: why these blocks have no Lipschitz bound at all (the stability bound's error
+            says so in one line), ``None`` if that is not known.
+    """
+
+    branches: Adapter
+    block_ops: Optional[BoundRule] = None
+    no_bound: Optional[str] = None
+
+
+#: The residual block types steps attach to, by qualified class name (``module.Class``).
+BLOCK_TYPES: Registry[BlockType] = Registry("residual block type")
+
+
+def register_block(*names: str, block_ops: Optional[BoundRule] = None,
+                   no_bound: Optional[str] = None) -> Callable[[Adapter], Adapter]:
+    """Decorator: ``@register_block("module.Class", ...)`` on an :data:`Adapter` makes it describe the
+    residual branch(es) of blocks of those classes (:func:`find_branches`), registering a
+    :class:`BlockType` under each name in :data:`BLOCK_TYPES`; returns the adapter unchanged.
+
+    Args:
+        *names: the block classes, as ``module.Class`` (:func:`tscnet.registry.qualname`).
+        block_ops: optionally, how the stability bound splits such a block into segments (a
+            :data:`BoundRule` returning :class:`tscnet.analysis.lipschitz.BlockOps`).
+        no_bound: optionally, why no Lipschitz bound exists for such blocks (one line).
+    """
+
+    def decorator(adapter: Adapter) -> Adapter:
+        BLOCK_TYPES.register(*names)(BlockType(adapter, block_ops, no_bound))
+        return adapter
+
+    return decorator
 
 
 def supported_blocks() -> list[str]:
-    """The block classes (``module.Class``) with a registered adapter, sorted: the blocks steps attach to."""
-    return _ADAPTERS.names()
+    """The registered block classes (``module.Class``), sorted: the blocks steps attach to."""
+    return BLOCK_TYPES.names()
 
 
 def _post_activation(conv_attr: str, norm_attr: str) -> Adapter:
@@ -164,9 +209,9 @@ def find_branches(model: nn.Module) -> list[Branch]:
     unsupported: set[str] = set()
 
     def visit(module: nn.Module) -> None:
-        adapter = _ADAPTERS.get(qualname(module))
-        if adapter is not None:
-            found = adapter(module)
+        kind = BLOCK_TYPES.get(qualname(module))
+        if kind is not None:
+            found = kind.branches(module)
             branches.extend(found if isinstance(found, list) else [found])
             return  # a registered block's children are its branch, never more blocks
         if _looks_residual(module) and not any(_looks_residual(c) for c in module.children()):

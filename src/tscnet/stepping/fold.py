@@ -31,10 +31,12 @@ from .policies import PolicySpec
 
 #: ``fold(gate, dt)``: folds the steps ``dt`` through a gate module, in place.
 GateFolder = Callable[[nn.Module, torch.Tensor], None]
-_GATE_FOLDERS: Registry[GateFolder] = Registry("gate folder")
+#: How to fold Δt through each gate class: ``module.Class`` → a :data:`~tscnet.stepping.fold.GateFolder`.
+#: A gate is not a block: it sits inside a branch (``Branch.se_attr``), so gates have their own registry.
+GATE_FOLDERS: Registry[GateFolder] = Registry("gate folder")
 #: Decorator: ``@register_gate("module.Class")`` registers ``fold(gate, dt)``, which folds Δt through a
-#: gate of that class (a :data:`GateFolder`).
-register_gate = _GATE_FOLDERS.register  # how to fold Δt through a gate class ("module.Class")
+#: gate of that class (a :data:`GateFolder`); ``GATE_FOLDERS.register``.
+register_gate = GATE_FOLDERS.register
 
 
 def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -> None:
@@ -72,11 +74,11 @@ def _fold_branch(branch: Branch, dt: torch.Tensor) -> None:
         target.mul_(dt.view((-1,) + (1,) * (target.dim() - 1)))
     gate = branch.se
     if gate is not None:
-        folder = _GATE_FOLDERS.get(qualname(gate))
+        folder = GATE_FOLDERS.get(qualname(gate))
         if folder is None:
             raise InvalidValue(
                 f"cannot fold steps exactly through the gate {qualname(gate)}: it is not known to act "
-                f"per channel on pooled inputs (foldable gates: {', '.join(_GATE_FOLDERS.names())}); "
+                f"per channel on pooled inputs (foldable gates: {', '.join(GATE_FOLDERS.names())}); "
                 "register one with tscnet.stepping.fold.register_gate"
             )
         folder(gate, dt)

@@ -16,7 +16,8 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
 Blocks with other residual structure (post-norm ``ResPostBlock``, parallel blocks, ...) have no
-adapter and are refused by name.
+adapter and are refused by name. None of these blocks has a stability bound (``no_bound``): each
+branch holds attention or a LayerNorm.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from typing import Optional
 from torch import nn
 
 from .branches import Branch, register_block
+
+_ATTENTION = ("self-attention has no global Lipschitz constant (its Jacobian grows with the input, "
+              "Kim et al. 2021) and LayerNorm divides by a data-dependent scale")
+_LAYER_NORM = "LayerNorm divides by a data-dependent scale, so the branch has no global Lipschitz constant"
 
 
 def _weights_under(block: nn.Module, *roots: str) -> tuple[str, ...]:
@@ -81,7 +86,7 @@ def _has(block: nn.Module, *paths: str) -> Optional[str]:
     return None
 
 
-@register_block("timm.models.vision_transformer.Block")
+@register_block("timm.models.vision_transformer.Block", no_bound=_ATTENTION)
 def _timm_vit_block(block: nn.Module) -> list[Branch]:
     missing = _has(block, "attn.proj", "mlp.fc2")
     if missing:
@@ -93,7 +98,7 @@ def _timm_vit_block(block: nn.Module) -> list[Branch]:
     return branches
 
 
-@register_block("timm.models.cait.LayerScaleBlock", "timm.models.cait.LayerScaleBlockClassAttn")
+@register_block("timm.models.cait.LayerScaleBlock", "timm.models.cait.LayerScaleBlockClassAttn", no_bound=_ATTENTION)
 def _timm_cait_block(block: nn.Module) -> list[Branch]:
     # Both block kinds update their stream as x + drop_path(gamma_k * branch_k(...)); the
     # class-attention blocks update the class token, and count as residual updates too.
@@ -101,20 +106,20 @@ def _timm_cait_block(block: nn.Module) -> list[Branch]:
             _linear_branch(block, "mlp.fc2", "gamma_2", ("mlp",))]
 
 
-@register_block("timm.models.convnext.ConvNeXtBlock")
+@register_block("timm.models.convnext.ConvNeXtBlock", no_bound=_LAYER_NORM)
 def _timm_convnext_block(block: nn.Module) -> Branch:
     # x = shortcut + drop_path(gamma ⊙ mlp(norm(conv_dw(x)))); ConvNeXt-V2 (GRN) has no gamma.
     scale = "gamma" if getattr(block, "gamma", None) is not None else None
     return _linear_branch(block, "mlp.fc2", scale, ("conv_dw", "mlp"))
 
 
-@register_block("torchvision.models.convnext.CNBlock")
+@register_block("torchvision.models.convnext.CNBlock", no_bound=_LAYER_NORM)
 def _tv_convnext_block(block: nn.Module) -> Branch:
     # result = stochastic_depth(layer_scale ⊙ block(x)) + x, block = [dwconv, permute, LN, fc1, GELU, fc2, permute]
     return _linear_branch(block, "block.5", "layer_scale", ("block",))
 
 
-@register_block("torchvision.models.vision_transformer.EncoderBlock")
+@register_block("torchvision.models.vision_transformer.EncoderBlock", no_bound=_ATTENTION)
 def _tv_vit_block(block: nn.Module) -> list[Branch]:
     attention = block.self_attention
     if not attention._qkv_same_embed_dim or attention.in_proj_weight is None:
