@@ -292,7 +292,7 @@ def test_a_cancelled_job_fails_its_cell_naming_the_job_and_the_next_call_resumes
             study.kill()
     assert study.returncode == 1, out
     failed = [line for line in out.splitlines() if line.startswith("FAILED:")]
-    assert len(failed) == 1 and f"slurm job {job} was cancelled (scancel) (state CANCELLED)" in failed[0], out
+    assert len(failed) == 1 and f"slurm job {job} was cancelled by scancel (state CANCELLED)" in failed[0], out
     assert failed[0].startswith("FAILED: cifar_resnet8 none seed0: ") and str(log) in failed[0]
     assert "1 failed" in out and not (results / "cifar_resnet8").exists()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=900)

@@ -26,9 +26,17 @@ The job's Python is this one (``sys.executable``): compute nodes must see the sa
 Preemption and requeues: Slurm sends SIGTERM to every process of the job (preemption,
 ``scontrol requeue``, ``scancel --signal TERM``); the trainer writes its mid-epoch checkpoint and
 exits, and a requeued job starts again from the top: finding the run folder, it continues it with
-``--resume``, exactly. A time limit is handled the same way: the job asks Slurm for SIGTERM two
-minutes before it (``--signal TERM@120``), and when that was the reason the trainer stopped, the
-job requeues itself and continues where it stopped.
+``--resume``, exactly. A time limit is handled the same way: the job asks Slurm for SIGTERM
+:func:`warning_s` seconds before it (``--signal TERM@120``; less for limits under 5 minutes, since
+Slurm may send it up to :data:`EARLY_S` seconds earlier than asked), and when that was the reason
+the trainer stopped — the job still running (not cancelled, not requeued by Slurm), within that
+warning (plus :data:`EARLY_S`) of its end, and not stopped by the study (:meth:`SlurmExecutor.stop`
+leaves ``folder/<job id>.stop`` first) — the job requeues itself and continues where it stopped.
+Slurm holds a requeued job back for about two minutes before it starts it again.
+
+A job that ends otherwise before its run finished (``scancel``, a node lost, its time limit
+reached without the warning) leaves one line in the cell's log naming the job and its state, which
+the study reports; its run folder is resumed by the next ``tscnet study``.
 
 The job's state is read with ``squeue`` (no accounting database needed), the trainer's exit code
 from a file the job writes (``folder/<job id>.exitcode``).
@@ -54,8 +62,14 @@ from . import register_executor
 from .base import Executor, Task
 
 WARNING_S = 120  # SIGTERM this long before the time limit: checkpoint, then requeue
+EARLY_S = 60  # Slurm may send that signal up to a minute earlier than asked (man sbatch, --signal)
+SLACK_S = 30  # and a busy controller a little later than that: the window in which a stop is the warning's
 QUEUED = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT", "PREEMPTED"}
+# How a job that ended before its run finished did, for the line it leaves in the cell's log.
+ENDED = {"CANCELLED": "was cancelled by scancel", "TIMEOUT": "reached its time limit",
+         "NODE_FAIL": "lost its node", "OUT_OF_MEMORY": "ran out of memory", "BOOT_FAIL": "lost its node at boot",
+         "DEADLINE": "reached its deadline", "FAILED": "failed"}
 SQUEUE_EVERY_S = 5.0  # one squeue for all jobs at most this often
 START_SCRIPT = "scripts/start_slurm.sh"
 
@@ -78,6 +92,38 @@ def parse_time(value: Union[str, int, float, None]) -> int:
     if minutes <= 0:
         raise UserError(f"executor slurm: time must be positive, got {value!r}")
     return minutes
+
+
+def warning_s(limit_s: int) -> int:
+    """Seconds before a time limit of ``limit_s`` seconds at which a job asks for SIGTERM:
+    :data:`WARNING_S` (120), or for limits under 5 minutes (limit − :data:`EARLY_S`) / 2, at least 10,
+    so that the signal, which Slurm may send up to :data:`EARLY_S` seconds early, comes after the run
+    has started (2 minutes: 30 s before the end, at the earliest 30 s after the start)."""
+    return max(10, min(WARNING_S, (int(limit_s) - EARLY_S) // 2))
+
+
+def _seconds(text: str) -> Optional[int]:
+    """Seconds of a Slurm duration (``squeue %L``): ``MM:SS``, ``H:MM:SS``, ``D-HH:MM:SS``; ``None``
+    for ``INVALID``, ``UNLIMITED``, ``NOT_SET``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _job_state(job_id: str) -> tuple[Optional[str], Optional[int]]:
+    """A job's state (``RUNNING``; ``COMPLETING`` while it is being cancelled or requeued) and the
+    seconds left to its time limit, from ``squeue``; ``(None, None)`` if it does not answer."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %L"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    fields = out.stdout.split()
+    if out.returncode != 0 or len(fields) != 2:
+        return None, None
+    return fields[0], _seconds(fields[1])
 
 
 def slurm_running() -> Optional[str]:
@@ -135,9 +181,7 @@ class CellJob:
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if env.node != 0:
             return code
-        unfinished = not RunFolder(self.run_dir).finished
-        near_limit = time.monotonic() - started >= self.time_limit_s - WARNING_S - 30
-        if code != 0 and unfinished and near_limit and _stopped_by_signal(self.log):
+        if code != 0 and not RunFolder(self.run_dir).finished and self.time_limit_stop(env.job_id, code, started):
             # The time-limit warning stopped it: continue in a requeued job (same id, same folder).
             subprocess.call(["scontrol", "requeue", env.job_id])
             return code
@@ -145,6 +189,21 @@ class CellJob:
         tmp.write_text(f"{code}\n")
         os.replace(tmp, self.folder / f"{env.job_id}.exitcode")
         return code
+
+    def time_limit_stop(self, job_id: str, code: int, started: float) -> bool:
+        """Whether the time-limit warning stopped the trainer: it stopped for a signal (its log says so,
+        or SIGTERM killed it before it could), the study did not stop it (``<job id>.stop``), and the
+        job is still running (a ``scancel`` or a requeue by Slurm shows ``COMPLETING``) within the
+        warning's window of its end (by ``squeue``; by this job's clock when that does not answer)."""
+        if not (code == -signal.SIGTERM or _stopped_by_signal(self.log)):
+            return False
+        if (self.folder / f"{job_id}.stop").exists():
+            return False
+        window = warning_s(self.time_limit_s) + EARLY_S + SLACK_S
+        state, left = _job_state(job_id)
+        if state is None:
+            return time.monotonic() - started >= self.time_limit_s - window
+        return state == "RUNNING" and left is not None and left <= window
 
 
 def _stopped_by_signal(log: Path) -> bool:
@@ -164,6 +223,7 @@ class SlurmHandle:
     job_id: str
     name: str
     folder: Path  # submitit's: the job writes <job id>.exitcode there
+    log: Optional[Path] = None  # the cell's log: a job that ended early says why there
 
     @property
     def code_file(self) -> Path:
@@ -221,7 +281,8 @@ class SlurmExecutor(Executor):
         cpus = self.cpus_per_task or task.threads * self.procs_per_node
         params: dict[str, Any] = dict(job_name=f"tscnet {task.name}"[:120], time=self.minutes, nodes=self.nodes,
                                       ntasks_per_node=1, cpus_per_task=cpus, stderr_to_stdout=True,
-                                      additional_parameters={"signal": f"TERM@{WARNING_S}", "requeue": True,
+                                      additional_parameters={"signal": f"TERM@{warning_s(self.minutes * 60)}",
+                                                             "requeue": True,
                                                              **self.sbatch})
         if self.partition:
             params["partition"] = self.partition
@@ -245,7 +306,7 @@ class SlurmExecutor(Executor):
         self._queried = 0.0  # see the new job at the next poll
         with open(task.log, "a") as log:
             log.write(f"submitted as slurm job {job.job_id} ({folder})\n")
-        return SlurmHandle(job.job_id, task.name, folder)
+        return SlurmHandle(job.job_id, task.name, folder, task.log)
 
     def _state(self, job_id: str) -> Optional[str]:
         """The job's state from one ``squeue`` of all this executor's jobs (refreshed every few seconds)."""
@@ -275,9 +336,27 @@ class SlurmExecutor(Executor):
         self._jobs.discard(handle.job_id)
         if state == "COMPLETED":
             return 1 if code is None else code
+        self._say_why(handle, state)
         return code if code else 1  # FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ..., or gone from squeue
 
+    @staticmethod
+    def _say_why(handle: SlurmHandle, state: Optional[str]) -> None:
+        """One line in the cell's log on how its job ended, which the study reports as the cell's failure."""
+        state = (state or "").rstrip("+")
+        why = f"{ENDED.get(state, 'ended')} (state {state})" if state else "is no longer in the queue"
+        if handle.log is not None:
+            try:
+                with open(handle.log, "a") as log:
+                    log.write(f"tscnet study: error: slurm job {handle.job_id} {why}; the next tscnet study resumes "
+                              "its run\n")
+            except OSError:
+                pass
+
     def stop(self, handle: SlurmHandle, signum: int) -> None:
+        try:  # before the signal: the job must not take it for its time-limit warning and requeue itself
+            (handle.folder / f"{handle.job_id}.stop").write_text(f"{signal.Signals(signum).name}\n")
+        except OSError:
+            pass
         state = self._state(handle.job_id) or ""
         if state.startswith("PENDING"):
             subprocess.run(["scancel", handle.job_id], capture_output=True, timeout=60)
