@@ -1,7 +1,7 @@
-"""A name → object registry with a decorator, shared by every extension point of tscnet.
-
-Block adapters, gate folders and Lipschitz splitters are keyed by qualified class name
-(``module.Class``, see :func:`qualname`), so timm and torchvision are imported only when used.
+"""A name → object registry with a decorator, shared by every extension point of tscnet
+(docs/design.md, "Extension points"): step policies by name, residual block types and gate folders
+by qualified class name (``module.Class``, see :func:`qualname`), so timm and torchvision are
+imported only when used; also model sources, executors and learning-rate schedules.
 """
 from __future__ import annotations
 
