@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -79,6 +80,17 @@ class EpochDataLoader(DataLoader):
         return itertools.islice(super().__iter__(), start, None)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: SIGTERM and SIGINT go to the trainer, not to its workers.
+
+    Slurm's preemption, requeue and time-limit SIGTERM reach every process of the job, and Ctrl-C
+    the whole process group: a worker that died of it would fail the trainer's next batch instead of
+    letting it write its mid-epoch checkpoint. The trainer shuts its workers down when it exits.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def create_folder_loader(
     dataset: Dataset,
     batch_size: int,
@@ -110,5 +122,6 @@ def create_folder_loader(
         pin_memory=torch.device(device).type == "cuda",
         drop_last=drop_last and train,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         seed=seed,
     )
