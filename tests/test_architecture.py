@@ -20,7 +20,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tscnet"
 #: The layers, lowest first. A module may import from a strictly lower layer only (nor from
 #: another subpackage of its own layer). Each entry: the subpackages of one layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "registry", "formats"),  # UserError and friends; the registry behind extension points; file versions
+    ("errors", "registry"),  # UserError and friends; the name -> object registry behind extension points
+    ("formats",),            # the format version of every file tscnet writes
     ("stepping",),           # step sites, policies, controllers, attach, fold
     ("models",),             # CIFAR ResNets, minis; create_model over ours, timm's and torchvision's
     ("data",),               # dataset formats and the tensor-resident loader
