@@ -25,7 +25,7 @@ from typing import Optional
 
 from ..errors import UserError
 from ..jobs.run_folder import RunFolder
-from .results import read_metrics
+from .results import read_metrics_or_empty
 
 # Wall time of an epoch relative to its training time (``epoch_time`` in metrics.jsonl):
 # evaluation, start-up and checkpoints, measured on the converged study (6.5 min per 20-epoch
@@ -100,7 +100,7 @@ class CostModel:
                 seen.add(card_file.resolve())
                 try:
                     model = json.loads(card_file.read_text())["model"]
-                    rows = [r for r in read_metrics(card_file.parent) if r.get("images_per_s")]
+                    rows = [r for r in read_metrics_or_empty(card_file.parent) if r.get("images_per_s")]
                 except (OSError, ValueError, KeyError, TypeError, UserError):  # no estimate from a damaged run
                     continue
                 if rows:

@@ -33,7 +33,7 @@ from .results import (
     definition,
     did_not_learn,
     read_cell_info,
-    read_metrics,
+    read_metrics_or_empty,
     read_yaml,
 )
 from .spec import StudySpec, ablation_kind
@@ -167,7 +167,7 @@ def load_results(results: Path) -> list[Result]:
         diverged = info.get("diverged")
         if not all((folder / name).is_file() for name in (DIVERGED_FILES if diverged else RESULT_FILES)):
             continue
-        metrics = read_metrics(folder)
+        metrics = read_metrics_or_empty(folder)
         if not metrics and not diverged:
             continue
 

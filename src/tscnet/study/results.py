@@ -25,8 +25,7 @@ import yaml
 from ..errors import UserError
 from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
-from ..train.metrics import CHANCE_FRACTION, last_test_error
-from ..train.metrics import chance_error as chance_from_classes
+from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
 from ..train.preemption import inject_signal
 from ..train.run import CONFIG_FILE, diverged_message
 from ..train.run import read_metrics as read_run_metrics
@@ -72,15 +71,17 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def read_metrics(folder: Path) -> list[dict]:
+def read_metrics_or_empty(folder: Path) -> list[dict]:
     """The epochs of a run or a collected cell (checked as :func:`tscnet.train.run.read_metrics` does:
-    a damaged line is a one-line error); ``[]`` for a run not started yet."""
+    a damaged line is a one-line error); ``[]`` for a folder that holds no run yet (no ``config.yaml``),
+    which that function refuses."""
     return read_run_metrics(folder) if (Path(folder) / CONFIG_FILE).is_file() else []
 
 
-def chance_error(config: dict) -> float:
-    """Chance-level test error of a run's config: 100 − 100 / classes (%)."""
-    return chance_from_classes(config.get("model", {}).get("num_classes") or 10)
+def chance_error_of_config(config: dict) -> float:
+    """Chance-level test error of a run's config: :func:`tscnet.train.metrics.chance_error` of its
+    ``model.num_classes`` (10 where unset), 100 − 100 / classes (%)."""
+    return chance_error(config.get("model", {}).get("num_classes") or 10)
 
 
 def _log_errors(log: Path, start: int = 0) -> list[str]:
@@ -122,13 +123,13 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
     if message:
         return message
     if RunFolder(run_dir).finished:
-        metrics = read_metrics(run_dir)
+        metrics = read_metrics_or_empty(run_dir)
         try:
             config = read_yaml(RunFolder(run_dir).config_file)
         except OSError:
             return None
         if metrics and "test_error" in metrics[-1]:
-            error, chance = float(metrics[-1]["test_error"]), chance_error(config)
+            error, chance = float(metrics[-1]["test_error"]), chance_error_of_config(config)
             if error >= CHANCE_FRACTION * chance:
                 return (f"final test error {error:.2f} % {AT_CHANCE} "
                         f"(≥ {CHANCE_FRACTION:g} × {chance:.2f} %)")
@@ -208,7 +209,7 @@ def _unwritable(final: Path, error: OSError) -> UserError:
 
 def final_error(folder: Path) -> float:
     """The test error of the last evaluated epoch (a diverged run's may be an early one; NaN if none was)."""
-    error = last_test_error(read_metrics(folder))
+    error = last_test_error(read_metrics_or_empty(folder))
     return float("nan") if error is None else error
 
 

@@ -53,7 +53,7 @@ from .results import (
     final_error,
     is_collected,
     log_error,
-    read_metrics,
+    read_metrics_or_empty,
     read_yaml,
     run_divergence,
 )
@@ -206,7 +206,7 @@ class StudyRun:
             task = self.prepare(cell)
             if task is not None:
                 try:
-                    self.epochs_before[cell] = len(read_metrics(task.run_dir))
+                    self.epochs_before[cell] = len(read_metrics_or_empty(task.run_dir))
                 except UserError:  # damaged: the trainer, resuming, says so in the cell's log
                     self.epochs_before[cell] = 0
                 return task, cell
@@ -242,7 +242,7 @@ class StudyRun:
             if finished or diverged:
                 self.counts["trained"] += 1
                 if finished and not r.task.resume:
-                    self.cost.record(cell.model, seconds, len(read_metrics(run)))
+                    self.cost.record(cell.model, seconds, len(read_metrics_or_empty(run)))
                 self.finish(cell, r.task.config["model"]["steps"], diverged, seconds)
             elif stopping is not None:
                 self.counts["stopped"] += 1
