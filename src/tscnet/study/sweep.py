@@ -60,7 +60,7 @@ class Job:
             return None
 
 
-class EpochProgress:
+class SweepProgress:
     """Finished epochs over all of a sweep's runs (their ``metrics.jsonl`` rows): a bar with rate
     and ETA on a terminal, a line per tenth of the total in a log."""
 
@@ -116,7 +116,7 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     """Run the ``jobs`` neither finished nor diverged; returns those left unfinished (failed: the
     line printed and their logs say why; or stopped by SIGINT/SIGTERM: the next call resumes them).
     A job whose training diverged is a result: printed with the engine's message, not returned,
-    never retried. ``progress``: one count of finished epochs over all the jobs (:class:`EpochProgress`)."""
+    never retried. ``progress``: one count of finished epochs over all the jobs (:class:`SweepProgress`)."""
     todo = [j for j in jobs if not j.finished and not j.diverged]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished (or diverged); running {len(todo)} "
           f"({workers} at a time, {threads} thread(s) each)", flush=True)
@@ -124,7 +124,7 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     queue = list(enumerate(todo))
     ended: list[Job] = []
     start = time.time()
-    shown = EpochProgress(todo, workers, progress)
+    shown = SweepProgress(todo, workers, progress)
     # Recipes are only read at start-up (each run folder keeps its own config.yaml): a scratch dir.
     with tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
         def next_task():
