@@ -21,7 +21,7 @@ from .signals import CatchSignals
 class StopSignals(CatchSignals):
     """While active, SIGINT/SIGTERM to this process are recorded, not raised.
 
-    :attr:`signal` is the first one's name (``None`` while none came); :meth:`take` returns the
+    :attr:`signal_name` is the first one's name (``None`` while none came); :meth:`take` returns the
     signals received since its last call, for the scheduler to forward (``kill -INT`` stops a
     ``nohup``-ed study).
     """
@@ -29,11 +29,11 @@ class StopSignals(CatchSignals):
     def __init__(self) -> None:
         super().__init__()
         #: The first signal's name (``"SIGINT"``), ``None`` while none came.
-        self.signal: Optional[str] = None
+        self.signal_name: Optional[str] = None
         self._received: list[int] = []
 
     def _handle(self, signum: int, frame) -> None:
-        self.signal = self.signal or signal.Signals(signum).name
+        self.signal_name = self.signal_name or signal.Signals(signum).name
         self._received.append(signum)
 
     def take(self) -> list[int]:
@@ -76,7 +76,7 @@ def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, A
                             "run(s) checkpoint and stop (run the same command again to resume them)")
                     for r in running:
                         executor.stop(r.handle, signum)
-                while len(running) < executor.capacity and stop.signal is None:
+                while len(running) < executor.capacity and stop.signal_name is None:
                     nxt = next_task()
                     if nxt is None:
                         break
@@ -85,21 +85,21 @@ def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, A
                         handle = executor.start(task)
                     except UserError as error:
                         out(f"FAILED to start {task.name}: {error}")
-                        on_end(Running(task, None, time.time(), tag), None, stop.signal)
+                        on_end(Running(task, None, time.time(), tag), None, stop.signal_name)
                         continue
                     running.append(Running(task, handle, time.time(), tag))
                     on_start(running[-1])
-                if not running and (stop.signal is not None or not waiting()):
+                if not running and (stop.signal_name is not None or not waiting()):
                     break
                 time.sleep(poll_interval)
                 for r in list(running):
                     code = executor.poll(r.handle)
                     if code is not None:
                         running.remove(r)
-                        on_end(r, code, stop.signal)
+                        on_end(r, code, stop.signal_name)
                 tick(running)
         finally:
             for r in running:  # an exception in the loop: ask the children to checkpoint and stop
                 executor.stop(r.handle, signal.SIGTERM)
             executor.close()
-    return stop.signal
+    return stop.signal_name

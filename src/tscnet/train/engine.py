@@ -485,7 +485,7 @@ class Trainer:
         """After ``k`` evaluation batches: stop for a signal? (ranks agree every few batches)"""
         inject_signal("eval", f"{epoch + 1}.{k}")
         if self.ctx.world_size == 1:
-            return self.stop.signal is not None
+            return self.stop.signum is not None
         return k % EVAL_POLL_EVERY == 0 and k <= self.eval_batches and self.stop.requested(self.ctx.device)
 
     def _stopped(self, where: str) -> str:

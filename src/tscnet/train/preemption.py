@@ -39,25 +39,25 @@ class TrainingStopped(UserError):
 
 
 class StopRequest(CatchSignals):
-    """While active, SIGTERM/SIGINT set :attr:`signal` instead of killing."""
+    """While active, SIGTERM/SIGINT set :attr:`signum` instead of killing."""
 
     def __init__(self) -> None:
         super().__init__()
         #: The first signal's number, ``None`` while none came.
-        self.signal: Optional[int] = None
+        self.signum: Optional[int] = None
         self._at = 0.0
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal is not None:
+        if self.signum is not None:
             if time.monotonic() - self._at < REPEAT_S:  # the same request, delivered twice
                 return
             self.__exit__()  # asked twice: stop now
             raise KeyboardInterrupt
-        self.signal, self._at = signum, time.monotonic()
+        self.signum, self._at = signum, time.monotonic()
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal is not None else "nothing"
+        return signal.Signals(self.signum).name if self.signum is not None else "nothing"
 
     def requested(self, device: torch.device) -> bool:
         """Whether any rank got a signal (a collective under torchrun: call it on every rank)."""
@@ -68,12 +68,12 @@ class StopRequest(CatchSignals):
         rank got a signal, checkpoint if any rank's clock says so (wall clocks differ between ranks,
         and a checkpoint gathers from all of them)."""
         if not (dist.is_available() and dist.is_initialized()):
-            return self.signal is not None, checkpoint_due
-        flags = torch.tensor([0 if self.signal is None else int(self.signal), int(checkpoint_due)], device=device)
+            return self.signum is not None, checkpoint_due
+        flags = torch.tensor([0 if self.signum is None else int(self.signum), int(checkpoint_due)], device=device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         signum, due = flags.tolist()
-        if signum and self.signal is None:
-            self.signal = int(signum)
+        if signum and self.signum is None:
+            self.signum = int(signum)
         return bool(signum), bool(due)
 
 
