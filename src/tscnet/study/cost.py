@@ -55,8 +55,9 @@ def _flops(model: str, in_chans: int, image_size: int, options: tuple) -> Option
     return float(counter.get_total_flops()) or None
 
 
-def flops_per_image(model: str, config: dict) -> Optional[float]:
-    """Forward FLOPs of the plain ``model`` on one image of the recipe's dataset (None if unknown)."""
+def _flops_inputs(config: dict) -> Optional[tuple[int, int, tuple]]:
+    """``(in_chans, image_size, model options)``: what a model's FLOPs per image depend on in a recipe
+    (its data's channels and image size, the model's ``norm``/``init``); ``None`` for unknown data."""
     from ..data import get_dataset_spec
     from ..train.run import model_options
 
@@ -68,7 +69,13 @@ def flops_per_image(model: str, config: dict) -> Optional[float]:
     in_chans = config.get("model", {}).get("in_chans") or info.in_chans
     image_size = data.get("image_size") or info.image_size
     options = model_options(config) if "model" in config else {}
-    return _flops(model, in_chans, image_size, tuple(sorted(options.items())))
+    return in_chans, image_size, tuple(sorted(options.items()))
+
+
+def flops_per_image(model: str, config: dict) -> Optional[float]:
+    """Forward FLOPs of the plain ``model`` on one image of the recipe's dataset (None if unknown)."""
+    inputs = _flops_inputs(config)
+    return None if inputs is None else _flops(model, *inputs)
 
 
 @dataclass
@@ -85,6 +92,8 @@ class CostModel:
     speed: dict[str, float] = field(default_factory=dict)  # model -> training images per second
     images: dict[str, float] = field(default_factory=dict)  # model -> training images per epoch seen
     measured: dict[str, list[float]] = field(default_factory=dict)  # model -> wall seconds per epoch
+    _speeds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _speeds_of: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # the speed they are of
 
     @classmethod
     def from_folders(cls, folders: list[Path]) -> "CostModel":
@@ -110,12 +119,31 @@ class CostModel:
         return cls({m: statistics.median(v) for m, v in speeds.items()},
                    {m: statistics.median(v) for m, v in images.items() if v})
 
+    def workload(self, model: str, config: dict) -> tuple:
+        """Everything an estimate reads of a cell: ``(model, epochs, train_subset, FLOPs inputs)``. Cells
+        of equal workloads get equal estimates (:meth:`seconds_of`): a study's seeds and arms mostly do."""
+        data = config.get("data", {})
+        return model, int(config.get("train", {}).get("epochs", 1)), data.get("train_subset"), _flops_inputs(config)
+
     def images_per_second(self, model: str, config: dict) -> tuple[float, str]:
         """``(training images per second, where the estimate comes from)``."""
+        return self._images_per_second(model, _flops_inputs(config))
+
+    def _images_per_second(self, model: str, inputs: Optional[tuple]) -> tuple[float, str]:
+        # Remembered per model and FLOPs inputs: a progress line estimates every queued cell, and a
+        # model without runs costs a FLOPs lookup per finished model (speed only changes by assignment).
+        if self._speeds_of != self.speed:
+            self._speeds, self._speeds_of = {}, dict(self.speed)
+        key = (model, inputs)
+        if key not in self._speeds:
+            self._speeds[key] = self._estimate_speed(model, inputs)
+        return self._speeds[key]
+
+    def _estimate_speed(self, model: str, inputs: Optional[tuple]) -> tuple[float, str]:
         if model in self.speed:
             return self.speed[model], "finished runs of the model"
-        flops = flops_per_image(model, config)
-        known = {m: f for m in self.speed if (f := flops_per_image(m, config))}
+        flops = None if inputs is None else _flops(model, *inputs)
+        known = {m: f for m in self.speed if (f := None if inputs is None else _flops(m, *inputs))}
         if flops and known:
             nearest = min(known, key=lambda m: abs(math.log(known[m] / flops)))
             return self.speed[nearest] * known[nearest] / flops, f"finished runs of {nearest}, scaled by FLOPs"
@@ -127,16 +155,24 @@ class CostModel:
 
     def epoch_seconds(self, model: str, config: dict) -> tuple[float, str]:
         """``(estimated wall seconds per epoch, where the estimate comes from)``."""
+        return self._epoch_seconds(model, config.get("data", {}).get("train_subset"), _flops_inputs(config))
+
+    def _epoch_seconds(self, model: str, subset: Optional[int], inputs: Optional[tuple]) -> tuple[float, str]:
         if self.measured.get(model):
             return statistics.median(self.measured[model]), "measured here"
-        images = config.get("data", {}).get("train_subset") or self.images.get(model, DEFAULT_TRAIN_IMAGES)
-        speed, source = self.images_per_second(model, config)
+        images = subset or self.images.get(model, DEFAULT_TRAIN_IMAGES)
+        speed, source = self._images_per_second(model, inputs)
         return images / speed * WALL_PER_TRAIN_TIME, source
 
     def seconds(self, model: str, config: dict, done_epochs: int = 0) -> tuple[float, str]:
-        per_epoch, source = self.epoch_seconds(model, config)
-        epochs = max(0, int(config.get("train", {}).get("epochs", 1)) - done_epochs)
-        return per_epoch * epochs, source
+        """``(estimated wall seconds of the epochs after ``done_epochs``, where the estimate comes from)``."""
+        return self.seconds_of(self.workload(model, config), done_epochs)
+
+    def seconds_of(self, workload: tuple, done_epochs: int = 0) -> tuple[float, str]:
+        """:meth:`seconds` of a cell of this :meth:`workload`."""
+        model, epochs, subset, inputs = workload
+        per_epoch, source = self._epoch_seconds(model, subset, inputs)
+        return per_epoch * max(0, epochs - done_epochs), source
 
     def record(self, model: str, seconds: float, epochs: int) -> None:
         if epochs > 0:

@@ -25,6 +25,7 @@ executor's capacity (see :class:`CostModel`).
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..errors import UserError
 from ..jobs.executors.base import Executor, Task
 from ..jobs.run_folder import HOLDS_A_RUN, LOCKED_BY, RunFolder, describe_holder
 from ..jobs.runner import Running, run_tasks
-from ..train.config import dump_config
+from ..train.config import dump_config, validate_config
 from ..train.run import atomic_write_bytes
 from .cost import CostModel, format_hours
 from .plan import Cell, Layout, source_cell
@@ -112,6 +113,21 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
                 cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
 
 
+def planned_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = ()) -> dict[Cell, dict]:
+    """:func:`~tscnet.study.results.base_config` of every cell, the recipe read once per model, arm and
+    grid point: cells that differ in their seed alone have configs that differ in ``train.seed`` alone
+    (a study of 1,000 cells would otherwise parse its recipe 1,000 times)."""
+    shared: dict[tuple, dict] = {}
+    configs = {}
+    for cell in cells:
+        key = (cell.model, cell.arm, cell.grid)
+        if key not in shared:
+            shared[key] = base_config(spec, cell, extra)
+        configs[cell] = copy.deepcopy(shared[key])
+        configs[cell]["train"]["seed"] = cell.seed
+    return configs
+
+
 @dataclass
 class StudyOptions:
     """How one invocation runs a study's cells (besides the spec, the cells, the layout and the executor).
@@ -151,7 +167,11 @@ class StudyRun:
         self.counts: dict[str, Any] = {"skipped": len(cells) - len(self.pending), "trained": 0, "collected": 0,
                                        "diverged": 0, "failed": 0, "stopped": 0, "not_run": 0, "elsewhere": 0}
         self.cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
-        self.planned = {cell: base_config(spec, cell, options.extra) for cell in self.pending}  # for time estimates
+        self.planned = planned_configs(spec, self.pending, options.extra)  # for time estimates
+        self.workloads = {cell: self.cost.workload(cell.model, config) for cell, config in self.planned.items()}
+        self.order: dict[Cell, int] = {}  # a cell's place in the plan (list.index is linear)
+        for i, cell in enumerate(cells):
+            self.order.setdefault(cell, i)
         self.epochs_before: dict[Cell, int] = {}
         self.longest: dict[str, float] = {}  # model -> the longest run of it seen by this invocation (seconds)
         self.failed: set[Cell] = set()
@@ -181,7 +201,7 @@ class StudyRun:
             source = source_cell(spec, cell)
             why = "failed" if source in self.failed else "was not run"
             self.out(f"not run: {cell}: its source {source} {why}")
-        late = [c for c in self.pending if self.ready(c)] + sorted(self.elsewhere, key=self.cells.index)
+        late = [c for c in self.pending if self.ready(c)] + sorted(self.elsewhere, key=self.order.__getitem__)
         if late:
             why = f"stopped by {stopped}" if stopped else f"--max-hours {self.options.max_hours} reached"
             self.out(f"not started: {len(late)} cells ({why}); run again to continue")
@@ -256,7 +276,7 @@ class StudyRun:
 
     def tick(self, running: list[Running]) -> None:
         """Once per poll: cells running elsewhere that landed or were given up, then the progress line."""
-        for cell in sorted(self.elsewhere, key=self.cells.index):
+        for cell in sorted(self.elsewhere, key=self.order.__getitem__):
             if is_collected(self.layout.result_dir(cell)):
                 self.elsewhere.discard(cell)
                 self.counts["elsewhere"] += 1
@@ -284,15 +304,20 @@ class StudyRun:
 
     def fits(self, cell: Cell) -> bool:
         """Ends before the deadline: by the longest run of its model seen here, else by the estimate."""
-        expected = self.longest.get(cell.model) or self.cost.seconds(cell.model, self.planned[cell])[0]
-        return self.deadline is None or time.time() + expected <= self.deadline
+        if self.deadline is None:
+            return True
+        expected = self.longest.get(cell.model) or self.cost.seconds_of(self.workloads[cell])[0]
+        return time.time() + expected <= self.deadline
 
     def prepare(self, cell: Cell) -> Optional[Task]:
         """The task of ``cell``, or ``None`` when it needs no run (collected now, or cannot run)."""
         spec, layout, extra = self.spec, self.layout, self.options.extra
         run = RunFolder(layout.run_dir(cell))
         try:
-            config = cell_config(spec, cell, layout, extra)
+            # An ordinary arm's config is its planned one, validated (cell_config would parse the recipe
+            # again); an ablation's steps come from its source's results.
+            config = cell_config(spec, cell, layout, extra) if cell.arm.ablation else \
+                validate_config(copy.deepcopy(self.planned[cell]))
             if run.started:
                 problem = config_difference(config, read_yaml(run.config_file))
                 if problem:
@@ -353,7 +378,15 @@ class StudyRun:
         if not force and now - self.last_progress < self.options.progress_every:
             return
         self.last_progress = now
-        left = sum(self.cost.seconds(cell.model, self.planned[cell])[0] for cell in self.pending)
+        # One estimate per workload, not per queued cell: this line comes at every start and end, and
+        # estimating each of 1,000 queued cells each time made a study quadratic in its cells.
+        estimates: dict[tuple, float] = {}
+        left = 0.0
+        for cell in self.pending:
+            workload = self.workloads[cell]
+            if workload not in estimates:
+                estimates[workload] = self.cost.seconds_of(workload)[0]
+            left += estimates[workload]
         for r in self.running:
             total, _ = self.cost.seconds(r.tag.model, r.task.config, self.epochs_before.get(r.tag, 0))
             left += max(0.0, total - (now - r.began))
