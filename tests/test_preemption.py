@@ -14,7 +14,7 @@ import torch
 from tscnet.cli import main
 from tscnet.train import read_metrics
 
-from run_utils import assert_same_run
+from run_utils import assert_same_run, tmpfs
 
 pytestmark = pytest.mark.slow  # real signals to training processes: minutes
 
@@ -213,14 +213,8 @@ def tiny_disk(tmp_path):
     probe = tmp_path / "probe"
     assert main([a if a != "2" else "1" for a in ARGS] + ["--out", str(probe)]) == 0  # 1 epoch: a checkpoint's size
     size = (probe / "checkpoint.pt").stat().st_size
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5) + 65536}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", int(size * 1.5) + 65536) as mount:
+        yield mount
 
 
 def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tiny_disk, capsys, one_thread):

@@ -3,8 +3,10 @@ of the study process itself, a damaged results folder. Each ends with a clear me
 results intact, and the next invocation finishing the study."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,9 @@ import pytest
 import yaml
 
 from tscnet.jobs.run_folder import RunFolder
+from tscnet.study.report import load_results
+
+from run_utils import tmpfs
 
 pytestmark = pytest.mark.slow  # real studies of tiny trainings: a minute or two each
 
@@ -29,9 +34,9 @@ def _spec(folder: Path, seeds=(0, 1), epochs: int = 2) -> Path:
     return path
 
 
-def _study(spec: Path, results: Path, *extra: str) -> list[str]:
+def _study(spec: Path, results: Path, *extra: str, runs: Path | None = None) -> list[str]:
     return [sys.executable, "-m", "tscnet.cli", "study", str(spec), "--results", str(results), "--workers", "1",
-            "--runs", str(results.parent / "runs"), *extra]
+            "--runs", str(runs or results.parent / "runs"), *extra]
 
 
 def _env() -> dict:
@@ -128,3 +133,138 @@ def test_two_results_folders_never_share_scratch_runs(tmp_path):
                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert f"belong to the results {first}" in refused.stderr
+
+
+# -- kill -9 of a cell, of the study while it copies a result, a full disk: from one earlier state --------------
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory) -> Path:
+    """A study of two cells, cifar_resnet8 none and tsc, seed 0, with the first one's results (and its
+    report); the tests copy it. Beside it, ``reference``: the same study finished uninterrupted."""
+    folder = tmp_path_factory.mktemp("earlier")
+    spec = _spec(folder, seeds=(0,))
+    done = subprocess.run(_study(spec, folder / "results", "--policies", "none"), env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reference = _copy_study(folder, folder.parent / f"{folder.name}-reference")
+    done = subprocess.run(_study(reference / "faults.yaml", reference / "results"), env=_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder
+
+
+def _copy_study(folder: Path, to: Path, results: Path | None = None) -> Path:
+    """A copy of the study in ``folder`` (spec, results, scratch runs) in ``to``, its results in ``results``."""
+    results = results or to / "results"
+    to.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(folder / "faults.yaml", to / "faults.yaml")
+    shutil.copytree(folder / "results", results, dirs_exist_ok=True)
+    shutil.copytree(folder / "runs", to / "runs")
+    (to / "runs" / ".results").write_text(f"{results}\n")  # the copied scratch runs belong to the copied results
+    return to
+
+
+def _cells(results: Path) -> dict[str, bytes]:
+    """Every collected cell's files, by path: what must stay as it was."""
+    return {str(p.relative_to(results)): p.read_bytes() for p in sorted(results.glob("*/*/seed*/*"))}
+
+
+def _same_result(folder: Path, reference: Path) -> None:
+    """A collected cell with the results of the uninterrupted reference (timings aside)."""
+    assert (folder / "cell.json").is_file()
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time", "images_per_s")}
+                          for line in path.read_text().splitlines()]
+    assert strip(folder / "metrics.jsonl") == strip(reference / "metrics.jsonl")
+    assert (folder / "steps.json").read_bytes() == (reference / "steps.json").read_bytes()
+
+
+TSC = Path("cifar_resnet8") / "tsc" / "seed0"  # the cell the faults hit
+
+
+@pytest.mark.parametrize("point", ["step@12", "eval@1"])  # training in epoch 2; epoch 1's evaluation (no checkpoint yet)
+def test_kill_9_of_a_cell_fails_it_and_the_next_call_resumes_it(point, earlier, tmp_path):
+    """~1 min each. The trainer is killed outright (no checkpoint, its lock left behind): the study reports
+    the cell failed in one line, exits 1, the earlier results stay as they were; the next call resumes the
+    cell (taking over its lock) and ends with the uninterrupted run's results."""
+    folder = _copy_study(earlier, tmp_path)
+    results = folder / "results"
+    kept = _cells(results)
+    killed = subprocess.run(_study(folder / "faults.yaml", results), env={**_env(), "TSCNET_TEST_KILL": point},
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == 1, killed.stdout + killed.stderr
+    failed = [line for line in killed.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed == [f"FAILED: cifar_resnet8 tsc seed0: killed by SIGKILL (kill -9, or out of memory); see "
+                      f"{folder / 'runs' / TSC.parent / 'seed0.log'}"], killed.stdout
+    assert _cells(results) == kept and not (results / TSC).exists()
+    again = subprocess.run(_study(folder / "faults.yaml", results), env=_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming: cifar_resnet8 tsc seed0" in again.stdout
+    log = (folder / "runs" / TSC.parent / "seed0.log").read_text()
+    assert "taking over the lock" in log  # the killed trainer's
+    assert all(_cells(results)[name] == data for name, data in kept.items())
+    _same_result(results / TSC, earlier.parent / f"{earlier.name}-reference" / "results" / TSC)
+
+
+def test_kill_9_of_the_study_while_it_copies_a_result_then_the_next_call_collects_it(earlier, tmp_path):
+    """~1 min. The study process is killed as the last file of a finished cell's results is written, before
+    its folder is renamed into place: no results folder of that cell exists (a hidden temporary folder is
+    left beside it, which the report ignores), the earlier results stay; the next call collects the cell
+    without training it again, replacing a partial folder without cell.json that lies in its place."""
+    folder = _copy_study(earlier, tmp_path)
+    results = folder / "results"
+    kept = _cells(results)
+    killed = subprocess.run(_study(folder / "faults.yaml", results),
+                            env={**_env(), "TSCNET_TEST_KILL": "collect@cell.json"}, capture_output=True, text=True,
+                            timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert _cells(results) == kept and not (results / TSC).exists()
+    left = list((results / TSC.parent).glob(".seed0.*"))
+    assert len(left) == 1 and (left[0] / "cell.json").is_file()  # complete, yet not a result
+    # A partial results folder without cell.json (as an older tscnet's copy, or one removed by hand
+    # halfway, leaves it) is not a result either: the next call replaces it.
+    (results / TSC).mkdir()
+    (results / TSC / "metrics.jsonl").write_text('{"epoch": 1')
+    again = subprocess.run(_study(folder / "faults.yaml", results), env=_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "starting:" not in again.stdout and "resuming:" not in again.stdout  # collected, not trained again
+    assert "1 collected, 1 of them trained before this call" in again.stdout
+    assert all(_cells(results)[name] == data for name, data in kept.items())
+    _same_result(results / TSC, earlier.parent / f"{earlier.name}-reference" / "results" / TSC)
+    assert len(load_results(results)) == 2  # what the report reads: the two cells, not the temporary copy
+
+
+def test_a_full_disk_while_a_result_is_collected_fails_the_cell_and_the_next_call_collects_it(earlier, tmp_path):
+    """~1 min. The results folder on a real, small file system (a tmpfs), filled up after the earlier
+    results: the finished cell cannot be collected — one line saying so, exit 1, nothing of it written,
+    the earlier results as they were; with space again, the next call collects it without training it."""
+    with tmpfs(tmp_path / "disk", 1 << 20) as disk:
+        folder = _copy_study(earlier, tmp_path / "study", results=disk / "results")
+        results = disk / "results"
+        kept = _cells(results)
+        with open(disk / "filler", "wb", buffering=0) as filler:  # fill the disk to its last block
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+        runs = folder / "runs"  # on the machine's disk
+        full = subprocess.run(_study(folder / "faults.yaml", results, runs=runs), env=_env(), capture_output=True,
+                              text=True, timeout=900)
+        assert full.returncode == 1, full.stdout + full.stderr
+        failed = [line for line in full.stdout.splitlines() if line.startswith("FAILED")]
+        assert len(failed) == 1 and failed[0].startswith("FAILED: cifar_resnet8 tsc seed0: its results cannot be "
+                                                         f"collected: cannot copy {runs / TSC} to "
+                                                         f"{results / TSC}: No space left on device"), full.stdout
+        assert "the next tscnet study collects it" in failed[0] and "Traceback" not in full.stderr, full.stderr
+        assert _cells(results) == kept  # nothing of the cell, no temporary folder left:
+        assert not (results / TSC.parent).exists() or not list((results / TSC.parent).iterdir())
+        (disk / "filler").unlink()
+        again = subprocess.run(_study(folder / "faults.yaml", results, runs=runs), env=_env(), capture_output=True,
+                               text=True, timeout=900)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "1 collected, 1 of them trained before this call" in again.stdout and "starting:" not in again.stdout
+        assert all(_cells(results)[name] == data for name, data in kept.items())
+        _same_result(results / TSC, earlier.parent / f"{earlier.name}-reference" / "results" / TSC)

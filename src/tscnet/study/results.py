@@ -172,7 +172,7 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     except OSError as error:
-        raise _unwritable(final, error) from None
+        raise _unwritable(run_dir, final, error) from None
     diverged = bool(info.get("diverged"))
     try:
         for name in RESULT_FILES + OPTIONAL_FILES:
@@ -196,15 +196,15 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError):
-            raise _unwritable(final, error) from None
+            raise _unwritable(run_dir, final, error) from None
         raise
     return final
 
 
-def _unwritable(final: Path, error: OSError) -> UserError:
-    """A collect that could not write (a full disk, a read-only folder): nothing of the cell was kept."""
-    return UserError(f"cannot write {final}: {error.strerror or error}; nothing of it was kept, and the next "
-                     "tscnet study collects it")
+def _unwritable(run_dir: Path, final: Path, error: OSError) -> UserError:
+    """A collect that failed to copy (a full disk, a read-only folder): nothing of the cell was kept."""
+    return UserError(f"cannot copy {run_dir} to {final}: {error.strerror or error}; nothing of it was kept, and "
+                     "the next tscnet study collects it")
 
 
 def final_error(folder: Path) -> float:

@@ -26,6 +26,7 @@ executor's capacity (see :class:`CostModel`).
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ class StudyRun:
         for i, cell in enumerate(cells):
             self.order.setdefault(cell, i)
         self.epochs_before: dict[Cell, int] = {}
+        self.log_start: dict[Cell, int] = {}  # the size of a cell's log when its run started here
         self.longest: dict[str, float] = {}  # model -> the longest run of it seen by this invocation (seconds)
         self.failed: set[Cell] = set()
         self.running: list[Running] = []
@@ -225,6 +227,7 @@ class StudyRun:
                 continue
             task = self.prepare(cell)
             if task is not None:
+                self.log_start[cell] = task.log.stat().st_size if task.log.is_file() else 0
                 try:
                     self.epochs_before[cell] = len(read_metrics_or_empty(task.run_dir))
                 except UserError:  # damaged: the trainer, resuming, says so in the cell's log
@@ -248,7 +251,7 @@ class StudyRun:
         seconds = time.time() - r.began
         self.longest[cell.model] = max(self.longest.get(cell.model, 0.0), seconds)
         finished = code == 0 and RunFolder(run).finished
-        why = log_error(r.task.log) or "" if code != 0 else ""
+        why = log_error(r.task.log, self.log_start.get(cell, 0)) or "" if code != 0 else ""
         if LOCKED_BY in why or (HOLDS_A_RUN in why and not r.task.resume):
             # Lost the race for the run folder to another launch of the study: that process trains it
             # (wait for it), or has already trained it (collect it) or stopped (resume it).
@@ -268,8 +271,7 @@ class StudyRun:
                 self.counts["stopped"] += 1
                 self.out(f"stopped: {cell} ({stopping}); resumable from {run}")
             else:
-                why = log_error(r.task.log)
-                self.fail(cell, f"exit code {code}{': ' + why if why else ''}; see {r.task.log}")
+                self.fail(cell, f"{exit_reason(code)}{': ' + why if why else ''}; see {r.task.log}")
 
         self.settle(cell, record)
         self.progress(force=True)
@@ -406,6 +408,17 @@ def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Exec
     ``on_result``, ``poll_interval``, ``progress_every``, ``out``); see :class:`StudyRun`.
     """
     return StudyRun(spec, cells, layout, executor, StudyOptions(**options)).run()
+
+
+def exit_reason(code: int) -> str:
+    """``exit code 2``, or for a run killed by a signal ``killed by SIGKILL (kill -9, or out of memory)``."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
+    return f"killed by {name}" + (" (kill -9, or out of memory)" if name == "SIGKILL" else "")
 
 
 def summary_line(counts: dict[str, Any], cells: int) -> str:

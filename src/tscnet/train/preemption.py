@@ -14,7 +14,10 @@ Under torchrun every rank agrees on the step at which to stop (the flag is all-r
 ``TSCNET_TEST_SIGNAL=POINT@N`` (tests only) makes the process send itself a real SIGTERM at a
 named point: ``step@N`` after global step N, ``eval@N`` as epoch N's evaluation starts,
 ``eval@N.K`` after K batches of epoch N's evaluation, ``save@N`` as epoch N's checkpoint is about
-to be written; ``TSCNET_TEST_SIGNAL_RANK=R`` limits it to torchrun rank R.
+to be written; ``TSCNET_TEST_SIGNAL_RANK=R`` limits it to torchrun rank R. ``TSCNET_TEST_KILL=POINT@N``
+(tests only) does the same with SIGKILL (kill -9: no checkpoint, no clean-up), and also names
+``collect@FILE``: the study process kills itself as FILE has been copied into a cell's temporary
+results folder (``collect@cell.json``: the folder complete, not yet renamed into place).
 
 A signal during an evaluation stops it within a batch (under torchrun, within a few: the ranks
 agree every few batches); the checkpoint then holds the trained epoch, and ``resume`` redoes the
@@ -115,7 +118,11 @@ def _positive(text: str) -> bool:
 
 
 def inject_signal(point: str, n: Union[int, str]) -> None:
-    """Send this process SIGTERM if ``TSCNET_TEST_SIGNAL`` names ``point@n`` (fault injection for tests)."""
-    rank = os.environ.get("TSCNET_TEST_SIGNAL_RANK")
-    if os.environ.get("TSCNET_TEST_SIGNAL") == f"{point}@{n}" and rank in (None, os.environ.get("RANK", "0")):
+    """Send this process SIGTERM if ``TSCNET_TEST_SIGNAL`` names ``point@n``, SIGKILL if ``TSCNET_TEST_KILL``
+    does (fault injection for tests)."""
+    if os.environ.get("TSCNET_TEST_SIGNAL_RANK") not in (None, os.environ.get("RANK", "0")):
+        return
+    if os.environ.get("TSCNET_TEST_SIGNAL") == f"{point}@{n}":
         os.kill(os.getpid(), signal.SIGTERM)
+    if os.environ.get("TSCNET_TEST_KILL") == f"{point}@{n}":
+        os.kill(os.getpid(), signal.SIGKILL)
