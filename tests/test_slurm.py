@@ -223,7 +223,7 @@ def test_a_job_requeued_mid_epoch_resumes_exactly(procs, tmp_path):
     assert json.loads((run / "model_card.json").read_text())["platform"][0]["hostname"]
 
 
-@pytest.mark.slow  # ~6 min: a 2-minute allotment, Slurm's hold on the requeued job, the rest of the run
+@pytest.mark.slow  # ~4.5 min here (267 s): a 2-minute allotment, then the rest of the run in the requeued job
 @needs_slurm
 def test_a_job_at_its_time_limit_checkpoints_requeues_itself_and_ends_as_an_uninterrupted_run(tmp_path):
     """A 2-minute job whose run cannot finish in it: Slurm's warning SIGTERM (30 s before the limit,
@@ -267,7 +267,7 @@ def test_a_job_at_its_time_limit_checkpoints_requeues_itself_and_ends_as_an_unin
     assert_same_run(reference, run)
 
 
-@pytest.mark.slow  # ~2 min: a study's job cancelled mid-run, the next call resuming it, a local reference run
+@pytest.mark.slow  # ~2 min here (106 s): a study's job cancelled mid-run, the next call resuming it, a reference run
 @needs_slurm
 def test_a_cancelled_job_fails_its_cell_naming_the_job_and_the_next_call_resumes_it(tmp_path):
     spec = tmp_path / "tiny.yaml"
