@@ -12,6 +12,7 @@ The names below are imported on first use (PEP 562): ``import tscnet`` alone imp
 nor timm, so the ``tscnet`` command starts (``tscnet --help``) without them. Subpackages load the
 same way (``tscnet.stepping.policy_name``, ``tscnet.hub.save_timm_folder``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,14 +23,34 @@ __version__ = "0.1.0"  # the one place the version is written: pyproject.toml re
 
 # Public name -> the subpackage that defines it.
 _EXPORTS = {
-    "create_model": "models", "list_models": "models",
-    "PolicySpec": "stepping", "attach_steps": "stepping", "convert_sync_batchnorm": "stepping",
-    "evolution_time": "stepping", "fold_steps": "stepping", "get_policy": "stepping", "parse_policy": "stepping",
-    "policy_names": "stepping", "step_sizes": "stepping", "unfold_steps": "stepping", "param_groups": "stepping",
+    "create_model": "models",
+    "list_models": "models",
+    "PolicySpec": "stepping",
+    "attach_steps": "stepping",
+    "convert_sync_batchnorm": "stepping",
+    "evolution_time": "stepping",
+    "fold_steps": "stepping",
+    "get_policy": "stepping",
+    "parse_policy": "stepping",
+    "policy_names": "stepping",
+    "step_sizes": "stepping",
+    "unfold_steps": "stepping",
+    "param_groups": "stepping",
 }
 __all__ = [
-    "PolicySpec", "attach_steps", "convert_sync_batchnorm", "create_model", "evolution_time", "fold_steps", "get_policy",
-    "list_models", "param_groups", "parse_policy", "policy_names", "step_sizes", "unfold_steps",
+    "PolicySpec",
+    "attach_steps",
+    "convert_sync_batchnorm",
+    "create_model",
+    "evolution_time",
+    "fold_steps",
+    "get_policy",
+    "list_models",
+    "param_groups",
+    "parse_policy",
+    "policy_names",
+    "step_sizes",
+    "unfold_steps",
 ]
 
 

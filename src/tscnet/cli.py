@@ -11,6 +11,7 @@ status 2 (``--debug`` shows its traceback too). Any other exception is a bug: it
 line naming the package it came from (tscnet, or the library whose code raised it) and where to
 report it, exit status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,21 @@ import pkgutil
 import sys
 import traceback
 import warnings
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Optional, Sequence
 
 #: The commands listed first, in this order (in ``tscnet --help``); the others follow by name.
 ORDER = ["demo", "train", "eval", "fold", "ode", "stability", "report", "study", "list"]
 
-DESCRIPTION = ("Residual networks as Euler steps with step-size policies: train them, evaluate and fold them, "
-               "analyse their stability, compare policies in studies.")
-EPILOG = ("Run 'tscnet COMMAND -h' for a command's options. Exit status: 0 done; 2 bad input (one line saying "
-          "what to change); 1 a failed check (eval's fold check) or a bug in tscnet or a library it uses (a "
-          "traceback and where to report it); 130 interrupted.")
+DESCRIPTION = (
+    "Residual networks as Euler steps with step-size policies: train them, evaluate and fold them, "
+    "analyse their stability, compare policies in studies."
+)
+EPILOG = (
+    "Run 'tscnet COMMAND -h' for a command's options. Exit status: 0 done; 2 bad input (one line saying "
+    "what to change); 1 a failed check (eval's fold check) or a bug in tscnet or a library it uses (a "
+    "traceback and where to report it); 130 interrupted."
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``tscnet`` parser with one subcommand per command module (imports no torch)."""
     parser = OneLineParser(prog="tscnet", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"tscnet {_version()}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of a bad-input error too (like TSCNET_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a bad-input error too (like TSCNET_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in command_modules():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
@@ -82,7 +88,7 @@ def _one_line_warning(command: str):
     return show
 
 
-def culprit(tb: Optional[TracebackType]) -> str:
+def culprit(tb: TracebackType | None) -> str:
     """The top-level package whose code raised the exception of traceback ``tb``: that of the
     innermost frame outside the standard library (``tscnet``, ``timm``, ``torch``, ...).
 
@@ -97,7 +103,7 @@ def culprit(tb: Optional[TracebackType]) -> str:
     return "tscnet"
 
 
-def report_url() -> Optional[str]:
+def report_url() -> str | None:
     """Where to report a bug: the ``Issues`` (else ``Bug Tracker``, ``Source``) URL of tscnet's
     installed metadata (``[project.urls]`` of pyproject.toml), ``None`` without metadata."""
     from importlib import metadata
@@ -127,11 +133,13 @@ def bug_message(command: str, error: BaseException) -> str:
     where = "a bug in tscnet" if package == "tscnet" else f"a bug in {package} or in how tscnet calls it"
     url = report_url()
     report = f"please report it at {url}" if url else "please report it to the tscnet maintainers"
-    return (f"tscnet {command}: {type(error).__name__} is {where} ({package}{_package_version(package)}), "
-            f"not a problem with your input; {report} with the traceback above and the command line")
+    return (
+        f"tscnet {command}: {type(error).__name__} is {where} ({package}{_package_version(package)}), "
+        f"not a problem with your input; {report} with the traceback above and the command line"
+    )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tscnet`` on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     from .errors import UserError
 

@@ -7,6 +7,7 @@ refused block type. Raise them where the value comes from the caller: a name, a 
 option, a path, a config value, a model. Checks that only a bug in tscnet can fail (an internal
 invariant) raise the plain built-in, so that the CLI reports them as bugs.
 """
+
 from __future__ import annotations
 
 __all__ = ["UserError", "InvalidValue", "InvalidType", "NotFound", "UnknownName"]

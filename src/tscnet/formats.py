@@ -8,6 +8,7 @@ without the key was written before versions existed: version 1) and refuses a ne
 line, instead of misreading it. Raise the version when a file's meaning changes, not when a key
 is added that old readers can ignore.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,5 +36,7 @@ def check_format(record: Any, where: object) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UserError(f"{where} has format_version {version!r}, not a positive integer: the file is damaged")
     if version > FORMAT_VERSION:
-        raise UserError(f"{where} was written by a newer tscnet (file format {version}; this tscnet reads "
-                        f"format {FORMAT_VERSION} and older): upgrade tscnet (pip install -U tscnet) to read it")
+        raise UserError(
+            f"{where} was written by a newer tscnet (file format {version}; this tscnet reads "
+            f"format {FORMAT_VERSION} and older): upgrade tscnet (pip install -U tscnet) to read it"
+        )

@@ -9,11 +9,11 @@ holds the vanilla timm architecture: nobody needs tscnet to load it.
 Only timm-family models have this layout; tscnet's CIFAR ResNets and torchvision's models keep
 the run's ``model.safetensors`` and ``model_card.json``.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
 
 from torch import nn
 
@@ -42,13 +42,19 @@ def run_data_config(config: dict) -> dict:
 
     spec = get_dataset_spec(config["data"]["name"])
     size = config["data"].get("image_size") or spec.info.image_size
-    return {"input_size": (int(config["model"]["in_chans"]), int(size), int(size)),
-            "mean": tuple(spec.info.mean), "std": tuple(spec.info.std), "interpolation": "bilinear",
-            "crop_pct": 1.0 if spec.in_memory else 224 / 256, "crop_mode": "center"}
+    return {
+        "input_size": (int(config["model"]["in_chans"]), int(size), int(size)),
+        "mean": tuple(spec.info.mean),
+        "std": tuple(spec.info.std),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0 if spec.in_memory else 224 / 256,
+        "crop_mode": "center",
+    }
 
 
-def save_timm_folder(model: nn.Module, directory: Union[str, Path], data_config: Optional[dict] = None,
-                     model_card: Optional[dict] = None) -> nn.Module:
+def save_timm_folder(
+    model: nn.Module, directory: str | Path, data_config: dict | None = None, model_card: dict | None = None
+) -> nn.Module:
     """Fold ``model``'s steps and write ``directory/config.json`` + ``model.safetensors``; returns the folded model.
 
     ``data_config`` (timm keys: ``input_size``, ``mean``, ``std``, ``crop_pct``, ...) is the
@@ -62,11 +68,14 @@ def save_timm_folder(model: nn.Module, directory: Union[str, Path], data_config:
 
     directory = Path(directory)
     if not is_timm_model(model):
-        raise InvalidValue(f"a timm model folder holds timm architectures; {type(model).__module__}.{type(model).__name__} "
-                           "is not one (save its folded weights as .safetensors instead)")
+        raise InvalidValue(
+            f"a timm model folder holds timm architectures; {type(model).__module__}.{type(model).__name__} "
+            "is not one (save its folded weights as .safetensors instead)"
+        )
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise InvalidValue(f"{directory} already exists and is not an empty folder; choose another (results are never "
-                           "overwritten)")
+        raise InvalidValue(
+            f"{directory} already exists and is not an empty folder; choose another (results are never overwritten)"
+        )
     folded = fold_steps(model).cpu().eval()
     save_for_hf(folded, str(directory), safe_serialization=True, data_config=data_config)
     if model_card is not None:

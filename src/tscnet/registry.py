@@ -3,9 +3,11 @@
 by qualified class name (``module.Class``, see :func:`qualname`), so timm and torchvision are
 imported only when used; also model sources, executors and learning-rate schedules.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")  #: the type of the registered objects
 

@@ -1,5 +1,6 @@
 """Analysis tools: the ODE step-size toy, spectral norms, the stability bound and measured
 amplification, gradient flow, and the stability study / report of trained runs."""
+
 import importlib
 from typing import Any
 

@@ -11,10 +11,11 @@ batch), the norms ``‖∂L/∂y_n‖`` of the gradient at the block's input and
 gradient of its branch's weights. :func:`fixed_step_study` repeats it for fixed Δt on copies of a
 model; :func:`tscnet.analysis.plots.plot_gradient_flow` draws it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ FIXED_STEPS = (0.1, 0.5, 1.0, 2.0)
 class GradientFlow:
     """Per-block gradient norms on one batch (index = block n, input side first)."""
 
-    input_grad: list[float]   # ‖∂L/∂y_n‖ (Frobenius over the batch) at the input of block n
+    input_grad: list[float]  # ‖∂L/∂y_n‖ (Frobenius over the batch) at the input of block n
     weight_grad: list[float]  # ‖∂L/∂w_n‖ over the weights of block n (its convs and BNs)
     loss: float
 
@@ -40,7 +41,9 @@ class GradientFlow:
         return {"input_grad": self.input_grad, "weight_grad": self.weight_grad, "loss": self.loss}
 
 
-def gradient_flow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, train_mode: bool = True) -> GradientFlow:
+def gradient_flow(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, train_mode: bool = True
+) -> GradientFlow:
     """``‖∂L/∂y_n‖`` and ``‖∂L/∂w_n‖`` for every residual block n of ``model``.
 
     ``train_mode`` runs BN on batch statistics, as during training (the model's mode and its BN
@@ -67,13 +70,16 @@ def gradient_flow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         model.train(was_training)
         model.load_state_dict(state, strict=False)
     input_grad = [float(g.norm()) for g in grads[: len(blocks)]]
-    flat = iter(grads[len(blocks):])
+    flat = iter(grads[len(blocks) :])
     weight_grad = [float(torch.stack([next(flat).norm() for _ in ws]).norm()) for ws in weights]
     return GradientFlow(input_grad, weight_grad, loss.item())
 
 
 def fixed_step_study(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, values: Sequence[float] = FIXED_STEPS,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    values: Sequence[float] = FIXED_STEPS,
     train_mode: bool = True,
 ) -> dict[str, GradientFlow]:
     """``{"Δt = V": gradient_flow(...)}`` for copies of ``model`` with ``fixed:V`` steps, same weights."""

@@ -32,24 +32,35 @@ Branches with a squeeze-and-excitation (or any other data-dependent) gate are re
 ``u ↦ u ⊙ sigmoid(f(pool(u)))`` has no global Lipschitz constant (its Jacobian contains ``u``
 times the gate's derivative, unbounded in ``‖u‖``), so no constant ``L_j`` exists.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InvalidValue
+from ..registry import qualname
 from ..stepping import branches_of, evolution_time, step_sizes
 from ..stepping.branches import BLOCK_TYPES, BoundRule
-from ..registry import qualname
 from .spectral import bn_scale, conv_spectral_norm, conv_spectral_norm_fft, fold_bn_into_conv
 
-__all__ = ["Segment", "BlockOps", "BlockBound", "StabilityBound", "CONV_NORMS", "block_ops", "conv_norm_fft_upper",
-           "register_block_ops", "segment_norm", "stability_bound"]
+__all__ = [
+    "Segment",
+    "BlockOps",
+    "BlockBound",
+    "StabilityBound",
+    "CONV_NORMS",
+    "block_ops",
+    "conv_norm_fft_upper",
+    "register_block_ops",
+    "segment_norm",
+    "stability_bound",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,8 +70,8 @@ class Segment:
     ``conv=None`` is a BN alone (norm ``max_c |γ_c| / sqrt(var_c + eps)``); ``norm=None`` a bare conv.
     """
 
-    conv: Optional[nn.Conv2d]
-    norm: Optional[_BatchNorm] = None
+    conv: nn.Conv2d | None
+    norm: _BatchNorm | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,10 @@ def register_block_ops(*names: str) -> Callable[[BlockOpsFn], BlockOpsFn]:
     def decorator(fn: BlockOpsFn) -> BlockOpsFn:
         unknown = [name for name in names if name not in BLOCK_TYPES]
         if unknown:
-            raise InvalidValue(f"no block type {', '.join(unknown)} to attach a Lipschitz bound to; "
-                               "register it with tscnet.stepping.register_block (block_ops=...)")
+            raise InvalidValue(
+                f"no block type {', '.join(unknown)} to attach a Lipschitz bound to; "
+                "register it with tscnet.stepping.register_block (block_ops=...)"
+            )
         for name in names:
             BLOCK_TYPES[name] = replace(BLOCK_TYPES[name], block_ops=fn)
         return fn
@@ -102,25 +115,30 @@ def register_block_ops(*names: str) -> Callable[[BlockOpsFn], BlockOpsFn]:
 def block_ops(block: nn.Module) -> BlockOps:
     """The segments of ``block``; raises ValueError for unknown blocks and gated branches."""
     kind = BLOCK_TYPES.get(qualname(block))
-    rule: Optional[BoundRule] = None if kind is None else kind.block_ops
+    rule: BoundRule | None = None if kind is None else kind.block_ops
     if rule is None and kind is not None and kind.no_bound:
         raise InvalidValue(f"no Lipschitz bound for {type(block).__name__} blocks: {kind.no_bound}")
     if rule is None:
         known = sorted(name for name, k in BLOCK_TYPES.items() if k.block_ops is not None)
-        raise InvalidValue(f"no Lipschitz bound for block type {qualname(block)} (known: "
-                           f"{', '.join(known)}); see tscnet.stepping.register_block (block_ops=)")
+        raise InvalidValue(
+            f"no Lipschitz bound for block type {qualname(block)} (known: "
+            f"{', '.join(known)}); see tscnet.stepping.register_block (block_ops=)"
+        )
     return rule(block)
 
 
-def _projection(shortcut: Optional[nn.Module]) -> tuple[tuple[Segment, ...], str]:
+def _projection(shortcut: nn.Module | None) -> tuple[tuple[Segment, ...], str]:
     """Segments of a shortcut module: ``None``, option A, or ``Sequential(conv[, bn])``."""
     if shortcut is None:
         return (), "identity"
     if type(shortcut).__name__ == "ShortcutA":
         return (), "subsample-pad"
     layers = list(shortcut.children()) if isinstance(shortcut, nn.Sequential) else []
-    if (len(layers) in (1, 2) and isinstance(layers[0], nn.Conv2d)
-            and (len(layers) == 1 or isinstance(layers[1], _BatchNorm))):
+    if (
+        len(layers) in (1, 2)
+        and isinstance(layers[0], nn.Conv2d)
+        and (len(layers) == 1 or isinstance(layers[1], _BatchNorm))
+    ):
         return (Segment(*layers),), "projection"
     raise InvalidValue(f"no Lipschitz bound for the shortcut {shortcut!r}: expected a conv, optionally with a BN")
 
@@ -131,12 +149,16 @@ def _post_activation(n: int, shortcut_attr: str, acts: Sequence[str] = ()) -> Bl
     def fn(block: nn.Module) -> BlockOps:
         se = getattr(block, "se", None)
         if se is not None:
-            raise InvalidValue(f"{qualname(block)} has a {type(se).__name__} gate: u ↦ u·sigmoid(f(pool u)) has no "
-                               "global Lipschitz constant, so the stability bound is refused")
+            raise InvalidValue(
+                f"{qualname(block)} has a {type(se).__name__} gate: u ↦ u·sigmoid(f(pool u)) has no "
+                "global Lipschitz constant, so the stability bound is refused"
+            )
         for attr in acts:
             act = getattr(block, attr, None)
             if act is not None and not isinstance(act, (nn.ReLU, nn.Identity)):
-                raise InvalidValue(f"{qualname(block)}.{attr} is {type(act).__name__}: only ReLU (1-Lipschitz) is supported")
+                raise InvalidValue(
+                    f"{qualname(block)}.{attr} is {type(act).__name__}: only ReLU (1-Lipschitz) is supported"
+                )
         if not isinstance(getattr(block, "aa", None) or nn.Identity(), nn.Identity):
             raise InvalidValue(f"{qualname(block)} has an anti-aliasing layer: not supported by the bound")
         branch = tuple(Segment(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in range(1, n + 1))
@@ -202,7 +224,7 @@ POWER_DEFAULTS = {"tol": 1e-5, "n_iter": 1000}
 
 
 @torch.no_grad()
-def segment_norm(segment: Segment, input_shape: Optional[Sequence[int]], method: str = "power", **power: float) -> float:
+def segment_norm(segment: Segment, input_shape: Sequence[int] | None, method: str = "power", **power: float) -> float:
     """``‖segment‖₂``: ``max_c |s_c|`` for a BN alone, else ``‖A_{W'}‖₂`` of the conv with
     ``W'[o] = s_o W[o]`` (the BN folded in) on inputs of shape ``input_shape = (C, H, W)``."""
     if segment.conv is None:
@@ -239,14 +261,14 @@ class BlockBound:
     """One block's share of the bound (see the module docstring for the equations)."""
 
     index: int
-    name: str            # module path, e.g. "layer2.0"
+    name: str  # module path, e.g. "layer2.0"
     shortcut_kind: str
     segment_norms: list[float]
-    lipschitz: float     # L_j = Π ‖segment‖₂ (branch, without Δt)
+    lipschitz: float  # L_j = Π ‖segment‖₂ (branch, without Δt)
     shortcut_norm: float  # ‖S_j‖
-    dt_max: float        # max_c Δt_j[c]
+    dt_max: float  # max_c Δt_j[c]
     dt_mean: float
-    factor: float        # ‖S_j‖ + L_j · dt_max
+    factor: float  # ‖S_j‖ + L_j · dt_max
 
 
 @dataclass
@@ -256,7 +278,7 @@ class StabilityBound:
     blocks: list[BlockBound]
     evolution_time: float
     depth: int = field(default=0)  # stem conv + branch convs + classifier (He et al.'s layer count)
-    method: str = "power"          # how conv norms were computed (CONV_NORMS)
+    method: str = "power"  # how conv norms were computed (CONV_NORMS)
 
     @property
     def log10_bound(self) -> float:
@@ -265,17 +287,25 @@ class StabilityBound:
     @property
     def bound(self) -> float:
         """``Π_j (‖S_j‖ + L_j max_c Δt_j)``; ``inf`` past float64's range (use ``log10_bound``)."""
-        return 10.0 ** self.log10_bound if self.log10_bound < 308 else math.inf
+        return 10.0**self.log10_bound if self.log10_bound < 308 else math.inf
 
     def rows(self) -> list[dict]:
         return [asdict(b) for b in self.blocks]
 
     def to_dict(self) -> dict:
-        return {"bound": self.bound, "log10_bound": self.log10_bound, "evolution_time": self.evolution_time,
-                "depth": self.depth, "method": self.method, "blocks": self.rows()}
+        return {
+            "bound": self.bound,
+            "log10_bound": self.log10_bound,
+            "evolution_time": self.evolution_time,
+            "depth": self.depth,
+            "method": self.method,
+            "blocks": self.rows(),
+        }
 
 
-def stability_bound(model: nn.Module, input_shape: Sequence[int], method: str = "power", **power: float) -> StabilityBound:
+def stability_bound(
+    model: nn.Module, input_shape: Sequence[int], method: str = "power", **power: float
+) -> StabilityBound:
     """Per-block Lipschitz bounds of ``model`` for inputs of shape ``(C, H, W)``.
 
     ``method`` picks the conv norm (:data:`CONV_NORMS`); ``power`` goes to
@@ -299,7 +329,18 @@ def stability_bound(model: nn.Module, input_shape: Sequence[int], method: str = 
         seg_norms = [norm(s) for s in op.branch]
         lip, short = math.prod(seg_norms), math.prod(norm(s) for s in op.shortcut)
         dt_max = float(dt.max())
-        blocks.append(BlockBound(j, names.get(id(branch.block), str(j)), op.shortcut_kind, seg_norms, lip, short,
-                                 dt_max, float(dt.mean()), short + lip * dt_max))
+        blocks.append(
+            BlockBound(
+                j,
+                names.get(id(branch.block), str(j)),
+                op.shortcut_kind,
+                seg_norms,
+                lip,
+                short,
+                dt_max,
+                float(dt.mean()),
+                short + lip * dt_max,
+            )
+        )
     depth = 2 + sum(s.conv is not None for o in ops for s in o.branch)
     return StabilityBound(blocks, evolution_time(model), depth, method)

@@ -13,10 +13,11 @@ Both solvers integrate forward in time (``t_end > t0``) and work on numpy arrays
 receives a 1-D float array ``y`` (a scalar ``y0`` is treated as a 1-vector) and returns an array of
 the same length. The figure of the poster is built by :mod:`tscnet.analysis.ode_plot`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _as_state(y0: float | Sequence[float] | np.ndarray) -> np.ndarray:
     return np.atleast_1d(np.asarray(y0, dtype=float)).copy()
 
 
-def _span(t_span: Tuple[float, float]) -> Tuple[float, float]:
+def _span(t_span: tuple[float, float]) -> tuple[float, float]:
     t0, t_end = map(float, t_span)
     if not t_end > t0:
         raise InvalidValue(f"t_span must satisfy t_end > t0, got {t_span}")
@@ -71,9 +72,7 @@ def _result(ts: list, ys: list, n_rejected: int, n_fev: int, method: str) -> ODE
     return ODEResult(t, np.stack(ys), np.diff(t), len(ts) - 1, n_rejected, n_fev, method)
 
 
-def euler(
-    f: ODEFunc, t_span: Tuple[float, float], y0: float | Sequence[float] | np.ndarray, h: float
-) -> ODEResult:
+def euler(f: ODEFunc, t_span: tuple[float, float], y0: float | Sequence[float] | np.ndarray, h: float) -> ODEResult:
     """Explicit Euler with a fixed step: ``y_{j+1} = y_j + h_j f(t_j, y_j)``.
 
     ``h_j = h`` except for the last step, which is clipped to land exactly on ``t_end`` (on
@@ -111,8 +110,8 @@ _B5 = np.array([16 / 135, 0.0, 6656 / 12825, 28561 / 56430, -9 / 50, 2 / 55])
 
 
 def fehlberg_step(
-    f: ODEFunc, t: float, y: np.ndarray, h: float, k1: Optional[np.ndarray] = None
-) -> Tuple[np.ndarray, np.ndarray]:
+    f: ODEFunc, t: float, y: np.ndarray, h: float, k1: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One Fehlberg step: ``(y4, y5)``, the 4th- and 5th-order solutions at ``t + h``.
 
     ``k_i = f(t + c_i h, y + h Σ_{l<i} a_il k_l)``, ``y4 = y + h Σ b4_i k_i``,
@@ -125,9 +124,7 @@ def fehlberg_step(
     return y + h * (_B4 @ k), y + h * (_B5 @ k)
 
 
-def _initial_step(
-    f: ODEFunc, t0: float, y0: np.ndarray, f0: np.ndarray, tol: float, order: int
-) -> float:
+def _initial_step(f: ODEFunc, t0: float, y0: np.ndarray, f0: np.ndarray, tol: float, order: int) -> float:
     """Starting step of Hairer, Nørsett & Wanner (II.4): ``h·|f|`` and local error ~ Tol."""
     d0, d1 = np.max(np.abs(y0)), np.max(np.abs(f0))
     h0 = 1e-6 if min(d0, d1) < 1e-5 else 0.01 * d0 / d1
@@ -140,17 +137,17 @@ def _initial_step(
 
 def rkf45(
     f: ODEFunc,
-    t_span: Tuple[float, float],
+    t_span: tuple[float, float],
     y0: float | Sequence[float] | np.ndarray,
     tol: float = 1e-6,
-    h0: Optional[float] = None,
+    h0: float | None = None,
     safety: float = 0.9,
     order: int = 4,
-    h_min: Optional[float] = None,
-    h_max: Optional[float] = None,
+    h_min: float | None = None,
+    h_max: float | None = None,
     max_steps: int = 100_000,
     rtol: float = 0.0,
-    factor_range: Tuple[float, float] = (0.1, 5.0),
+    factor_range: tuple[float, float] = (0.1, 5.0),
 ) -> ODEResult:
     """Adaptive Runge–Kutta–Fehlberg 4(5) with the paper's step-size controller.
 
@@ -211,7 +208,7 @@ def rkf45(
         n_fev += 5
         scale = tol + rtol * np.maximum(np.abs(y), np.abs(y4))
         err = float(np.max(np.abs(y4 - y5) / scale))  # err / Tol in the paper's rule
-        factor = grow_max if err == 0.0 else safety * err ** -exponent
+        factor = grow_max if err == 0.0 else safety * err**-exponent
         factor = float(np.clip(factor, shrink_min, grow_max))
         if err <= 1.0:
             t = t_end if last else t + h

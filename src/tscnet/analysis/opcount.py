@@ -20,12 +20,13 @@ SGD is a few multi-tensor ops whatever the policy). The count does not depend on
 The policies × models table of these counts: ``python benchmarks/opcount.py`` (the same as
 ``python benchmarks/overhead.py --ops-only``).
 """
+
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ def top_level_aten_ops(events) -> Counter:
     return counts
 
 
-def _device_kind(event) -> Optional[str]:
+def _device_kind(event) -> str | None:
     """``kernel``, ``memcpy``, ``memset`` for device-side events; None for anything else."""
     if event.device_type not in (DeviceType.CUDA, getattr(DeviceType, "HIP", DeviceType.CUDA)):
         return None
@@ -101,8 +102,13 @@ def count_step(step: Callable[[], None], device: torch.device) -> dict:
     return out
 
 
-def count_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     optimizer: Optional[torch.optim.Optimizer] = None, autocast_dtype=None) -> dict:
+def count_train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+    autocast_dtype=None,
+) -> dict:
     """Launch counts of one forward + cross-entropy + backward of ``model`` on ``(x, y)``.
 
     One un-profiled warm-up step (with ``optimizer.step()`` when given) first, then

@@ -20,11 +20,12 @@ and all images iterate at once. Finite differences run in float64 on a copy of t
 ``ε = 1e-3`` they are then exact to many digits); the power iteration, which only needs a
 direction, in float32.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -59,6 +60,7 @@ def residual_io(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, t
     blocks = [b.block for b in branches_of(model)]
     ins: list[torch.Tensor] = []
     outs: list[torch.Tensor] = []
+
     def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # None: output unchanged
         ins.append(args[0])
         outs.append(out)
@@ -71,8 +73,10 @@ def residual_io(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, t
             h.remove()
     for i in range(1, len(blocks)):
         if not (ins[i] is outs[i - 1] or torch.equal(ins[i], outs[i - 1])):
-            raise InvalidValue(f"residual block {i} does not read block {i - 1}'s output: the blocks of "
-                               f"{type(model).__name__} are not one chain, the bound does not apply")
+            raise InvalidValue(
+                f"residual block {i} does not read block {i - 1}'s output: the blocks of "
+                f"{type(model).__name__} are not one chain, the bound does not apply"
+            )
     return ins[0], outs[-1]
 
 
@@ -81,8 +85,8 @@ class Amplification:
     """Per-image amplifications (1-D tensors over images) and their medians."""
 
     random_mean: torch.Tensor  # mean over K random directions
-    random_max: torch.Tensor   # max over K random directions
-    worst: torch.Tensor        # a(ε‖y_0‖ v) along the power-iteration direction v
+    random_max: torch.Tensor  # max over K random directions
+    worst: torch.Tensor  # a(ε‖y_0‖ v) along the power-iteration direction v
     jacobian_norm: torch.Tensor  # σ_max(J) = ‖J v‖
     eps: float
     directions: int
@@ -95,7 +99,7 @@ def _norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def _unit(t: torch.Tensor, fallback: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _unit(t: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
     """``t`` scaled to unit norm per sample; samples with ``‖t‖ = 0`` take ``fallback``'s direction."""
     shape = (-1, *[1] * (t.dim() - 1))
     if fallback is not None:
@@ -140,8 +144,7 @@ def amplification(
         with torch.no_grad():
             return _norms(f(y0 + delta) - yd) / _norms(delta)
 
-    randoms = torch.stack([fd(torch.randn(y0.shape, generator=gen, dtype=dtype).to(device))
-                           for _ in range(directions)])
+    randoms = torch.stack([fd(torch.randn(y0.shape, generator=gen, dtype=dtype).to(device)) for _ in range(directions)])
     y0_fast = y0.to(power_dtype)
     _, vjp = torch.func.vjp(f_fast, y0_fast)
     v = _unit(torch.randn(y0.shape, generator=gen, dtype=power_dtype).to(device))

@@ -4,22 +4,29 @@ Every function takes plain data (lists, arrays, the analysis dataclasses) and a 
 self-explanatory figure and returns the path. Figures are built with ``Figure`` + Agg directly,
 never pyplot, so callers' matplotlib state is untouched.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 
 from .gradflow import GradientFlow
 
-__all__ = ["Series", "plot_series", "plot_stability_vs_depth", "plot_gradient_flow", "plot_dt_heatmaps",
-           "plot_block_series"]
+__all__ = [
+    "Series",
+    "plot_series",
+    "plot_stability_vs_depth",
+    "plot_gradient_flow",
+    "plot_dt_heatmaps",
+    "plot_block_series",
+]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 _MARKERS = "osD^vP*Xh<>"
 
 
@@ -64,7 +71,7 @@ class Series:
     dashed: bool = False  # e.g. runs without a controller
 
     @classmethod
-    def from_runs(cls, label: str, per_seed: Sequence[Sequence[float]], dashed: bool = False) -> "Series":
+    def from_runs(cls, label: str, per_seed: Sequence[Sequence[float]], dashed: bool = False) -> Series:
         n = max(len(v) for v in per_seed)
         values = np.full((len(per_seed), n), np.nan)
         for i, v in enumerate(per_seed):
@@ -72,8 +79,16 @@ class Series:
         return cls(label, values, dashed)
 
 
-def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: str, log: bool = False,
-                note: str = "", xlabel: str = "epoch", first: int = 1) -> Path:
+def plot_series(
+    series: Sequence[Series],
+    path: PathLike,
+    ylabel: str,
+    title: str,
+    log: bool = False,
+    note: str = "",
+    xlabel: str = "epoch",
+    first: int = 1,
+) -> Path:
     """Mean over seeds against epoch (or ``xlabel``: x = ``first``, ``first`` + 1, ...), with a ±1 std
     band where a group has several seeds."""
     fig, axes = _figure(1, 1, 9, 5.5)
@@ -85,8 +100,16 @@ def plot_series(series: Sequence[Series], path: PathLike, ylabel: str, title: st
             mean = np.nanmean(s.values, axis=0)
             std = np.nanstd(s.values, axis=0, ddof=1) if s.values.shape[0] > 1 else None
         n, known = s.values.shape[0], np.isfinite(mean)  # connect the epochs that have a value, not gaps
-        ax.plot(epochs[known], mean[known], color=color, ls="--" if s.dashed else "-", marker="o", ms=3, lw=1.8,
-                label=f"{s.label} ({_plural(n, 'seed')})")
+        ax.plot(
+            epochs[known],
+            mean[known],
+            color=color,
+            ls="--" if s.dashed else "-",
+            marker="o",
+            ms=3,
+            lw=1.8,
+            label=f"{s.label} ({_plural(n, 'seed')})",
+        )
         if std is not None:
             ax.fill_between(epochs[known], (mean - std)[known], (mean + std)[known], color=color, alpha=0.15, lw=0)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -115,9 +138,11 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
     fig, axes = _figure(1, 1, 11, 6)
     ax = axes[0, 0]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    kinds = (("bound", "--", False, "bound Π_j (‖S_j‖ + L_j·max_c Δt_j)"),
-             ("worst", "-", True, "measured, worst direction\n(power iteration on J^T J)"),
-             ("random_mean", ":", True, "measured, random directions (mean)"))
+    kinds = (
+        ("bound", "--", False, "bound Π_j (‖S_j‖ + L_j·max_c Δt_j)"),
+        ("worst", "-", True, "measured, worst direction\n(power iteration on J^T J)"),
+        ("random_mean", ":", True, "measured, random directions (mean)"),
+    )
     notes = []
     for policy, color, marker in zip(policies, _colors(len(policies)), _MARKERS):
         mine = [r for r in rows if r["policy"] == policy]
@@ -129,24 +154,41 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
                 positive = [v for v in values if v > 0]
                 ys.append(math.exp(np.mean(np.log(positive))) if positive else math.nan)
                 if key == "worst" and len(positive) < len(values):
-                    notes.append(f"{policy}, depth {d}: {len(values) - len(positive)} of {len(values)} runs amplify 0 "
-                                 "(constant map: collapsed network), not drawn")
+                    notes.append(
+                        f"{policy}, depth {d}: {len(values) - len(positive)} of {len(values)} runs amplify 0 "
+                        "(constant map: collapsed network), not drawn"
+                    )
             ax.plot(depths, ys, ls=ls, marker=marker, color=color, mfc=color if filled else "none", ms=7, lw=1.6)
     if notes:
-        ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
-                bbox=dict(boxstyle="round", fc="white", alpha=0.8))
+        ax.text(
+            0.01,
+            0.01,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            fontsize=8,
+            va="bottom",
+            bbox=dict(boxstyle="round", fc="white", alpha=0.8),
+        )
     ax.set_yscale("log")
-    ax.set(xlabel="depth (weight layers: stem + branch convs + classifier)",
-           ylabel="amplification ‖y_D^ε − y_D‖ / ‖ε‖  (median over images)",
-           title="Perturbation ε at the input of the first residual block, measured at the output of the last")
+    ax.set(
+        xlabel="depth (weight layers: stem + branch convs + classifier)",
+        ylabel="amplification ‖y_D^ε − y_D‖ / ‖ε‖  (median over images)",
+        title="Perturbation ε at the input of the first residual block, measured at the output of the last",
+    )
     ax.xaxis.set_major_locator(_integer_locator())
     ax.grid(alpha=0.3, which="both")
-    colors = [Line2D([], [], color=c, marker=m, ls="-", label=p)
-              for p, c, m in zip(policies, _colors(len(policies)), _MARKERS)]
-    styles = [Line2D([], [], color="black", ls=ls, marker="o", mfc="black" if filled else "none", label=text)
-              for _, ls, filled, text in kinds]
+    colors = [
+        Line2D([], [], color=c, marker=m, ls="-", label=p)
+        for p, c, m in zip(policies, _colors(len(policies)), _MARKERS)
+    ]
+    styles = [
+        Line2D([], [], color="black", ls=ls, marker="o", mfc="black" if filled else "none", label=text)
+        for _, ls, filled, text in kinds
+    ]
     # Outside the axes, where no data point can hide under them.
-    ax.add_artist(ax.legend(handles=colors, title="step policy", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)))
+    ax.add_artist(
+        ax.legend(handles=colors, title="step policy", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    )
     ax.legend(handles=styles, title="quantity", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
     return _save(fig, path)
 
@@ -165,8 +207,11 @@ def plot_gradient_flow(panels: Sequence[tuple[str, Mapping[str, GradientFlow]]],
         fixed = [k for k in curves if k.startswith("Δt =")]
         for k, curve in curves.items():
             # Learned curves underneath (thick, translucent) so that an equal fixed line stays visible.
-            style = (dict(color=cmap(fixed.index(k) / max(1, len(fixed) - 1)), ls="--", marker="o", ms=4, zorder=3)
-                     if k in fixed else dict(color="black", ls="-", lw=5, alpha=0.35, zorder=2))
+            style = (
+                dict(color=cmap(fixed.index(k) / max(1, len(fixed) - 1)), ls="--", marker="o", ms=4, zorder=3)
+                if k in fixed
+                else dict(color="black", ls="-", lw=5, alpha=0.35, zorder=2)
+            )
             blocks = np.arange(len(curve.input_grad))
             row[0].plot(blocks, curve.input_grad, label=k, **style)
             row[1].plot(blocks, curve.weight_grad, label=k, **style)
@@ -179,9 +224,12 @@ def plot_gradient_flow(panels: Sequence[tuple[str, Mapping[str, GradientFlow]]],
             ax.title.set_fontsize(10)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
-    fig.suptitle("Gradient flow: cross-entropy on one batch of real test images (BN in training mode).\n"
-                 "Small Δt starves early blocks: ∂L/∂y_n stays ≈ ∂L/∂y_D (the blocks add little), "
-                 "and weight gradients shrink with Δt", fontsize=11)
+    fig.suptitle(
+        "Gradient flow: cross-entropy on one batch of real test images (BN in training mode).\n"
+        "Small Δt starves early blocks: ∂L/∂y_n stays ≈ ∂L/∂y_D (the blocks add little), "
+        "and weight gradients shrink with Δt",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -196,8 +244,14 @@ def plot_dt_heatmaps(panels: Sequence[tuple[str, Sequence[np.ndarray]]], path: P
         grid = np.full((len(steps), width), np.nan)
         for d, s in enumerate(steps):
             grid[d, : len(s)] = s
-        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin,
-                          vmax=vmax if vmax > vmin else vmin + 1e-6)
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax if vmax > vmin else vmin + 1e-6,
+        )
         ax.set(xlabel="output channel c", ylabel="residual block d", title=f"{title}: Δt_d[c] (white: no such channel)")
         ax.yaxis.set_major_locator(_integer_locator())
         fig.colorbar(image, ax=ax, label="step size Δt")
@@ -213,7 +267,7 @@ def plot_block_series(panels: Sequence[tuple[str, np.ndarray]], path: PathLike, 
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = _figure(nrows, ncols, 5.2 * ncols + 1, 3.8 * nrows + 0.6)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (label, values) in zip(axes.flat, panels):
         epochs = np.arange(1, values.shape[0] + 1)

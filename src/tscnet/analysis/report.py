@@ -4,13 +4,14 @@ Runs are grouped by ``(model, step policy)``; runs in a group differ by ``train.
 **final-epoch** test errors, mean ± sample std over seeds (never the best epoch). Figures read the
 runs' own ``metrics.jsonl``; the Δt heat maps read the last checkpoint of each group's first seed.
 """
+
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -64,26 +65,42 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
         diverged = {seed: record for seed, record in diverged.items() if record is not None}
         chance = chance_error(runs[0].config["model"]["num_classes"])
         errors = [chance if seed_of(r) in diverged else _last_error(r) for r in runs]
-        stuck = [seed_of(r) for r, e in zip(runs, errors) if seed_of(r) not in diverged and e >= CHANCE_FRACTION * chance]
-        times = [float(r.final["evolution_time"]) for r in runs
-                 if seed_of(r) not in diverged and r.final.get("evolution_time") is not None]
-        rows.append({
-            "model": model, "policy": policy, "controller": has_controller(policy), "seeds": [seed_of(r) for r in runs],
-            "n_seeds": len(runs), "epochs": sorted({len(r.metrics) for r in runs}),
-            "test_error_mean": statistics.fmean(errors),
-            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
-            "test_errors": errors, "evolution_time_mean": statistics.fmean(times) if times else None,
-            "diverged": {str(seed): {"step": rec.get("step"), "loss": rec.get("loss")} for seed, rec in diverged.items()},
-            "at_chance": stuck,  # finite loss, but a final error at chance level: failed to train
-            "runs": [r.name for r in runs],
-        })
+        stuck = [
+            seed_of(r) for r, e in zip(runs, errors) if seed_of(r) not in diverged and e >= CHANCE_FRACTION * chance
+        ]
+        times = [
+            float(r.final["evolution_time"])
+            for r in runs
+            if seed_of(r) not in diverged and r.final.get("evolution_time") is not None
+        ]
+        rows.append(
+            {
+                "model": model,
+                "policy": policy,
+                "controller": has_controller(policy),
+                "seeds": [seed_of(r) for r in runs],
+                "n_seeds": len(runs),
+                "epochs": sorted({len(r.metrics) for r in runs}),
+                "test_error_mean": statistics.fmean(errors),
+                "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
+                "test_errors": errors,
+                "evolution_time_mean": statistics.fmean(times) if times else None,
+                "diverged": {
+                    str(seed): {"step": rec.get("step"), "loss": rec.get("loss")} for seed, rec in diverged.items()
+                },
+                "at_chance": stuck,  # finite loss, but a final error at chance level: failed to train
+                "runs": [r.name for r in runs],
+            }
+        )
     return rows
 
 
 def format_summary(rows: Sequence[dict]) -> str:
     """The summary rows as a Markdown table (epochs: the finished ones; a diverged seed counts at chance)."""
-    lines = ["| model | policy | controller | seeds | epochs | final test error % (mean ± std) | mean T |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | policy | controller | seeds | epochs | final test error % (mean ± std) | mean T |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         std = "" if r["test_error_std"] is None else f" ± {r['test_error_std']:.2f}"
         t = "—" if r["evolution_time_mean"] is None else f"{r['evolution_time_mean']:.2f}"
@@ -91,17 +108,25 @@ def format_summary(rows: Sequence[dict]) -> str:
         gone = f" (diverged: {gone}; counted at chance)" if gone else ""
         if r.get("at_chance"):
             gone += f" (at chance level: seed {', '.join(map(str, r['at_chance']))})"
-        lines.append(f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
-                     f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
-                     f"{r['test_error_mean']:.2f}{std}{gone} | {t} |")
+        lines.append(
+            f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
+            f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
+            f"{r['test_error_mean']:.2f}{std}{gone} | {t} |"
+        )
     return "\n".join(lines)
 
 
 def _series(groups: dict, key: str) -> list[Series]:
     """One series per group, over its seeds' epochs (a diverged seed's up to where it stopped)."""
-    return [Series.from_runs(group_label(k), [[np.nan if v is None else v for v in _metric(r, key)] for r in runs],
-                             dashed=not has_controller(k[1])) for k, runs in groups.items()
-            if any(r.metrics for r in runs)]
+    return [
+        Series.from_runs(
+            group_label(k),
+            [[np.nan if v is None else v for v in _metric(r, key)] for r in runs],
+            dashed=not has_controller(k[1]),
+        )
+        for k, runs in groups.items()
+        if any(r.metrics for r in runs)
+    ]
 
 
 def _dt_mean_panels(groups: dict) -> list[tuple[str, np.ndarray]]:
@@ -112,14 +137,21 @@ def _dt_mean_panels(groups: dict) -> list[tuple[str, np.ndarray]]:
         if not learns_steps(key[1]) or not per_seed:
             continue
         epochs = min(len(a) for a in per_seed)
-        panels.append((f"{group_label(key)} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})", np.mean([a[:epochs] for a in per_seed], axis=0)))
+        panels.append(
+            (
+                f"{group_label(key)} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})",
+                np.mean([a[:epochs] for a in per_seed], axis=0),
+            )
+        )
     return panels
 
 
-def _find_stability(stability: Optional[Path], out_dir: Path) -> Optional[Path]:
+def _find_stability(stability: Path | None, out_dir: Path) -> Path | None:
     if stability is not None:
         if not Path(stability).is_file():
-            raise UserError(f"stability file {stability} does not exist; write one with `tscnet stability RUN... --out DIR`")
+            raise UserError(
+                f"stability file {stability} does not exist; write one with `tscnet stability RUN... --out DIR`"
+            )
         return Path(stability)
     found = out_dir / STABILITY_FILE
     return found if found.is_file() else None
@@ -130,15 +162,22 @@ def _read_stability(path: Path) -> dict:
     try:
         saved = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"stability file {path} is not valid JSON ({error}); "
-                        f"write one with `tscnet stability RUN... --out DIR`") from None
+        raise UserError(
+            f"stability file {path} is not valid JSON ({error}); write one with `tscnet stability RUN... --out DIR`"
+        ) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("runs"), list):
         raise UserError(f"stability file {path} is not a tscnet stability.json (no list of runs)")
     return saved
 
 
-REPORT_FILES = ("report.md", "summary.json", "training_curves.png", "evolution_time.png", "dt_heatmap.png",
-                "dt_evolution.png")
+REPORT_FILES = (
+    "report.md",
+    "summary.json",
+    "training_curves.png",
+    "evolution_time.png",
+    "dt_heatmap.png",
+    "dt_evolution.png",
+)
 
 
 @dataclass
@@ -146,9 +185,9 @@ class Report:
     """What :func:`build_report` wrote: ``report.md`` (``path``), the per-group summary rows
     (``summary``) and the figures (``files``)."""
 
-    path: Path                # report.md
+    path: Path  # report.md
     summary: list[dict]
-    files: dict[str, Path]    # figure name -> PNG
+    files: dict[str, Path]  # figure name -> PNG
 
 
 def _final_steps(run) -> list:
@@ -159,7 +198,7 @@ def _final_steps(run) -> list:
         return [s.numpy() for s in step_sizes(load_run(run.path).model)]
 
 
-def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Path] = None) -> Report:
+def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None = None) -> Report:
     """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
 
     ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
@@ -171,47 +210,95 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Optional[Pa
     found = _find_stability(stability, out_dir)
     saved = _read_stability(found) if found is not None else None
     if saved is not None and saved.get("data") != data:  # refuse before writing anything
-        raise UserError(f"{found} is about {saved.get('data')}, the runs are {data}: pass a stability file of the same dataset")
+        raise UserError(
+            f"{found} is about {saved.get('data')}, the runs are {data}: pass a stability file of the same dataset"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     summary = summarize(groups)
     files: dict[str, Path] = {}
     note = "solid: Δt from a controller (tsc/mlp); dashed: without"
-    files["training_curves"] = plot_series(_series(groups, "test_error"), out_dir / "training_curves.png",
-                                           "test error (%)", f"Test error per epoch on {data} (mean ± std over seeds)", note=note)
-    files["evolution_time"] = plot_series(_series(groups, "evolution_time"), out_dir / "evolution_time.png",
-                                          "evolution time T = Σ_d mean_c Δt_d",
-                                          "Evolution time T per epoch (vanilla ResNet: T = number of blocks)", note=note)
-    finished = {k: [r for r in rs if str(seed_of(r)) not in row["diverged"]]  # summarize read diverged.json
-                for (k, rs), row in zip(groups.items(), summary)}
-    heat = [(f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
-            for k, rs in finished.items() if learns_steps(k[1]) and rs]
+    files["training_curves"] = plot_series(
+        _series(groups, "test_error"),
+        out_dir / "training_curves.png",
+        "test error (%)",
+        f"Test error per epoch on {data} (mean ± std over seeds)",
+        note=note,
+    )
+    files["evolution_time"] = plot_series(
+        _series(groups, "evolution_time"),
+        out_dir / "evolution_time.png",
+        "evolution time T = Σ_d mean_c Δt_d",
+        "Evolution time T per epoch (vanilla ResNet: T = number of blocks)",
+        note=note,
+    )
+    finished = {
+        k: [r for r in rs if str(seed_of(r)) not in row["diverged"]]  # summarize read diverged.json
+        for (k, rs), row in zip(groups.items(), summary)
+    }
+    heat = [
+        (f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
+        for k, rs in finished.items()
+        if learns_steps(k[1]) and rs
+    ]
     if heat:
         files["dt_heatmap"] = plot_dt_heatmaps(heat, out_dir / "dt_heatmap.png")
     panels = _dt_mean_panels(finished)
     if panels:
-        files["dt_evolution"] = plot_block_series(panels, out_dir / "dt_evolution.png", "mean_c Δt_d",
-                                                  "Mean step size of each block over training (mean over seeds)")
-    sections = [f"# tscnet report: {len(runs)} runs on {data}\n",
-                "Final-epoch test error (never the best epoch), mean ± sample std over seeds, grouped by model and "
-                "step policy. T = Σ_d mean_c Δt_d is the evolution time at the final epoch.\n",
-                format_summary(summary) + "\n",
-                "## Training curves\n", "![test error per epoch](training_curves.png)\n",
-                "## Evolution time\n", "![evolution time per epoch](evolution_time.png)\n"]
+        files["dt_evolution"] = plot_block_series(
+            panels,
+            out_dir / "dt_evolution.png",
+            "mean_c Δt_d",
+            "Mean step size of each block over training (mean over seeds)",
+        )
+    sections = [
+        f"# tscnet report: {len(runs)} runs on {data}\n",
+        "Final-epoch test error (never the best epoch), mean ± sample std over seeds, grouped by model and "
+        "step policy. T = Σ_d mean_c Δt_d is the evolution time at the final epoch.\n",
+        format_summary(summary) + "\n",
+        "## Training curves\n",
+        "![test error per epoch](training_curves.png)\n",
+        "## Evolution time\n",
+        "![evolution time per epoch](evolution_time.png)\n",
+    ]
     if heat:
-        sections += ["## Learned step sizes (final model, first seed of each group)\n",
-                     "![Δt per block and channel](dt_heatmap.png)\n"]
+        sections += [
+            "## Learned step sizes (final model, first seed of each group)\n",
+            "![Δt per block and channel](dt_heatmap.png)\n",
+        ]
     if panels:
         sections += ["## Step sizes over training\n", "![mean Δt per block per epoch](dt_evolution.png)\n"]
     if saved is not None:
         files["stability"] = plot_stability_vs_depth(saved["runs"], out_dir / "stability.png")
-        sections += ["## Stability\n", f"From `{found}` ({saved.get('images')} test images).\n",
-                     format_stability_table(saved["runs"]) + "\n", "![amplification against depth](stability.png)\n"]
+        sections += [
+            "## Stability\n",
+            f"From `{found}` ({saved.get('images')} test images).\n",
+            format_stability_table(saved["runs"]) + "\n",
+            "![amplification against depth](stability.png)\n",
+        ]
     path = out_dir / "report.md"
     path.write_text("\n".join(sections))
-    (out_dir / "summary.json").write_text(json.dumps(stamped({
-        "data": data, "groups": summary,
-        "runs": [{"run": r.name, "path": str(r.path), "model": r.config["model"]["name"],
-                  "policy": str(r.config["model"]["steps"]), "seed": seed_of(r), "final": r.final} for r in runs],
-    }), indent=2) + "\n")
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            stamped(
+                {
+                    "data": data,
+                    "groups": summary,
+                    "runs": [
+                        {
+                            "run": r.name,
+                            "path": str(r.path),
+                            "model": r.config["model"]["name"],
+                            "policy": str(r.config["model"]["steps"]),
+                            "seed": seed_of(r),
+                            "final": r.final,
+                        }
+                        for r in runs
+                    ],
+                }
+            ),
+            indent=2,
+        )
+        + "\n"
+    )
     return Report(path, summary, files)

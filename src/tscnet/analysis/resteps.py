@@ -4,10 +4,11 @@
 ``with_steps(model, tscnet.step_sizes(model))`` freezes the current steps as constants (exactly the
 same function: the controller never sees the data, so its Δt is a constant per weight state).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from ..stepping.attach import unwrap_model
 
 __all__ = ["with_steps", "freeze_steps"]
 
-Steps = Union[str, PolicySpec, dict, Sequence[torch.Tensor]]
+Steps = str | PolicySpec | dict | Sequence[torch.Tensor]
 
 
 def with_steps(model: nn.Module, steps: Steps) -> nn.Module:

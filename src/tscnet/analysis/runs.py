@@ -1,9 +1,10 @@
 """Run folders as analysis input: loading, grouping by model and policy, test images."""
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -11,12 +12,22 @@ from ..errors import UserError
 from ..stepping import POLICY_CLASSES, StepPolicy
 from ..train.run import DIVERGED_FILE, Run, load_run
 
-__all__ = ["load_runs", "check_one_dataset", "group_key", "group_label", "group_runs", "has_controller", "learns_steps",
-           "seed_of", "test_batch"]
+__all__ = [
+    "load_runs",
+    "check_one_dataset",
+    "group_key",
+    "group_label",
+    "group_runs",
+    "has_controller",
+    "learns_steps",
+    "seed_of",
+    "test_batch",
+]
 
 
-def load_runs(paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False,
-              diverged_ok: bool = False) -> list[Run]:
+def load_runs(
+    paths: Iterable[Path], with_model: bool = True, unfold_ok: bool = False, diverged_ok: bool = False
+) -> list[Run]:
     """Read each run folder (the last checkpoint's model with ``with_model``; with ``unfold_ok`` a
     finished run without checkpoint.pt gives its folded weights with the steps divided back out);
     one dataset only. With ``diverged_ok`` a run that diverged (``diverged.json``) is read even
@@ -64,7 +75,7 @@ def group_label(key: tuple[str, str]) -> str:
     return f"{key[0]} / {key[1]}"
 
 
-def _registered_class(policy: str) -> Optional[type[StepPolicy]]:
+def _registered_class(policy: str) -> type[StepPolicy] | None:
     """The class of a run's policy string, ``None`` if its name is not registered in this process
     (a policy a training script registered itself: the run's files still hold its steps)."""
     return POLICY_CLASSES.get(policy.partition(":")[0])

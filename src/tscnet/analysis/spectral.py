@@ -11,10 +11,11 @@ kernel. Bias (and any other affine offset) is ignored: it does not change a Lips
 * :func:`fold_bn_into_conv` — conv followed by an eval-mode BN is one conv; take its norm.
 * :func:`conv_matrix` — the dense matrix of a small layer, for validation.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ __all__ = [
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _pad_adjoint(pads: Sequence[int], mode: str, chw: Tuple[int, int, int]) -> Operator:
+def _pad_adjoint(pads: Sequence[int], mode: str, chw: tuple[int, int, int]) -> Operator:
     """Adjoint of ``x ↦ F.pad(x, pads, mode)`` on inputs of shape ``(N, *chw)``.
 
     Zero padding's adjoint is a crop; for circular/reflect/replicate it also folds the border back
@@ -59,9 +60,9 @@ def _pad_adjoint(pads: Sequence[int], mode: str, chw: Tuple[int, int, int]) -> O
 def conv_operator(
     conv: nn.Conv2d,
     input_shape: Sequence[int],
-    weight: Optional[torch.Tensor] = None,
-    padding_mode: Optional[str] = None,
-) -> Tuple[Operator, Operator]:
+    weight: torch.Tensor | None = None,
+    padding_mode: str | None = None,
+) -> tuple[Operator, Operator]:
     """``(A, Aᵀ)``: the bias-free convolution on ``(N, C, H, W)`` inputs and its adjoint.
 
     ``A x = conv2d(pad(x), W)`` with the layer's stride, dilation and groups, and
@@ -82,8 +83,7 @@ def conv_operator(
     hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
     kwargs = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
     out_hw = [
-        (n - d * (k - 1) - 1) // s + 1
-        for n, k, s, d in zip((hp, wp), conv.kernel_size, conv.stride, conv.dilation)
+        (n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip((hp, wp), conv.kernel_size, conv.stride, conv.dilation)
     ]
     if min(out_hw) < 1:
         raise InvalidValue(f"input {tuple(input_shape)} is smaller than the conv's receptive field")
@@ -109,8 +109,8 @@ def conv_spectral_norm(
     input_shape: Sequence[int],
     n_iter: int = 1000,
     tol: float = 1e-8,
-    padding_mode: Optional[str] = None,
-    weight: Optional[torch.Tensor] = None,
+    padding_mode: str | None = None,
+    weight: torch.Tensor | None = None,
     block: int = 8,
     seed: int = 0,
 ) -> float:
@@ -152,9 +152,7 @@ def conv_spectral_norm(
 
 
 @torch.no_grad()
-def conv_spectral_norm_fft(
-    weight: torch.Tensor, hw: Tuple[int, int], groups: int = 1
-) -> float:
+def conv_spectral_norm_fft(weight: torch.Tensor, hw: tuple[int, int], groups: int = 1) -> float:
     """Exact ``‖A‖₂`` of the **circular** (periodic) stride-1 convolution on ``H × W`` maps.
 
     A periodic convolution is block-diagonalised by the 2-D DFT, so its singular values are those
@@ -177,7 +175,7 @@ def conv_spectral_norm_fft(
     return torch.stack(norms).max().item()
 
 
-def linear_spectral_norm(layer: Union[nn.Linear, torch.Tensor]) -> float:
+def linear_spectral_norm(layer: nn.Linear | torch.Tensor) -> float:
     """Exact ``‖W‖₂ = σ_max(W)`` of an ``nn.Linear`` (or a weight matrix), bias ignored."""
     weight = layer.weight if isinstance(layer, nn.Linear) else layer
     return torch.linalg.matrix_norm(weight.detach().to(torch.float64), ord=2).item()
@@ -194,9 +192,7 @@ def bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     return scale * bn.weight if bn.affine else scale
 
 
-def fold_bn_into_conv(
-    conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W', b')`` of the single conv equal to ``bn(conv(x))`` with ``bn`` in eval mode.
 
     ``W'[o] = s_o W[o]`` and ``b'_o = s_o (b_o − μ_o) + β_o`` with ``s = bn_scale(bn)``, ``b = 0``
@@ -211,9 +207,7 @@ def fold_bn_into_conv(
 
 
 @torch.no_grad()
-def conv_matrix(
-    module: nn.Module, input_shape: Sequence[int], max_size: int = 8192
-) -> torch.Tensor:
+def conv_matrix(module: nn.Module, input_shape: Sequence[int], max_size: int = 8192) -> torch.Tensor:
     """Dense float64 matrix ``M`` of the linear part of an affine ``module`` on ``(C, H, W)``.
 
     Column ``i`` is ``module(e_i) − module(0)`` (removing bias and BN shifts), so

@@ -1,8 +1,10 @@
 """Helpers shared by the commands that read a run or a checkpoint."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 
@@ -21,8 +23,10 @@ def check_out_folder(out: Path, flag: str = "--out", writes: Iterable[str] = (),
             break
     earlier = [name for name in writes if (out / name).exists()]
     if earlier and not overwrite:
-        raise UserError(f"{flag} {out} already holds {', '.join(earlier)} from an earlier call; "
-                        f"choose another {flag}, or pass --overwrite to replace them")
+        raise UserError(
+            f"{flag} {out} already holds {', '.join(earlier)} from an earlier call; "
+            f"choose another {flag}, or pass --overwrite to replace them"
+        )
     return out
 
 

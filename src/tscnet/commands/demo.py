@@ -9,6 +9,7 @@ one two-thread process on CIFAR-size models); on a GPU, in turn. A policy that d
 ``findings`` say what the full study found, in numbers that ``tests/test_demo.py`` checks against
 the study's committed ``summary.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ class Contrast:
     recipe: str
     overrides: tuple[str, ...]
     policies: tuple[str, ...]
-    about: str       # one line: what the demo trains
-    findings: str    # what the full study found (numbers checked against its summary.json)
-    study: str       # the study's results folder under benchmarks/results/
+    about: str  # one line: what the demo trains
+    findings: str  # what the full study found (numbers checked against its summary.json)
+    study: str  # the study's results folder under benchmarks/results/
 
 
 RESULTS_URL = "https://github.com/tscnet/tscnet/blob/main/BENCHMARKS.md"
@@ -53,42 +54,75 @@ Full results: {RESULTS_URL}#verdict-so-far-the-converged-study"""
 CONTRASTS: dict[str, Contrast] = {
     # Evaluated once, at the end: train.eval_epochs changes no trained weight (tests/test_run_records.py).
     "stability": Contrast(
-        "fashion_mnist_nowarmup", ("model.norm=none", "optim.lr=0.1", "train.eval_epochs=[-1]"),
+        "fashion_mnist_nowarmup",
+        ("model.norm=none", "optim.lr=0.1", "train.eval_epochs=[-1]"),
         ("none", "tsc", "depth:0.5"),
         "norm-free ResNet-20 at lr 0.1 without warm-up: vanilla, TSC (from dt = 1) and dt = 1/sqrt(D)",
-        STABILITY_FINDINGS, "stability_normfree"),
+        STABILITY_FINDINGS,
+        "stability_normfree",
+    ),
     "converged": Contrast(
-        "fashion_mnist_demo", (), ("none", "tsc", "depth:1"),
-        "BN ResNet-20 with warm-up: vanilla, TSC and dt = 1/D", CONVERGED_FINDINGS, "converged"),
+        "fashion_mnist_demo",
+        (),
+        ("none", "tsc", "depth:1"),
+        "BN ResNet-20 with warm-up: vanilla, TSC and dt = 1/D",
+        CONVERGED_FINDINGS,
+        "converged",
+    ),
 }
 
 NAME = "demo"
-HELP = ("train step policies side by side on Fashion-MNIST where the stability study found a contrast "
-        "(2.5-4 minutes on 2 cores)")
+HELP = (
+    "train step policies side by side on Fashion-MNIST where the stability study found a contrast "
+    "(2.5-4 minutes on 2 cores)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--contrast", choices=list(CONTRASTS), default="stability",
-                        help="; ".join(f"{name}: {c.about}" for name, c in CONTRASTS.items()))
+    parser.add_argument(
+        "--contrast",
+        choices=list(CONTRASTS),
+        default="stability",
+        help="; ".join(f"{name}: {c.about}" for name, c in CONTRASTS.items()),
+    )
     parser.add_argument("--out", default="runs/demo", help="demo folder (a fresh numbered one if it exists)")
     parser.add_argument("--policies", nargs="+", help="step policies to compare (default: the contrast's)")
-    parser.add_argument("--model", default="cifar_resnet20",
-                        help="model every policy trains (default: cifar_resnet20; see tscnet list models)")
+    parser.add_argument(
+        "--model",
+        default="cifar_resnet20",
+        help="model every policy trains (default: cifar_resnet20; see tscnet list models)",
+    )
     parser.add_argument("--epochs", type=int, help="epochs per policy (default: the contrast's recipe)")
-    parser.add_argument("--train-subset", type=int,
-                        help="train on the first N images of a fixed shuffle (default: the recipe's)")
+    parser.add_argument(
+        "--train-subset", type=int, help="train on the first N images of a fixed shuffle (default: the recipe's)"
+    )
     parser.add_argument("--test-subset", type=int, help="evaluate on N test images (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial weights and the batches, the same for every policy (default 0)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)")
-    parser.add_argument("--data-dir", help="the data's folder (default for Fashion-MNIST: the Debian package's; "
-                        "with --set data.download=true it is fetched into this folder; another dataset with "
-                        "--set data.name=NAME)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and the batches, the same for every policy (default 0)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key after the contrast's, e.g. --set optim.lr=0.03 (repeatable)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="the data's folder (default for Fashion-MNIST: the Debian package's; "
+        "with --set data.download=true it is fetched into this folder; another dataset with "
+        "--set data.name=NAME)",
+    )
     parser.add_argument("--device", default="auto", help="auto (default: a GPU if there is one), cpu, cuda, cuda:N")
-    parser.add_argument("--jobs", type=int,
-                        help="policies trained at once, each a process (default: all of them on a CPU, "
-                             "one at a time on a GPU); the cores are shared out between them")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="policies trained at once, each a process (default: all of them on a CPU, "
+        "one at a time on a GPU); the cores are shared out between them",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
 
 
@@ -115,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data import check_data
     from ..errors import UserError
     from ..stepping import parse_policy
+    from ..study.sweep import Job, run_sweep
     from ..train import fit, load_config
     from ..train.config import set_value, validate_config
     from ..train.engine import TrainingDiverged
-    from ..study.sweep import Job, run_sweep
     from .common import check_out_folder
 
     contrast = CONTRASTS[args.contrast]
@@ -126,10 +160,16 @@ def run(args: argparse.Namespace) -> int:
     for policy in args.policies or contrast.policies:  # every config checked before any training
         parse_policy(policy)
         config = load_config(contrast.recipe, [*contrast.overrides, *args.set], validate=False)
-        for key, value in (("model.name", args.model), ("model.steps", policy), ("train.epochs", args.epochs),
-                           ("data.train_subset", args.train_subset), ("data.test_subset", args.test_subset),
-                           ("train.seed", args.seed), ("data.data_dir", args.data_dir),
-                           ("train.device", args.device)):
+        for key, value in (
+            ("model.name", args.model),
+            ("model.steps", policy),
+            ("train.epochs", args.epochs),
+            ("data.train_subset", args.train_subset),
+            ("data.test_subset", args.test_subset),
+            ("train.seed", args.seed),
+            ("data.data_dir", args.data_dir),
+            ("train.device", args.device),
+        ):
             set_value(config, key, value)
         config["train"]["progress"] = not args.no_progress
         configs.append((policy, validate_config(config)))
@@ -137,19 +177,31 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     data = configs[0][1]["data"]  # the same for every policy; unreadable data: one line, before any folder
-    info = check_data(data["name"], data["data_dir"], image_size=data["image_size"], train_subset=data["train_subset"],
-                      test_subset=data["test_subset"], download=data["download"])
+    info = check_data(
+        data["name"],
+        data["data_dir"],
+        image_size=data["image_size"],
+        train_subset=data["train_subset"],
+        test_subset=data["test_subset"],
+        download=data["download"],
+    )
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
     runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]
     for (policy, config), run_dir in zip(configs, runs):
-        print(f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
-              f"{config['data']['train_subset'] or 'all'} {info.name} images at lr {config['optim']['lr']} "
-              f"-> {run_dir}")
+        print(
+            f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
+            f"{config['data']['train_subset'] or 'all'} {info.name} images at lr {config['optim']['lr']} "
+            f"-> {run_dir}"
+        )
     if jobs > 1:  # one process per policy, the cores shared out
         jobs = min(jobs, len(configs))
-        left = run_sweep([Job(config, run_dir) for (_, config), run_dir in zip(configs, runs)], workers=jobs,
-                         threads=max(1, len(os.sched_getaffinity(0)) // jobs), progress=not args.no_progress)
+        left = run_sweep(
+            [Job(config, run_dir) for (_, config), run_dir in zip(configs, runs)],
+            workers=jobs,
+            threads=max(1, len(os.sched_getaffinity(0)) // jobs),
+            progress=not args.no_progress,
+        )
         if left:
             raise UserError(f"training did not finish for {', '.join(j.out.name for j in left)} (see above)")
     else:

@@ -1,10 +1,11 @@
 """``tscnet eval``: test accuracy of the folded model, and a check that folding changed nothing."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tscnet --help` imports this module without it
     import torch
@@ -28,7 +29,7 @@ FP32_TOLERANCE = 1e-4
 TF32_TOLERANCE = 5e-3
 
 
-def _first_set(*values: Optional[str]) -> Optional[str]:
+def _first_set(*values: str | None) -> str | None:
     """The first precision that is not ``none`` (``none`` inherits from the next, coarser setting)."""
     return next((v for v in values if v not in (None, "none")), None)
 
@@ -53,7 +54,7 @@ def cuda_tf32_flags() -> tuple[bool, bool]:
     return conv, matmul == "tf32"
 
 
-def fold_tolerance(device, conv_tf32: Optional[bool] = None, matmul_tf32: Optional[bool] = None) -> tuple[float, str]:
+def fold_tolerance(device, conv_tf32: bool | None = None, matmul_tf32: bool | None = None) -> tuple[float, str]:
     """``(tolerance, reason)`` for the folded-vs-unfolded check of a model evaluated on ``device``.
 
     ``conv_tf32`` / ``matmul_tf32`` default to the current torch settings (:func:`cuda_tf32_flags`);
@@ -99,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import create_test_loader
+    from ..errors import UserError
     from ..stepping import fold_steps
     from ..stepping import get_policy as tscnet_policy
     from ..train.metrics import MetricSums
-    from ..errors import UserError
     from .common import check_device, load_model
 
     if args.batch_size < 1:
@@ -114,9 +115,15 @@ def run(args: argparse.Namespace) -> int:
     can_check = tscnet_policy(model) is not None or str(config["model"]["steps"]) == "none"
     dc = config["data"]
     subset = args.test_subset if args.test_subset is not None else dc.get("test_subset")
-    test_loader, _ = create_test_loader(dc["name"], args.data_dir or dc["data_dir"], batch_size=args.batch_size,
-                                        device=args.device, image_size=dc.get("image_size"), test_subset=subset,
-                                        workers=dc.get("workers", 4))
+    test_loader, _ = create_test_loader(
+        dc["name"],
+        args.data_dir or dc["data_dir"],
+        batch_size=args.batch_size,
+        device=args.device,
+        image_size=dc.get("image_size"),
+        test_subset=subset,
+        workers=dc.get("workers", 4),
+    )
     folded = fold_steps(model).eval()
     logits, target = _logits(folded, test_loader, args.device)
     # Without checkpoint.pt only the folded model exists: accuracy yes, the fold check no.
@@ -125,31 +132,50 @@ def run(args: argparse.Namespace) -> int:
     sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
     result = sums.compute("test_")
     result.update(
-        test_error=100.0 - result["test_top1"], images=int(target.numel()),
+        test_error=100.0 - result["test_top1"],
+        images=int(target.numel()),
         fold_max_abs_diff=float((logits - reference).abs().max()),
         fold_rel_diff=float((logits - reference).norm() / reference.norm()),
         fold_prediction_agreement=float((logits.argmax(1) == reference.argmax(1)).double().mean() * 100),
-        model=config["model"]["name"], steps=str(config["model"]["steps"]), data=dc["name"])
+        model=config["model"]["name"],
+        steps=str(config["model"]["steps"]),
+        data=dc["name"],
+    )
     tolerance, precision = fold_tolerance(args.device)
-    result.update(fold_tolerance=tolerance, fold_precision=precision, fold_ok=result["fold_rel_diff"] < tolerance,
-                  fold_checked=can_check)
+    result.update(
+        fold_tolerance=tolerance,
+        fold_precision=precision,
+        fold_ok=result["fold_rel_diff"] < tolerance,
+        fold_checked=can_check,
+    )
     if not can_check:
         result.update(fold_max_abs_diff=None, fold_rel_diff=None, fold_prediction_agreement=None, fold_ok=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['model']} steps={result['steps']} on {result['data']} ({result['images']} test images), folded model:")
-        print(f"  top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%  error {result['test_error']:.2f}%  "
-              f"loss {result['test_loss']:.4f}")
+        print(
+            f"{result['model']} steps={result['steps']} on {result['data']} ({result['images']} test images), folded model:"
+        )
+        print(
+            f"  top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%  error {result['test_error']:.2f}%  "
+            f"loss {result['test_loss']:.4f}"
+        )
         if not can_check:
             print("  fold check skipped: the run has no checkpoint.pt, only the folded model.safetensors")
         else:
-            print(f"  folded vs unfolded: max |Δlogit| {result['fold_max_abs_diff']:.2e}, "
-                  f"relative {result['fold_rel_diff']:.2e}, same prediction on "
-                  f"{result['fold_prediction_agreement']:.2f}% of images")
-            print(f"  fold check {'ok' if result['fold_ok'] else 'FAILED'}: relative {result['fold_rel_diff']:.2e} "
-                  f"{'<' if result['fold_ok'] else '>='} tolerance {tolerance:.0e} ({precision})")
+            print(
+                f"  folded vs unfolded: max |Δlogit| {result['fold_max_abs_diff']:.2e}, "
+                f"relative {result['fold_rel_diff']:.2e}, same prediction on "
+                f"{result['fold_prediction_agreement']:.2f}% of images"
+            )
+            print(
+                f"  fold check {'ok' if result['fold_ok'] else 'FAILED'}: relative {result['fold_rel_diff']:.2e} "
+                f"{'<' if result['fold_ok'] else '>='} tolerance {tolerance:.0e} ({precision})"
+            )
     if not result["fold_ok"]:
-        print(f"tscnet eval: error: folded and unfolded models differ by {result['fold_rel_diff']:.2e} (relative), "
-              f"above the {tolerance:.0e} tolerance of {precision}", file=sys.stderr)
+        print(
+            f"tscnet eval: error: folded and unfolded models differ by {result['fold_rel_diff']:.2e} (relative), "
+            f"above the {tolerance:.0e} tolerance of {precision}",
+            file=sys.stderr,
+        )
     return 0 if result["fold_ok"] else 1

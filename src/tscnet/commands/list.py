@@ -1,4 +1,5 @@
 """``tscnet list WHAT``: the names a command takes — models, step policies, recipes, study specs — one per line."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,19 @@ POLICIES = {
     "tsc": "the paper's LSTM controller across the blocks (tsc:hidden=64,dt_max=2,dt_min=0.01,dt_init=1,...)",
 }
 
-MODELS_NOTE = ("Also any timm model name (resnet50, seresnet50, vit_small_patch16_224, ...; timm.list_models()) "
-               "and torchvision's as tv:NAME (tv:resnet50, ...).")
+MODELS_NOTE = (
+    "Also any timm model name (resnet50, seresnet50, vit_small_patch16_224, ...; timm.list_models()) "
+    "and torchvision's as tv:NAME (tv:resnet50, ...)."
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", metavar="WHAT", choices=("models", "policies", "recipes", "studies"),
-                        help="models (for --model), policies (--steps), recipes (train --config) or studies "
-                             "(tscnet study SPEC)")
+    parser.add_argument(
+        "what",
+        metavar="WHAT",
+        choices=("models", "policies", "recipes", "studies"),
+        help="models (for --model), policies (--steps), recipes (train --config) or studies (tscnet study SPEC)",
+    )
     parser.add_argument("--names", action="store_true", help="names only, without descriptions or notes (for scripts)")
 
 
@@ -39,8 +45,11 @@ def models() -> list[tuple[str, str]]:
     from ..models import CIFAR_MODELS, list_models, mini
 
     rows = [(name, _first_line(CIFAR_MODELS[name].__doc__)) for name in list_models()]
-    minis = [name for name in timm.list_models(module=mini.__name__.rpartition(".")[2])
-             if timm.models.model_entrypoint(name).__module__ == mini.__name__]
+    minis = [
+        name
+        for name in timm.list_models(module=mini.__name__.rpartition(".")[2])
+        if timm.models.model_entrypoint(name).__module__ == mini.__name__
+    ]
     return rows + [(name, _first_line(timm.models.model_entrypoint(name).__doc__)) for name in minis]
 
 

@@ -1,4 +1,5 @@
 """``tscnet stability``: the stability bound against measured amplification, per run."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directions", type=int, default=8, help="random directions per image (default 8)")
     parser.add_argument("--eps", type=float, default=1e-3, help="perturbation size relative to ‖y_0‖ (default 1e-3)")
     parser.add_argument("--power-iters", type=int, default=20, help="power iterations for the worst direction")
-    parser.add_argument("--norm", choices=("power", "fft"), default="power",
-                        help="conv norms: power iteration on the true operator (default), or the FFT upper bound (fast)")
+    parser.add_argument(
+        "--norm",
+        choices=("power", "fft"),
+        default="power",
+        help="conv norms: power iteration on the true operator (default), or the FFT upper bound (fast)",
+    )
     parser.add_argument("--no-gradient-flow", action="store_true", help="skip gradient_flow.png")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier stability study in --out (refused by default)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier stability study in --out (refused by default)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,16 +39,26 @@ def run(args: argparse.Namespace) -> int:
     from ..jobs.run_folder import RunFolder
     from .common import check_out_folder
 
-    for flag, value in (("--images", args.images), ("--directions", args.directions),
-                        ("--power-iters", args.power_iters)):
+    for flag, value in (
+        ("--images", args.images),
+        ("--directions", args.directions),
+        ("--power-iters", args.power_iters),
+    ):
         if value < 1:
             raise UserError(f"{flag} must be a positive integer, got {value}")
     if not (math.isfinite(args.eps) and args.eps > 0):
         raise UserError(f"--eps must be a positive finite number, got {args.eps:g}")
     check_out_folder(Path(args.out), writes=STABILITY_FILES, overwrite=args.overwrite)  # before the minutes
-    study = stability_study([Path(r) for r in args.runs], Path(args.out), images=args.images,
-                            directions=args.directions, method=args.norm, gradient_flow_plot=not args.no_gradient_flow,
-                            eps=args.eps, power_iters=args.power_iters)
+    study = stability_study(
+        [Path(r) for r in args.runs],
+        Path(args.out),
+        images=args.images,
+        directions=args.directions,
+        method=args.norm,
+        gradient_flow_plot=not args.no_gradient_flow,
+        eps=args.eps,
+        power_iters=args.power_iters,
+    )
     print(format_stability_table(study.rows))
     for row in study.rows:
         if row["weights"] != RunFolder.CHECKPOINT:

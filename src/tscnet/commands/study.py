@@ -1,9 +1,10 @@
 """``tscnet study SPEC``: plan, run and report a policy comparison (models × arms × grid × seeds)."""
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 NAME = "study"
 HELP = "compare step policies: run a study spec's cells (skipping finished ones) and write its report"
@@ -11,11 +12,17 @@ HELP = "compare step policies: run a study spec's cells (skipping finished ones)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="study spec: a YAML file or a name in tscnet/configs/studies/")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the cells in run order with their state and estimated cost; run nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the cells in run order with their state and estimated cost; run nothing",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the results")
-    parser.add_argument("--results", type=Path, help="results folder (default benchmarks/results/<name> in the tscnet "
-                        "checkout, else ./study-results/<name>)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="results folder (default benchmarks/results/<name> in the tscnet checkout, else ./study-results/<name>)",
+    )
     parser.add_argument("--runs", type=Path, help="scratch run folders (default runs/<name of the results folder>)")
     parser.add_argument("--executor", help="where cells run: local (default) or slurm")
     parser.add_argument("--workers", type=int, help="cells at once (default: the spec's executor.workers, else 2)")
@@ -26,15 +33,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--gpus-per-node", type=int, help="GPUs per job (more than 1: torchrun under srun)")
     slurm.add_argument("--cpus-per-task", type=int, help="CPUs per job (default: --threads)")
     slurm.add_argument("--nodes", type=int, help="nodes per job (more than 1: torchrun on each, DDP across them)")
-    parser.add_argument("--max-hours", type=float, help="start no cell after this many hours (nor one that would "
-                        "end later)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every cell, after the spec's set (repeatable)")
+    parser.add_argument(
+        "--max-hours", type=float, help="start no cell after this many hours (nor one that would end later)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every cell, after the spec's set (repeatable)",
+    )
     parser.add_argument("--models", nargs="+", help="only these models of the spec")
     parser.add_argument("--policies", nargs="+", help="only these arms of the spec (an ablation's source is added)")
     parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the spec")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="only the grid points with these values of KEY, e.g. --grid optim.lr=0.1,0.3 (repeatable)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="only the grid points with these values of KEY, e.g. --grid optim.lr=0.1,0.3 (repeatable)",
+    )
 
 
 def executor_options(spec, args: argparse.Namespace) -> tuple[str, dict]:
@@ -70,8 +88,8 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: in
     cells at once). Cells that run as jobs of ``gpus`` GPUs, of a model with a stated throughput
     (:func:`~tscnet.study.cost.gpu_cost`), are costed in GPU-hours instead: per cell, in all, and the
     wall hours of the study at ``capacity`` jobs at once."""
-    from ..study.results import check_configs, check_recipe
     from ..study.cost import CostModel, format_hours, gpu_cost
+    from ..study.results import check_configs, check_recipe
     from ..study.scheduler import cell_state, planned_configs
 
     check_configs(spec, cells, extra)
@@ -102,15 +120,23 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: in
                 total += seconds
                 sources.add(source)
         print(f"{state:<26} {str(cell):<{width}}  {estimate if todo else ''}")
-    print("; ".join(f"{n} {state}" for state, n in counts.items())
-          + (f"; ~{format_hours(total)} of training, ~{format_hours(total / capacity)} at {capacity} at a time "
-             f"(estimated from {', '.join(sorted(sources))})" if total else ""))
+    print(
+        "; ".join(f"{n} {state}" for state, n in counts.items())
+        + (
+            f"; ~{format_hours(total)} of training, ~{format_hours(total / capacity)} at {capacity} at a time "
+            f"(estimated from {', '.join(sorted(sources))})"
+            if total
+            else ""
+        )
+    )
     if gpu_hours:
         per_model = ", ".join(f"{model} {hours:.1f}" for model, hours in gpu_hours.items())
         figures = ", ".join(f"{model} {speed:g}" for model, speed in stated.items())
-        print(f"GPU-hours: ~{sum(gpu_hours.values()):.1f} GPU-h to run ({per_model}); ~{job_hours:.1f} h of "
-              f"{gpus}-GPU jobs, ~{job_hours / capacity:.1f} h wall at {capacity} jobs at a time (from stated "
-              f"training images/s per GPU, {figures}: assumptions, tscnet.study.cost.GPU_IMAGES_PER_S)")
+        print(
+            f"GPU-hours: ~{sum(gpu_hours.values()):.1f} GPU-h to run ({per_model}); ~{job_hours:.1f} h of "
+            f"{gpus}-GPU jobs, ~{job_hours / capacity:.1f} h wall at {capacity} jobs at a time (from stated "
+            f"training images/s per GPU, {figures}: assumptions, tscnet.study.cost.GPU_IMAGES_PER_S)"
+        )
 
 
 def parse_grid_filter(items: list[str]) -> dict[str, list]:
@@ -143,8 +169,11 @@ def _grid_value(text: str):
     return yaml.safe_load(text)
 
 
-def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
-            on_report: Optional[Callable[[list[Path], int], None]] = None) -> int:
+def execute(
+    args: argparse.Namespace,
+    on_result: Callable | None = None,
+    on_report: Callable[[list[Path], int], None] | None = None,
+) -> int:
     """The command, with hooks: ``on_result(CellResult)`` after each collected cell, ``on_report(files,
     n_runs)`` after the report is written (``benchmarks/study.py --commit`` commits there)."""
     from ..errors import UserError
@@ -167,14 +196,27 @@ def execute(args: argparse.Namespace, on_result: Optional[Callable] = None,
             gpus = int(options.get("gpus_per_node") or 0) * int(options.get("nodes") or 1) if kind == "slurm" else 0
             dry_run(spec, cells, layout, extra, int(options.get("workers", 1)), gpus)
         if kind == "local":  # a cluster's nodes may see other folders than this machine
-            check_cell_data(spec, [c for c in cells if not is_collected(layout.result_dir(c))], layout.workdir, extra,
-                            download=not args.dry_run)  # a dry run fetches nothing
+            check_cell_data(
+                spec,
+                [c for c in cells if not is_collected(layout.result_dir(c))],
+                layout.workdir,
+                extra,
+                download=not args.dry_run,
+            )  # a dry run fetches nothing
         if args.dry_run:
             return 0
         layout.claim()  # the scratch runs belong to this results folder from now on
         executor = create_executor(kind, **options)
-        counts = run_study(spec, cells, layout, executor, extra=extra, threads=int(options.get("threads", 1)),
-                           max_hours=args.max_hours, on_result=on_result)
+        counts = run_study(
+            spec,
+            cells,
+            layout,
+            executor,
+            extra=extra,
+            threads=int(options.get("threads", 1)),
+            max_hours=args.max_hours,
+            on_result=on_result,
+        )
     elif not layout.results.is_dir():
         raise UserError(f"--report-only: no results folder {layout.results}")
     found = load_results(layout.results)

@@ -1,4 +1,5 @@
 """``tscnet train``: train one model/policy pair on real data into a run folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,28 @@ HELP = "train a model with a step policy (one CPU, one GPU, or torchrun for many
 
 # flag -> config key; a flag that is given overrides the recipe.
 FLAGS = {
-    "model": "model.name", "steps": "model.steps", "data": "data.name", "data_dir": "data.data_dir",
-    "epochs": "train.epochs", "batch_size": "data.batch_size", "train_subset": "data.train_subset",
-    "test_subset": "data.test_subset", "seed": "train.seed", "device": "train.device", "lr": "optim.lr",
+    "model": "model.name",
+    "steps": "model.steps",
+    "data": "data.name",
+    "data_dir": "data.data_dir",
+    "epochs": "train.epochs",
+    "batch_size": "data.batch_size",
+    "train_subset": "data.train_subset",
+    "test_subset": "data.test_subset",
+    "seed": "train.seed",
+    "device": "train.device",
+    "lr": "optim.lr",
 }
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="recipe: a YAML file or a name from configs/ (e.g. cifar10_resnet56)")
     parser.add_argument("--model", help="model name, e.g. cifar_resnet20, resnet50, tv:resnet50")
-    parser.add_argument("--steps", help="step policy: none, fixed:V, depth:P, scalar[:I], channel[:I], layerscale[:I], "
-                        "profile:RUN_OR_FILE, mlp, tsc")
+    parser.add_argument(
+        "--steps",
+        help="step policy: none, fixed:V, depth:P, scalar[:I], channel[:I], layerscale[:I], "
+        "profile:RUN_OR_FILE, mlp, tsc",
+    )
     parser.add_argument("--data", help="dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder")
     parser.add_argument("--data-dir", help="folder holding the dataset's files")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's train.epochs)")
@@ -29,11 +41,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="base learning rate (default: the recipe's optim.lr)")
     parser.add_argument("--train-subset", type=int, help="train on the first N of a fixed shuffle")
     parser.add_argument("--test-subset", type=int, help="evaluate on N test images only (quick runs)")
-    parser.add_argument("--seed", type=int,
-                        help="seed of the initial weights, the batches and the augmentation (default: the recipe's train.seed)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial weights, the batches and the augmentation (default: the recipe's train.seed)",
+    )
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe key, e.g. --set optim.lr=0.05 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key, e.g. --set optim.lr=0.05 (repeatable)",
+    )
     parser.add_argument("--out", help="run folder (default runs/<model>-<steps>-<data>-seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
@@ -85,11 +105,17 @@ def check_resume(args: argparse.Namespace, saved: dict) -> None:
     from ..train.config import get, same_setting
 
     given = build_config(args)
-    conflicts = [f"{key} (saved {get(saved, key)!r}, given {get(given, key)!r})"
-                 for key in _given_keys(args) if not same_setting(key, get(saved, key), get(given, key))]
+    conflicts = [
+        f"{key} (saved {get(saved, key)!r}, given {get(given, key)!r})"
+        for key in _given_keys(args)
+        if not same_setting(key, get(saved, key), get(given, key))
+    ]
     if conflicts:
-        raise UserError("--resume continues the run with its saved config, and these flags differ from it: "
-                        + "; ".join(conflicts) + " — drop them or start a new run with another --out")
+        raise UserError(
+            "--resume continues the run with its saved config, and these flags differ from it: "
+            + "; ".join(conflicts)
+            + " — drop them or start a new run with another --out"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

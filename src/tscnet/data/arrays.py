@@ -1,7 +1,6 @@
 """An in-memory image set: one uint8 N×C×H×W tensor and its labels."""
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ class ArrayDataset(Dataset):
     ``labels`` whole instead.
     """
 
-    def __init__(self, images: Union[np.ndarray, torch.Tensor], labels: Union[np.ndarray, torch.Tensor]) -> None:
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
         images = torch.as_tensor(images)
         self.images = images.unsqueeze(1) if images.ndim == 3 else images
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -30,6 +29,6 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
-    def subset(self, index: torch.Tensor) -> "ArrayDataset":
+    def subset(self, index: torch.Tensor) -> ArrayDataset:
         """The samples at ``index``, in that order."""
         return ArrayDataset(self.images[index], self.labels[index])

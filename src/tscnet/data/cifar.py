@@ -3,14 +3,15 @@
 See https://www.cs.toronto.edu/~kriz/cifar.html. Archives are read in memory, never extracted,
 and the pickles go through :class:`RestrictedUnpickler`: user archives are untrusted.
 """
+
 from __future__ import annotations
 
 import io
 import pickle
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Union
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .errors import DataFormatError, DataNotFoundError, UnsafeDataError
 
 __all__ = ["RestrictedUnpickler", "safe_unpickle", "load_cifar", "CIFAR_LAYOUTS"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 _RECORD = 3 * 32 * 32
 
 # Resolve numpy's array reconstructor through ndarray's own reduce so we neither import the
@@ -81,7 +82,9 @@ def decode_python_batch(raw: bytes, source: str, label_key: str) -> tuple[np.nda
     data = np.asarray(_get(batch, "data", source))
     labels = np.asarray(_get(batch, label_key, source), dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _RECORD or len(data) != len(labels):
-        raise DataFormatError(f"{source}: expected uint8 data N×{_RECORD} and N labels, got {data.dtype} {data.shape}, {labels.shape}")
+        raise DataFormatError(
+            f"{source}: expected uint8 data N×{_RECORD} and N labels, got {data.dtype} {data.shape}, {labels.shape}"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -117,10 +120,20 @@ def _bin(label_bytes: int) -> Callable[[bytes, str], tuple[np.ndarray, np.ndarra
 # Per dataset, in order of preference (the python format is what torchvision downloads).
 CIFAR_LAYOUTS: dict[str, tuple[CifarLayout, ...]] = {
     "cifar10": (
-        CifarLayout("cifar-10-python.tar.gz", "cifar-10-batches-py",
-                    tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), _py("labels")),
-        CifarLayout("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
-                    tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), _bin(1)),
+        CifarLayout(
+            "cifar-10-python.tar.gz",
+            "cifar-10-batches-py",
+            tuple(f"data_batch_{i}" for i in range(1, 6)),
+            ("test_batch",),
+            _py("labels"),
+        ),
+        CifarLayout(
+            "cifar-10-binary.tar.gz",
+            "cifar-10-batches-bin",
+            tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+            ("test_batch.bin",),
+            _bin(1),
+        ),
     ),
     "cifar100": (
         CifarLayout("cifar-100-python.tar.gz", "cifar-100-python", ("train",), ("test",), _py("fine_labels")),
@@ -186,7 +199,7 @@ def load_cifar(root: PathLike, name: str = "cifar10", split: str = "train") -> t
         if raws is not None:
             parts = [layout.decode(raw, source) for source, raw in raws.items()]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    expected = " or ".join(f"{l.archive} (or {l.folder}/)" for l in layouts)
+    expected = " or ".join(f"{layout.archive} (or {layout.folder}/)" for layout in layouts)
     raise DataNotFoundError(
         f"no {name} data in {root}: expected {expected}; download from "
         "https://www.cs.toronto.edu/~kriz/cifar.html, pass --data-dir, or set data.download=true"

@@ -4,6 +4,7 @@ Everything a user can fix (a missing folder, a corrupt or hostile file, an unkno
 :class:`DataError` whose ``str()`` is one line saying what is wrong and what to do; the CLI prints
 it and exits with status 2. Subclasses keep the built-in exception a caller would expect.
 """
+
 from __future__ import annotations
 
 from ..errors import UserError

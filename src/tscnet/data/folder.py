@@ -1,10 +1,11 @@
 """ImageNet-style image folders (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``)."""
+
 from __future__ import annotations
 
 import itertools
 import signal
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -14,7 +15,14 @@ from ..errors import InvalidValue
 from .errors import DataFormatError, DataNotFoundError
 from .loader import epoch_seed
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_transform", "build_image_folder", "EpochDataLoader", "create_folder_loader"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "imagenet_transform",
+    "build_image_folder",
+    "EpochDataLoader",
+    "create_folder_loader",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  #: ImageNet's per-channel (RGB) mean, of pixel values in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)  #: ImageNet's per-channel (RGB) standard deviation
@@ -37,7 +45,7 @@ def imagenet_transform(
     return transforms.Compose([*head, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-def build_image_folder(root: Union[str, Path], split: str = "train", image_size: int = 224) -> datasets.ImageFolder:
+def build_image_folder(root: str | Path, split: str = "train", image_size: int = 224) -> datasets.ImageFolder:
     """``torchvision.datasets.ImageFolder`` of ``root/<train|val>`` with the matching ImageNet transform."""
     root = Path(root)
     if split not in _SPLIT_DIRS:
@@ -100,14 +108,14 @@ def create_folder_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> EpochDataLoader:
     """A worker-backed loader: shuffled (training) or in order (eval), sharded across DDP ranks.
 
     Training shards drop the remainder so every rank runs the same number of steps; eval shards
     are ``rank::world_size`` without padding, so each sample counts once when metrics are summed.
     """
-    sampler: Optional[Iterable[int]] = None
+    sampler: Iterable[int] | None = None
     if world_size > 1:
         if train:
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)

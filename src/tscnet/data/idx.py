@@ -3,12 +3,13 @@
 Layout: two zero bytes, a dtype code, the number of dimensions ``d``, ``d`` big-endian int32
 sizes, then the data in C order, big-endian. See http://yann.lecun.com/exdb/mnist/.
 """
+
 from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from .errors import DataFormatError, DataNotFoundError
 
 __all__ = ["read_idx", "find_idx_file", "load_idx_split"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 # IDX dtype codes -> big-endian numpy dtypes.
 _IDX_DTYPES = {
@@ -75,7 +76,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))  # a writable copy: frombuffer views are read-only
 
 
-def find_idx_file(folders: Sequence[Path], stem: str) -> Optional[Path]:
+def find_idx_file(folders: Sequence[Path], stem: str) -> Path | None:
     """First ``<folder>/<stem>`` or ``<folder>/<stem>.gz`` that exists, else ``None``."""
     for folder in folders:
         for name in (stem, stem + ".gz"):
@@ -88,7 +89,7 @@ def load_idx_split(
     folders: Sequence[Path],
     split: str,
     image_shape: tuple[int, int] = (28, 28),
-    num_samples: Optional[int] = None,
+    num_samples: int | None = None,
     name: str = "IDX data",
     hint: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +108,9 @@ def load_idx_split(
     images, labels = (read_idx(p) for p in paths)
     expected = (num_samples if num_samples is not None else len(labels), *image_shape)
     if images.dtype != np.uint8 or images.shape != expected:
-        raise DataFormatError(f"{paths[0]}: expected uint8 images of shape {expected}, got {images.dtype} {images.shape}")
+        raise DataFormatError(
+            f"{paths[0]}: expected uint8 images of shape {expected}, got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != expected[0]:
         raise DataFormatError(f"{paths[1]}: expected {expected[0]} labels, got shape {labels.shape}")
     return images, labels.astype(np.int64)

@@ -5,9 +5,10 @@ by ``(seed, epoch)`` draws the permutation and every sample's augmentation at on
 ``e`` is the same wherever training resumes and on every DDP rank. Batches are cropped, flipped
 and normalised as whole-batch tensor ops: no per-sample Python, no worker processes.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from ..errors import InvalidValue
 
 __all__ = ["TensorLoader", "epoch_seed", "epoch_generator", "crop_flip", "subset_indices"]
 
-Device = Union[str, torch.device]
+Device = str | torch.device
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -43,8 +44,8 @@ def subset_indices(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def crop_flip(
     images: torch.Tensor,
     index: torch.Tensor,
-    offsets: Optional[torch.Tensor] = None,
-    flip: Optional[torch.Tensor] = None,
+    offsets: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
     pad: int = 0,
 ) -> torch.Tensor:
     """``images[index]`` (N×C×H×W) with per-sample zero-padded random crops and horizontal flips.
@@ -70,11 +71,7 @@ def crop_flip(
         cols = torch.where(flip[:, None], w - 1 - cols, cols)
     if pad:
         rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
-    flat = (
-        torch.arange(c, device=dev).view(1, c, 1, 1) * (hp * wp)
-        + rows.view(b, 1, h, 1) * wp
-        + cols.view(b, 1, 1, w)
-    )
+    flat = torch.arange(c, device=dev).view(1, c, 1, 1) * (hp * wp) + rows.view(b, 1, h, 1) * wp + cols.view(b, 1, 1, w)
     return batch.view(b, -1).gather(1, flat.view(b, -1)).view(b, c, h, w)
 
 
@@ -104,8 +101,8 @@ class TensorLoader:
 
     def __init__(
         self,
-        images: Union[torch.Tensor, np.ndarray],
-        labels: Union[torch.Tensor, np.ndarray, Sequence[int]],
+        images: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray | Sequence[int],
         batch_size: int,
         mean: Sequence[float],
         std: Sequence[float],
@@ -164,7 +161,7 @@ class TensorLoader:
         """Make the next iteration produce epoch ``epoch`` from batch ``start_batch`` (e.g. when resuming)."""
         self._next_epoch, self._start_batch = epoch, start_batch
 
-    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This rank's ``(indices, crop offsets, flips)`` for ``epoch``, on the loader's device.
 
         All random numbers of the epoch are drawn up front for the whole set, before sharding,
@@ -186,7 +183,13 @@ class TensorLoader:
         for i in range(start, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = index[sl]
-            x = crop_flip(self.images, idx, None if offsets is None else offsets[sl], None if flips is None else flips[sl], self.pad)
+            x = crop_flip(
+                self.images,
+                idx,
+                None if offsets is None else offsets[sl],
+                None if flips is None else flips[sl],
+                self.pad,
+            )
             yield torch.addcmul(self._shift, x.float(), self._scale), self.labels[idx]
 
     def __repr__(self) -> str:

@@ -1,12 +1,13 @@
 """Dataset registry: one :class:`DatasetSpec` per name, and the two entry points
 :func:`build_dataset` and :func:`create_loaders`."""
+
 from __future__ import annotations
 
 import contextlib
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -21,13 +22,19 @@ from .idx import load_idx_split
 from .loader import TensorLoader, subset_indices
 
 __all__ = [
-    "DatasetInfo", "DatasetSpec", "check_data", "register_dataset", "list_datasets", "get_dataset_spec",
-    "build_dataset", "create_loaders",
+    "DatasetInfo",
+    "DatasetSpec",
+    "check_data",
+    "register_dataset",
+    "list_datasets",
+    "get_dataset_spec",
+    "build_dataset",
+    "create_loaders",
 ]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 # (root or None, split, download, image_size) -> ArrayDataset or a torchvision dataset.
-Builder = Callable[[Optional[Path], str, bool, int], Dataset]
+Builder = Callable[[Path | None, str, bool, int], Dataset]
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,13 @@ class DatasetSpec:
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
-_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
-            "cifar-100": "cifar100", "image-folder": "imagefolder"}
+_ALIASES = {
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "image-folder": "imagefolder",
+}
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -91,7 +103,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 # ---- builders ------------------------------------------------------------------------------
 
 
-def _require_dir(root: Optional[Path], name: str, how: str) -> Path:
+def _require_dir(root: Path | None, name: str, how: str) -> Path:
     if root is None:
         raise DataNotFoundError(f"no data directory for {name}: {how}")
     if not root.is_dir():
@@ -99,15 +111,15 @@ def _require_dir(root: Optional[Path], name: str, how: str) -> Path:
     return root
 
 
-def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) -> Builder:
+def _idx_builder(name: str, tv_name: str, default_dir: str | None, how: str) -> Builder:
     """MNIST-style IDX files in ``root`` or in torchvision's ``root/<tv_name>/raw`` layout."""
 
-    def load(root: Optional[Path], split: str) -> ArrayDataset:
+    def load(root: Path | None, split: str) -> ArrayDataset:
         root = _require_dir(root, name, how)
         n = 60000 if split == "train" else 10000  # checked on the decompressed arrays
         return ArrayDataset(*load_idx_split([root, root / tv_name / "raw"], split, (28, 28), n, name, how))
 
-    def build(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+    def build(root: Path | None, split: str, download: bool, image_size: int) -> Dataset:
         try:
             return load(root or (Path(default_dir) if default_dir else None), split)
         except DataNotFoundError:
@@ -121,8 +133,10 @@ def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) 
             getattr(tvd, tv_name)(str(root), train=split == "train", download=True)
         except (RuntimeError, OSError) as error:  # no network, a mirror down, a folder we cannot write
             reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-            raise DataError(f"could not download {name} into {root / tv_name / 'raw'}: {reason}; without network "
-                            f"access, copy its four IDX files into {root} (or another folder given as --data-dir)") from None
+            raise DataError(
+                f"could not download {name} into {root / tv_name / 'raw'}: {reason}; without network "
+                f"access, copy its four IDX files into {root} (or another folder given as --data-dir)"
+            ) from None
         return load(root, split)
 
     return build
@@ -131,7 +145,7 @@ def _idx_builder(name: str, tv_name: str, default_dir: Optional[str], how: str) 
 def _cifar_builder(name: str) -> Builder:
     how = "pass --data-dir with the python or binary archive from https://www.cs.toronto.edu/~kriz/cifar.html, or set data.download=true to fetch it there"
 
-    def build(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+    def build(root: Path | None, split: str, download: bool, image_size: int) -> Dataset:
         try:
             return ArrayDataset(*load_cifar(_require_dir(root, name, how), name, split))
         except DataNotFoundError:
@@ -154,7 +168,7 @@ def _download_cifar(name: str, root: Path) -> None:
     download_url(tv.url, str(root), tv.filename, tv.tgz_md5)
 
 
-def _folder_builder(root: Optional[Path], split: str, download: bool, image_size: int) -> Dataset:
+def _folder_builder(root: Path | None, split: str, download: bool, image_size: int) -> Dataset:
     how = "pass --data-dir with an ImageNet-style root/train/<class>/ and root/val/<class>/ layout"
     return build_image_folder(_require_dir(root, "imagefolder", how), split, image_size)
 
@@ -162,33 +176,56 @@ def _folder_builder(root: Optional[Path], split: str, download: bool, image_size
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
-register_dataset(DatasetSpec(
-    DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,)),
-    _idx_builder("fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist",
-                 "apt-get install dataset-fashion-mnist, pass --data-dir with its four IDX files, or fetch them "
-                 "with --set data.download=true --data-dir (a folder to download into)"),
-    pad=2, flip=True,
-))
-register_dataset(DatasetSpec(
-    DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,)),
-    _idx_builder("mnist", "MNIST", None, "pass --data-dir with the MNIST IDX files (or set data.download=true to fetch them there)"),
-    pad=2, flip=False,
-))
-register_dataset(DatasetSpec(DatasetInfo("cifar10", 10, 3, 32, *_CIFAR10_STATS), _cifar_builder("cifar10"), pad=4, flip=True))
-register_dataset(DatasetSpec(DatasetInfo("cifar100", 100, 3, 32, *_CIFAR100_STATS), _cifar_builder("cifar100"), pad=4, flip=True))
-register_dataset(DatasetSpec(
-    DatasetInfo("imagefolder", 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD), _folder_builder, in_memory=False,
-))
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,)),
+        _idx_builder(
+            "fashion-mnist",
+            "FashionMNIST",
+            "/usr/share/datasets/fashion-mnist",
+            "apt-get install dataset-fashion-mnist, pass --data-dir with its four IDX files, or fetch them "
+            "with --set data.download=true --data-dir (a folder to download into)",
+        ),
+        pad=2,
+        flip=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,)),
+        _idx_builder(
+            "mnist",
+            "MNIST",
+            None,
+            "pass --data-dir with the MNIST IDX files (or set data.download=true to fetch them there)",
+        ),
+        pad=2,
+        flip=False,
+    )
+)
+register_dataset(
+    DatasetSpec(DatasetInfo("cifar10", 10, 3, 32, *_CIFAR10_STATS), _cifar_builder("cifar10"), pad=4, flip=True)
+)
+register_dataset(
+    DatasetSpec(DatasetInfo("cifar100", 100, 3, 32, *_CIFAR100_STATS), _cifar_builder("cifar100"), pad=4, flip=True)
+)
+register_dataset(
+    DatasetSpec(
+        DatasetInfo("imagefolder", 0, 3, 224, IMAGENET_MEAN, IMAGENET_STD),
+        _folder_builder,
+        in_memory=False,
+    )
+)
 
 # ---- entry points --------------------------------------------------------------------------
 
 
 def build_dataset(
     name: str,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     split: str = "train",
     download: bool = False,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
 ) -> Dataset:
     """One split (``"train"`` or ``"test"``) of dataset ``name``.
 
@@ -199,7 +236,9 @@ def build_dataset(
     if split not in ("train", "test"):
         raise InvalidValue(f"split must be 'train' or 'test', got {split!r}")
     if spec.in_memory and image_size not in (None, spec.info.image_size):
-        raise DataError(f"{spec.info.name} images are {spec.info.image_size}x{spec.info.image_size}; image_size only applies to imagefolder")
+        raise DataError(
+            f"{spec.info.name} images are {spec.info.image_size}x{spec.info.image_size}; image_size only applies to imagefolder"
+        )
     root = Path(data_dir).expanduser() if data_dir is not None else None
     dataset = spec.build(root, split, download, image_size or spec.info.image_size)
     if isinstance(dataset, ArrayDataset):
@@ -207,7 +246,7 @@ def build_dataset(
     return dataset
 
 
-def _check_labels(dataset: ArrayDataset, info: DatasetInfo, root: Optional[Path]) -> None:
+def _check_labels(dataset: ArrayDataset, info: DatasetInfo, root: Path | None) -> None:
     shape = (info.in_chans, info.image_size, info.image_size)
     if tuple(dataset.images.shape[1:]) != shape:
         raise DataFormatError(f"{info.name} in {root}: expected images {shape}, got {tuple(dataset.images.shape[1:])}")
@@ -217,11 +256,11 @@ def _check_labels(dataset: ArrayDataset, info: DatasetInfo, root: Optional[Path]
 
 def check_data(
     name: str,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     *,
-    image_size: Optional[int] = None,
-    train_subset: Optional[int] = None,
-    test_subset: Optional[int] = None,
+    image_size: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
     download: bool = False,
 ) -> DatasetInfo:
     """Read both splits of ``name`` as :func:`create_loaders` does and check the subsets fit; the
@@ -231,8 +270,14 @@ def check_data(
     return _read_splits(get_dataset_spec(name), data_dir, download, image_size, train_subset, test_subset)[2]
 
 
-def _read_splits(spec: DatasetSpec, data_dir: Optional[PathLike], download: bool, image_size: Optional[int],
-                 train_subset: Optional[int], test_subset: Optional[int]) -> tuple[Dataset, Dataset, DatasetInfo]:
+def _read_splits(
+    spec: DatasetSpec,
+    data_dir: PathLike | None,
+    download: bool,
+    image_size: int | None,
+    train_subset: int | None,
+    test_subset: int | None,
+) -> tuple[Dataset, Dataset, DatasetInfo]:
     train = build_dataset(spec.info.name, data_dir, "train", download, image_size)
     test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
     train = _subset(train, train_subset, "train_subset")
@@ -258,21 +303,21 @@ def _rank_zero_first(enabled: bool, rank: int) -> Iterator[None]:
 
 def create_loaders(
     name: str,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     batch_size: int = 128,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     seed: int = 0,
-    train_subset: Optional[int] = None,
+    train_subset: int | None = None,
     augment: bool = True,
     rank: int = 0,
     world_size: int = 1,
     workers: int = 4,
     *,
-    eval_batch_size: Optional[int] = None,
+    eval_batch_size: int | None = None,
     drop_last: bool = False,
     download: bool = False,
-    image_size: Optional[int] = None,
-    test_subset: Optional[int] = None,
+    image_size: int | None = None,
+    test_subset: int | None = None,
 ) -> tuple[object, object, DatasetInfo]:
     """``(train_loader, test_loader, info)`` for dataset ``name``.
 
@@ -292,7 +337,9 @@ def create_loaders(
     if spec.in_memory:
         common = dict(mean=info.mean, std=info.std, seed=seed, device=device, **shard)
         pad, flip = (spec.pad, spec.flip) if augment else (0, False)
-        train_loader = TensorLoader(train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common)
+        train_loader = TensorLoader(
+            train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common
+        )
         return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
     if not augment:
         _base(train).transform = _base(test).transform
@@ -303,12 +350,12 @@ def create_loaders(
 
 def create_test_loader(
     name: str,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     batch_size: int = 256,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     *,
-    test_subset: Optional[int] = None,
-    image_size: Optional[int] = None,
+    test_subset: int | None = None,
+    image_size: int | None = None,
     workers: int = 4,
 ) -> tuple[object, DatasetInfo]:
     """``(test_loader, info)`` for dataset ``name``, reading the test split only.
@@ -324,11 +371,29 @@ def create_test_loader(
     return _test_loader(spec, info, test, batch_size, device, 0, dict(rank=0, world_size=1), workers), info
 
 
-def _test_loader(spec: DatasetSpec, info: DatasetInfo, test: Dataset, batch_size: int, device: Union[str, torch.device],
-                 seed: int, shard: dict, workers: int) -> object:
+def _test_loader(
+    spec: DatasetSpec,
+    info: DatasetInfo,
+    test: Dataset,
+    batch_size: int,
+    device: str | torch.device,
+    seed: int,
+    shard: dict,
+    workers: int,
+) -> object:
     if spec.in_memory:
-        return TensorLoader(test.images, test.labels, batch_size, shuffle=False, equal_shards=False,
-                            mean=info.mean, std=info.std, seed=seed, device=device, **shard)
+        return TensorLoader(
+            test.images,
+            test.labels,
+            batch_size,
+            shuffle=False,
+            equal_shards=False,
+            mean=info.mean,
+            std=info.std,
+            seed=seed,
+            device=device,
+            **shard,
+        )
     return create_folder_loader(test, batch_size, False, workers=workers, seed=seed, device=device, **shard)
 
 
@@ -336,7 +401,7 @@ def _base(dataset: Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
-def _subset(dataset: Dataset, size: Optional[int], option: str) -> Dataset:
+def _subset(dataset: Dataset, size: int | None, option: str) -> Dataset:
     if size is None:
         return dataset
     if not 0 < size <= len(dataset):
@@ -348,5 +413,7 @@ def _subset(dataset: Dataset, size: Optional[int], option: str) -> Dataset:
 def _folder_info(info: DatasetInfo, train: Dataset, test: Dataset, image_size: int) -> DatasetInfo:
     classes, test_classes = _base(train).classes, _base(test).classes
     if test_classes != classes:
-        raise DataFormatError(f"imagefolder: train has {len(classes)} classes but val has {len(test_classes)} (or different names); they must match")
+        raise DataFormatError(
+            f"imagefolder: train has {len(classes)} classes but val has {len(test_classes)} (or different names); they must match"
+        )
     return replace(info, num_classes=len(classes), image_size=image_size)

@@ -11,10 +11,21 @@
 
 The layer below ``train`` and ``study``: it imports neither (tests/test_architecture.py).
 """
+
 from .executors import Executor, Task, create_executor, register_executor
 from .run_folder import RunFolder, RunLocked
 from .runner import Running, StopSignals, run_tasks
 from .signals import CatchSignals
 
-__all__ = ["CatchSignals", "Executor", "RunFolder", "RunLocked", "Running", "StopSignals", "Task", "create_executor",
-           "register_executor", "run_tasks"]
+__all__ = [
+    "CatchSignals",
+    "Executor",
+    "RunFolder",
+    "RunLocked",
+    "Running",
+    "StopSignals",
+    "Task",
+    "create_executor",
+    "register_executor",
+    "run_tasks",
+]

@@ -31,6 +31,7 @@ host's lock is read from the file's modification time, which the NFS client may 
 ``actimeo`` (60 s by default) — :data:`STALE_S` (180 s) is well above it, and the clocks of the
 nodes must agree to within a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 from ..errors import UserError
 
@@ -72,7 +73,7 @@ class RunFolder:
     CARD = "model_card.json"
     LOCK = "run.lock"
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def __truediv__(self, name: str) -> Path:
@@ -132,7 +133,7 @@ class RunFolder:
         """The run's loss became non-finite (it recorded where)."""
         return self.diverged_file.is_file()
 
-    def lock_holder(self) -> Optional[dict]:
+    def lock_holder(self) -> dict | None:
         """The live holder of this folder's lock (host, pid, slurm_job, since), or ``None`` if it is free or stale."""
         record = _read_lock(self.lock_file)
         if record is None:
@@ -145,21 +146,25 @@ class RunFolder:
         holder = self.lock_holder()
         return holder is not None and not _is_us(holder)
 
-    def lock(self, say: Callable[[str], None] = lambda s: None) -> "RunLock":
+    def lock(self, say: Callable[[str], None] = lambda s: None) -> RunLock:
         """Take the folder's lock (a context manager); raises :class:`RunLocked` naming a live holder."""
         return RunLock(self, say)
 
 
 def _me() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _is_us(record: dict) -> bool:
     return record.get("host") == socket.gethostname() and record.get("pid") == os.getpid()
 
 
-def _read_lock(path: Path) -> Optional[dict]:
+def _read_lock(path: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -179,7 +184,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale_reason(record: dict, path: Path) -> Optional[str]:
+def _stale_reason(record: dict, path: Path) -> str | None:
     """Why the lock ``record`` (read from ``path``) no longer protects anything, or ``None`` if it does."""
     mine = _me()
     if record.get("host") == mine["host"] and isinstance(record.get("pid"), int):
@@ -210,10 +215,10 @@ class RunLock:
         self.folder = folder
         self.say = say
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._made_folder = False  # the lock created the run folder: removed again if it stays empty
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
@@ -236,8 +241,10 @@ class RunLock:
                 raise RunLocked(f"{self.folder.path} is already locked by this process")
             why = _stale_reason(record, path)
             if why is None:
-                raise RunLocked(f"{self.folder.path} {LOCKED_BY} {describe_holder(record)} (lock {path}); "
-                                "wait for it to finish, or remove the lock if that process is gone")
+                raise RunLocked(
+                    f"{self.folder.path} {LOCKED_BY} {describe_holder(record)} (lock {path}); "
+                    "wait for it to finish, or remove the lock if that process is gone"
+                )
             aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
             try:
                 os.rename(path, aside)  # atomic: of two processes taking it over, one wins

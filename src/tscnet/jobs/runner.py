@@ -6,12 +6,14 @@ exit code to the caller as it ends, and on SIGINT or SIGTERM starts nothing more
 signal to every running task (which checkpoints and exits) and waits for them. What a task is
 (a study's cell, a sweep's run), what to run next and what an exit code means are the caller's.
 """
+
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import UserError
 from .executors.base import Executor, Task
@@ -29,7 +31,7 @@ class StopSignals(CatchSignals):
     def __init__(self) -> None:
         super().__init__()
         #: The first signal's name (``"SIGINT"``), ``None`` while none came.
-        self.signal_name: Optional[str] = None
+        self.signal_name: str | None = None
         self._received: list[int] = []
 
     def _handle(self, signum: int, frame) -> None:
@@ -52,11 +54,17 @@ class Running:
     tag: Any = None  # the caller's (a study's cell)
 
 
-def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, Any]]],
-              on_end: Callable[[Running, Optional[int], Optional[str]], None], *,
-              on_start: Callable[[Running], None] = lambda r: None, tick: Callable[[list[Running]], None] = lambda r: None,
-              waiting: Callable[[], bool] = lambda: False, poll_interval: float = 1.0,
-              out: Callable[[str], None] = print) -> Optional[str]:
+def run_tasks(
+    executor: Executor,
+    next_task: Callable[[], tuple[Task, Any] | None],
+    on_end: Callable[[Running, int | None, str | None], None],
+    *,
+    on_start: Callable[[Running], None] = lambda r: None,
+    tick: Callable[[list[Running]], None] = lambda r: None,
+    waiting: Callable[[], bool] = lambda: False,
+    poll_interval: float = 1.0,
+    out: Callable[[str], None] = print,
+) -> str | None:
     """Keep ``executor`` busy: start ``next_task()`` (``(task, tag)``, or ``None`` when nothing can start now)
     while fewer than ``executor.capacity`` run, poll them, call ``on_end(running, exit code, stop signal)``
     as each ends (exit code ``None``: it could not start), until nothing runs and nothing starts.
@@ -72,8 +80,10 @@ def run_tasks(executor: Executor, next_task: Callable[[], Optional[tuple[Task, A
             while True:
                 for signum in stop.take():
                     if running:
-                        out(f"{signal.Signals(signum).name}: starting nothing more; {len(running)} running "
-                            "run(s) checkpoint and stop (run the same command again to resume them)")
+                        out(
+                            f"{signal.Signals(signum).name}: starting nothing more; {len(running)} running "
+                            "run(s) checkpoint and stop (run the same command again to resume them)"
+                        )
                     for r in running:
                         executor.stop(r.handle, signum)
                 while len(running) < executor.capacity and stop.signal_name is None:

@@ -4,6 +4,7 @@ The base of the job runner's :class:`~tscnet.jobs.runner.StopSignals` (a study o
 forwards the signal to its tasks) and of the trainer's :class:`~tscnet.train.preemption.StopRequest`
 (a run that checkpoints and exits).
 """
+
 from __future__ import annotations
 
 import signal

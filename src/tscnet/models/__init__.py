@@ -1,4 +1,5 @@
 """Models: our CIFAR ResNets and access to timm's and torchvision's ResNet families."""
+
 from .cifar_resnet import CIFAR_MODELS, CifarResNet, cifar_resnet
 from .registry import create_model, list_models, register_source
 

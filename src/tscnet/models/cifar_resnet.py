@@ -24,9 +24,10 @@ policies of :mod:`tscnet.stepping` insert Δt without changing any parameter nam
   multiplier per branch, a zero classifier; the scalars train at lr/10, see
   :meth:`CifarResNet.param_lr_scale`).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Type, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A",
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A", norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_chs, planes, stride)
         self.bn1 = make_norm(norm_layer, planes)
@@ -70,8 +72,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B", norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = conv1x1(in_chs, planes)
@@ -104,8 +107,9 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A",
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A", norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         self.bn1 = make_norm(norm_layer, in_chs)
         self.conv1 = conv3x3(in_chs, planes, stride)
@@ -132,8 +136,9 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B", norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.bn1 = make_norm(norm_layer, in_chs)
@@ -160,7 +165,7 @@ class PreActBottleneck(nn.Module):
         return out + identity
 
 
-BlockType = Type[Union[BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, FixupBasicBlock, FixupBottleneck]]
+BlockType = type[BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck | FixupBasicBlock | FixupBottleneck]
 _BLOCKS: dict[tuple[str, bool], BlockType] = {
     ("basic", False): BasicBlock,
     ("bottleneck", False): Bottleneck,
@@ -185,7 +190,7 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         in_chans: int = 3,
         widths: tuple[int, int, int] = (16, 32, 64),
-        shortcut: Optional[str] = None,
+        shortcut: str | None = None,
         norm_layer: NormLayer = nn.BatchNorm2d,
         init: str = "he",
     ) -> None:
@@ -270,7 +275,7 @@ def cifar_resnet(
     preact: bool = False,
     num_classes: int = 10,
     in_chans: int = 3,
-    shortcut: Optional[str] = None,
+    shortcut: str | None = None,
     norm: str = "batch",
     init: str = "he",
 ) -> CifarResNet:
@@ -286,8 +291,10 @@ def cifar_resnet(
     if init not in INITS:
         raise InvalidValue(f"unknown init {init!r}: expected one of {', '.join(INITS)}")
     if init == "fixup" and (norm != "none" or preact):
-        raise InvalidValue("init 'fixup' is for norm-free post-activation nets: use norm='none' and preact=False "
-                           "(Fixup replaces normalisation; with BN use init='zero_last')")
+        raise InvalidValue(
+            "init 'fixup' is for norm-free post-activation nets: use norm='none' and preact=False "
+            "(Fixup replaces normalisation; with BN use init='zero_last')"
+        )
     per_block = 2 if block == "basic" else 3
     if depth < 2 + 3 * per_block or (depth - 2) % (3 * per_block):
         form = "6n+2" if block == "basic" else "9n+2"
@@ -320,6 +327,5 @@ cifar_resnet164 = _named(164, block="bottleneck")
 
 #: Our CIFAR ResNets by name (``cifar_resnet20``, ...): ``fn(**kwargs) -> CifarResNet``.
 CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {
-    name: fn for name, fn in globals().items() if name.startswith("cifar_") and name != "cifar_resnet"
-    and callable(fn)
+    name: fn for name, fn in globals().items() if name.startswith("cifar_") and name != "cifar_resnet" and callable(fn)
 }

@@ -15,9 +15,8 @@ learning rate (:meth:`~tscnet.models.cifar_resnet.CifarResNet.param_lr_scale`).
 Fixup is a peer of the step policies, not a model they attach to: its multiplier ``s`` already is
 a learnable per-branch step, so ``attach_steps`` refuses Fixup blocks.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +35,7 @@ class FixupBasicBlock(nn.Module):
     expansion = 1
     convs = 2
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A",
-                 norm_layer: None = None) -> None:
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A", norm_layer: None = None) -> None:
         super().__init__()
         self.bias1a, self.bias1b, self.bias2a = _scalar(0.0), _scalar(0.0), _scalar(0.0)
         self.conv1 = conv3x3(in_chs, planes, stride)
@@ -61,8 +59,7 @@ class FixupBottleneck(nn.Module):
     expansion = 4
     convs = 3
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 norm_layer: None = None) -> None:
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B", norm_layer: None = None) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a = (_scalar(0.0) for _ in range(5))
@@ -87,7 +84,7 @@ FIXUP_BLOCKS = {"basic": FixupBasicBlock, "bottleneck": FixupBottleneck}
 
 
 @torch.no_grad()
-def fixup_init(model: nn.Module, classifier: Optional[nn.Linear]) -> None:
+def fixup_init(model: nn.Module, classifier: nn.Linear | None) -> None:
     """Fixup's rescaling, applied after the He initialisation of every conv.
 
     For each of the ``L`` blocks: ``W_i ← W_i · L^(−1/(2m−2))`` for the branch's first ``m − 1``
@@ -108,4 +105,3 @@ def is_fixup_scalar(name: str) -> bool:
     """The parameters the authors train at lr/10: every ``bias*`` and ``scale`` (``fc.bias`` too)."""
     leaf = name.rsplit(".", 1)[-1]
     return leaf.startswith("bias") or leaf == "scale" or leaf in ("stem_bias", "head_bias")
-

@@ -1,7 +1,8 @@
 """Building blocks shared by the CIFAR ResNets: convs, optional norms, shortcuts."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,11 @@ def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
 
 
-NormLayer = Optional[Callable[[int], nn.Module]]
+NormLayer = Callable[[int], nn.Module] | None
 NORMS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "none": None}
 
 
-def make_norm(norm_layer: NormLayer, channels: int) -> Optional[nn.Module]:
+def make_norm(norm_layer: NormLayer, channels: int) -> nn.Module | None:
     """``norm_layer(channels)``, or ``None`` in a norm-free net."""
     return None if norm_layer is None else norm_layer(channels)
 
@@ -44,9 +45,7 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
-def make_shortcut(
-    kind: str, in_chs: int, out_chs: int, stride: int, norm_layer: NormLayer
-) -> Optional[nn.Module]:
+def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, norm_layer: NormLayer) -> nn.Module | None:
     """The shortcut of a block, or ``None`` for the identity (``norm_layer`` None: no BN after a projection)."""
     if stride == 1 and in_chs == out_chs:
         return None

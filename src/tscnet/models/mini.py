@@ -9,6 +9,7 @@ resampled). ``mini_convnext``: timm's ``ConvNeXt``, stages of 2, 2, 4, 2 blocks 
 (``timm.create_model("mini_vit_d12", in_chans=1, num_classes=10)``, keyword arguments override),
 and ``tscnet.create_model`` / ``tscnet train --model mini_vit_d24`` take them by name.
 """
+
 from __future__ import annotations
 
 from timm.models import register_model
@@ -28,8 +29,20 @@ def _options(defaults: dict, kwargs: dict) -> dict:
 
 def mini_vit(depth: int = 12, **kwargs) -> VisionTransformer:
     """A ViT for 28–32 px images: width 64, 4 heads, patch 7, ``depth`` blocks (2 × depth residual updates)."""
-    defaults = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=64, depth=depth, num_heads=4,
-                    mlp_ratio=4.0, qkv_bias=True, init_values=None, dynamic_img_size=True, dynamic_img_pad=True)
+    defaults = dict(
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=64,
+        depth=depth,
+        num_heads=4,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        init_values=None,
+        dynamic_img_size=True,
+        dynamic_img_pad=True,
+    )
     return VisionTransformer(**_options(defaults, kwargs))
 
 
@@ -40,7 +53,9 @@ def _register_vit(depth: int) -> None:
         return mini_vit(depth, **kwargs)
 
     entrypoint.__name__ = f"mini_vit_d{depth}"
-    entrypoint.__doc__ = f"ViT width 64, patch 7, {depth} blocks (D = {2 * depth} residual updates), for 28–32 px images."
+    entrypoint.__doc__ = (
+        f"ViT width 64, patch 7, {depth} blocks (D = {2 * depth} residual updates), for 28–32 px images."
+    )
     entrypoint.__module__ = __name__
     register_model(entrypoint)
 

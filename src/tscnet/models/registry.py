@@ -11,10 +11,11 @@ keyword argument goes to the library unchanged (timm's ``pretrained``, ``drop_pa
   timm's, unmodified; ``mini_vit_d6/12/24`` and ``mini_convnext`` (:mod:`.mini`) are small timm
   ViTs and ConvNeXts for 28–32 px images.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 from torch import nn
 
@@ -42,8 +43,7 @@ register_source = _SOURCES.register
 
 
 @register_source("tv")
-def _torchvision(name: str, num_classes: Optional[int], in_chans: Optional[int], zero_init: bool,
-                 **kwargs) -> nn.Module:
+def _torchvision(name: str, num_classes: int | None, in_chans: int | None, zero_init: bool, **kwargs) -> nn.Module:
     """``torchvision.models.get_model(name, **kwargs)``: ``weights`` and every other keyword pass through."""
     import torchvision
 
@@ -57,15 +57,17 @@ def _torchvision(name: str, num_classes: Optional[int], in_chans: Optional[int],
     if in_chans not in (None, 3):  # torchvision has no in_chans: swap the stem for one of the same shape
         old = getattr(model, "conv1", None)
         if not isinstance(old, nn.Conv2d):
-            raise InvalidValue(f"in_chans={in_chans}: torchvision's {name} takes 3 channels, and tscnet swaps "
-                               "the stem (conv1) only of its ResNets")
+            raise InvalidValue(
+                f"in_chans={in_chans}: torchvision's {name} takes 3 channels, and tscnet swaps "
+                "the stem (conv1) only of its ResNets"
+            )
         model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # (pretrained: re-initialised)
     return model
 
 
 @register_source("timm")
-def _timm(name: str, num_classes: Optional[int], in_chans: Optional[int], zero_init: bool, **kwargs) -> nn.Module:
+def _timm(name: str, num_classes: int | None, in_chans: int | None, zero_init: bool, **kwargs) -> nn.Module:
     """``timm.create_model(name, **kwargs)``: ``pretrained`` and every other keyword pass through."""
     import timm
 
@@ -82,7 +84,7 @@ def _timm(name: str, num_classes: Optional[int], in_chans: Optional[int], zero_i
     return timm.create_model(name, **kwargs)
 
 
-def _library_zero_init(name: str, policy: str, norm: Optional[str], init: Optional[str]) -> bool:
+def _library_zero_init(name: str, policy: str, norm: str | None, init: str | None) -> bool:
     """timm's ``zero_init_last`` / torchvision's ``zero_init_residual`` for ``init``.
 
     ``None`` keeps tscnet's default: the library's zero init for the vanilla model only (with steps
@@ -92,13 +94,15 @@ def _library_zero_init(name: str, policy: str, norm: Optional[str], init: Option
     if norm not in (None, "batch"):
         raise InvalidValue(f"norm {norm!r} is available only for tscnet's CIFAR ResNets, not {name}")
     if init not in _LIBRARY_INITS:
-        raise InvalidValue(f"init {init!r} is not available for {name}: use one of "
-                           f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)")
+        raise InvalidValue(
+            f"init {init!r} is not available for {name}: use one of "
+            f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)"
+        )
     zero = _LIBRARY_INITS[init]
     return policy == "none" if zero is None else zero
 
 
-_LIBRARY_INITS: dict[Optional[str], Optional[bool]] = {None: None, "he": False, "zero_last": True}
+_LIBRARY_INITS: dict[str | None, bool | None] = {None: None, "he": False, "zero_last": True}
 
 
 def list_models() -> list[str]:
@@ -122,9 +126,9 @@ def _all_names() -> list[str]:
 
 def create_model(
     name: str,
-    num_classes: Optional[int] = None,
-    in_chans: Optional[int] = None,
-    steps: Union[str, PolicySpec, dict, None] = "none",
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    steps: str | PolicySpec | dict | None = "none",
     **kwargs,
 ) -> nn.Module:
     """Build model ``name`` with step policy ``steps`` attached.
@@ -142,7 +146,9 @@ def create_model(
     spec = parse_policy(steps)
     prefix, sep, rest = name.partition(":")
     if name in CIFAR_MODELS:
-        sizes = {key: value for key, value in (("num_classes", num_classes), ("in_chans", in_chans)) if value is not None}
+        sizes = {
+            key: value for key, value in (("num_classes", num_classes), ("in_chans", in_chans)) if value is not None
+        }
         model = CIFAR_MODELS[name](**sizes, **kwargs)  # their defaults: 10 classes, 3 channels
     else:
         source, model_name = (prefix, rest) if sep else ("timm", name)

@@ -13,9 +13,8 @@ each of them, is never called with an input (no container calls a site's childre
 of the module tree that FX and ``copy.deepcopy`` walk. Its parameters sit under one prefix,
 :func:`policy_name` ``+ "."``, next to the vanilla model's unchanged keys.
 """
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -26,8 +25,19 @@ from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
 from .sites import POLICY_ATTR, SITES, StepBatchNorm2d, StepSite, StepSyncBatchNorm
 from .watch import watch_training
 
-__all__ = ["POLICY_ATTR", "attach_steps", "branches_of", "convert_sync_batchnorm", "evolution_time", "get_policies",
-           "get_policy", "policy_name", "replace_steps", "step_sizes", "unwrap_model"]
+__all__ = [
+    "POLICY_ATTR",
+    "attach_steps",
+    "branches_of",
+    "convert_sync_batchnorm",
+    "evolution_time",
+    "get_policies",
+    "get_policy",
+    "policy_name",
+    "replace_steps",
+    "step_sizes",
+    "unwrap_model",
+]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -45,7 +55,8 @@ def _check_sites(policy: StepPolicy) -> None:
             raise RuntimeError(
                 f"the step site of block {index} ({type(branch.block).__name__}.{branch.site_attr}) was replaced "
                 f"by a {type(branch.site_module).__name__}, so its step Δt is gone; "
-                "use tscnet.convert_sync_batchnorm(model) instead of nn.SyncBatchNorm.convert_sync_batchnorm")
+                "use tscnet.convert_sync_batchnorm(model) instead of nn.SyncBatchNorm.convert_sync_batchnorm"
+            )
 
 
 def get_policies(model: nn.Module) -> dict[str, StepPolicy]:
@@ -63,13 +74,15 @@ def get_policies(model: nn.Module) -> dict[str, StepPolicy]:
     if not policies:
         site = next((name for name, m in model.named_modules() if isinstance(m, StepSite)), None)
         if site is not None:
-            raise RuntimeError(f"{type(model).__name__} holds the step site {site} but not its step policy, which "
-                               "lives in the first stepped block's site: use the whole stepped network (or a part "
-                               "that keeps its first block)")
+            raise RuntimeError(
+                f"{type(model).__name__} holds the step site {site} but not its step policy, which "
+                "lives in the first stepped block's site: use the whole stepped network (or a part "
+                "that keeps its first block)"
+            )
     return policies
 
 
-def get_policy(model: nn.Module) -> Optional[StepPolicy]:
+def get_policy(model: nn.Module) -> StepPolicy | None:
     """The step policy attached to ``model`` (unwrapping DDP / compile wrappers), or ``None``.
 
     Raises:
@@ -78,12 +91,14 @@ def get_policy(model: nn.Module) -> Optional[StepPolicy]:
     """
     policies = get_policies(model)
     if len(policies) > 1:
-        raise InvalidValue(f"{type(unwrap_model(model)).__name__} holds {len(policies)} step policies "
-                           f"({', '.join(policies)}): steps were attached to several parts; ask each part")
+        raise InvalidValue(
+            f"{type(unwrap_model(model)).__name__} holds {len(policies)} step policies "
+            f"({', '.join(policies)}): steps were attached to several parts; ask each part"
+        )
     return next(iter(policies.values()), None)
 
 
-def policy_name(model: nn.Module) -> Optional[str]:
+def policy_name(model: nn.Module) -> str | None:
     """Qualified name of the policy module inside ``model`` (its state-dict keys start with it + ``"."``)."""
     names = list(get_policies(model))
     if len(names) > 1:
@@ -91,7 +106,7 @@ def policy_name(model: nn.Module) -> Optional[str]:
     return names[0] if names else None
 
 
-def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
+def attach_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module:
     """Insert step sites and the policy ``steps`` into ``model`` in place; returns ``model``.
 
     Attach after loading pretrained weights: parameter names are unchanged, the policy adds
@@ -122,7 +137,7 @@ def attach_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Mo
     return model
 
 
-def replace_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
+def replace_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module:
     """Swap the policy that produces Δt for a fresh ``steps`` policy, in place; returns ``model``.
 
     Every weight is kept; a model without steps gets them attached. The step sites stay (their

@@ -7,10 +7,12 @@ qualified class name, so timm and torchvision are only imported when the user bu
 models. Adding a block type is one registration, :func:`register_block` (docs/design.md, "Adding
 a block type").
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -44,28 +46,28 @@ class Branch:
 
     block: nn.Module
     last_attr: str
-    norm_attr: Optional[str]
-    se_attr: Optional[str] = None
+    norm_attr: str | None
+    se_attr: str | None = None
     site: str = "norm"
     site_attr: str = ""
-    scale_attr: Optional[str] = None
-    weight_attrs: Optional[tuple[str, ...]] = None
-    refusal: Optional[str] = None
+    scale_attr: str | None = None
+    weight_attrs: tuple[str, ...] | None = None
+    refusal: str | None = None
 
     @property
     def last_layer(self) -> nn.Module:
         return self.block.get_submodule(self.last_attr)
 
     @property
-    def norm(self) -> Optional[nn.BatchNorm2d]:
+    def norm(self) -> nn.BatchNorm2d | None:
         return None if self.norm_attr is None else self.block.get_submodule(self.norm_attr)
 
     @property
-    def se(self) -> Optional[nn.Module]:
+    def se(self) -> nn.Module | None:
         return None if self.se_attr is None else getattr(self.block, self.se_attr)
 
     @property
-    def scale(self) -> Optional[nn.Parameter]:
+    def scale(self) -> nn.Parameter | None:
         return None if self.scale_attr is None else self.block.get_parameter(self.scale_attr)
 
     @property
@@ -74,11 +76,11 @@ class Branch:
         return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
     @property
-    def site_module(self) -> Optional[nn.Module]:
+    def site_module(self) -> nn.Module | None:
         parent, _, name = self.site_attr.rpartition(".")
         return getattr(self.block.get_submodule(parent) if parent else self.block, name)
 
-    def set_site(self, module: Optional[nn.Module]) -> None:
+    def set_site(self, module: nn.Module | None) -> None:
         """Put ``module`` where the site goes (replacing the step site or the module it wraps)."""
         parent, _, name = self.site_attr.rpartition(".")
         setattr(self.block.get_submodule(parent) if parent else self.block, name, module)
@@ -91,7 +93,7 @@ class Branch:
 
 
 #: An adapter describes a block's residual branch(es): one Branch, or a list (a transformer block's two).
-Adapter = Callable[[nn.Module], Union[Branch, list[Branch]]]
+Adapter = Callable[[nn.Module], Branch | list[Branch]]
 #: A bound rule splits a block into the Lipschitz segments of the stability bound:
 #: ``block_ops(block) -> tscnet.analysis.lipschitz.BlockOps``. Stepping only stores it;
 #: :func:`tscnet.analysis.lipschitz.block_ops` calls it.
@@ -112,16 +114,17 @@ class BlockType:
     """
 
     branches: Adapter
-    block_ops: Optional[BoundRule] = None
-    no_bound: Optional[str] = None
+    block_ops: BoundRule | None = None
+    no_bound: str | None = None
 
 
 #: The residual block types steps attach to, by qualified class name (``module.Class``).
 BLOCK_TYPES: Registry[BlockType] = Registry("residual block type")
 
 
-def register_block(*names: str, block_ops: Optional[BoundRule] = None,
-                   no_bound: Optional[str] = None) -> Callable[[Adapter], Adapter]:
+def register_block(
+    *names: str, block_ops: BoundRule | None = None, no_bound: str | None = None
+) -> Callable[[Adapter], Adapter]:
     """Decorator: ``@register_block("module.Class", ...)`` on an :data:`Adapter` makes it describe the
     residual branch(es) of blocks of those classes (:func:`find_branches`), registering a
     :class:`BlockType` under each name in :data:`BLOCK_TYPES`; returns the adapter unchanged.
@@ -156,10 +159,18 @@ def _post_activation(conv_attr: str, norm_attr: str) -> Adapter:
 
 def _fixup(conv_attr: str) -> Adapter:
     def adapter(block: nn.Module) -> Branch:
-        return Branch(block, conv_attr, None, site="conv", site_attr=conv_attr, refusal=(
-            f"cannot attach steps to {type(block).__name__}: a Fixup branch already ends in its own learnable "
-            "scalar multiplier (a per-branch step); compare Fixup as a peer with steps 'none', or attach steps "
-            "to the norm-free net without Fixup (init 'he')"))
+        return Branch(
+            block,
+            conv_attr,
+            None,
+            site="conv",
+            site_attr=conv_attr,
+            refusal=(
+                f"cannot attach steps to {type(block).__name__}: a Fixup branch already ends in its own learnable "
+                "scalar multiplier (a per-branch step); compare Fixup as a peer with steps 'none', or attach steps "
+                "to the norm-free net without Fixup (init 'he')"
+            ),
+        )
 
     return adapter
 
@@ -227,6 +238,7 @@ def find_branches(model: nn.Module) -> list[Branch]:
             "see tscnet.stepping.branches.register_block"
         )
     if not branches:
-        raise InvalidType(f"{type(model).__name__} has no residual block of a supported type "
-                          f"({', '.join(supported_blocks())})")
+        raise InvalidType(
+            f"{type(model).__name__} has no residual block of a supported type ({', '.join(supported_blocks())})"
+        )
     return branches

@@ -37,6 +37,7 @@ details):
   ``depth:P``: Δt_init = D^(−P) for D residual updates (``depth:0.5`` starts at 1/√D), or ``cait``:
   LayerScale's ε for the depth in blocks (then ``dt_min`` must lie below it, e.g. ``dt_min=1e-6``).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,17 +64,28 @@ class WeightController(StepPolicy):
     controller = True
     options = {"hidden": int, "dt_max": float, "dt_min": float, "dt_init": InitStep, "summary": str}
 
-    def __init__(self, branches: list[Branch], hidden: int = 64, dt_max: float = 2.0, summary: str = "l2",
-                 dt_min: float = 0.01, dt_init: float | str = 1.0) -> None:
+    def __init__(
+        self,
+        branches: list[Branch],
+        hidden: int = 64,
+        dt_max: float = 2.0,
+        summary: str = "l2",
+        dt_min: float = 0.01,
+        dt_init: float | str = 1.0,
+    ) -> None:
         super().__init__(branches)
         dt_init = InitStep(dt_init).resolve(branches)
         if summary not in SUMMARIES:
             raise InvalidValue(f"unknown weight summary {summary!r}; valid: {', '.join(SUMMARIES)}")
         if summary == "l2_bn" and any(b.norm is None for b in branches):
-            raise InvalidValue("summary 'l2_bn' needs a BN after the last conv of every branch; "
-                               "pre-activation branches have none (use summary='l2')")
+            raise InvalidValue(
+                "summary 'l2_bn' needs a BN after the last conv of every branch; "
+                "pre-activation branches have none (use summary='l2')"
+            )
         if not 0.0 < dt_min < dt_init < dt_max:
-            raise InvalidValue(f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}")
+            raise InvalidValue(
+                f"need 0 < dt_min < dt_init < dt_max, got dt_min={dt_min}, dt_init={dt_init}, dt_max={dt_max}"
+            )
         if hidden < 1:
             raise InvalidValue(f"hidden must be a positive size, got {hidden}")
         self.hidden, self.dt_min, self.dt_max, self.summary = int(hidden), float(dt_min), float(dt_max), summary
@@ -112,8 +124,10 @@ class WeightController(StepPolicy):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (f"blocks={len(self.sizes)}, hidden={self.hidden}, dt=[{self.dt_min}, {self.dt_max}], "
-                f"dt_init={self.dt_init}, summary={self.summary!r}")
+        return (
+            f"blocks={len(self.sizes)}, hidden={self.hidden}, dt=[{self.dt_min}, {self.dt_max}], "
+            f"dt_init={self.dt_init}, summary={self.summary!r}"
+        )
 
 
 @POLICY_CLASSES.register("mlp")
@@ -163,4 +177,3 @@ class LSTMController(WeightController):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", feedback={self.feedback_mode!r}"
-

@@ -15,10 +15,11 @@ exactly; folding them raises instead of returning a silently different model.
 :func:`unfold_steps` is the inverse: it rebuilds a stepped model from folded weights and the steps
 (a run's ``model.safetensors`` and ``steps.json``) by folding with 1/Δt.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -43,8 +44,10 @@ def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -
     if getattr(gate, "add_maxpool", False) and bool((dt <= 0).any()):
         raise InvalidValue(f"cannot fold non-positive steps through the max-pooled gate {qualname(gate)}")
     if bool((dt == 0).any()):  # the gate reads BN_c(x), which the folded BN (γ_c = β_c = 0) no longer gives
-        raise InvalidValue(f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
-                           f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them")
+        raise InvalidValue(
+            f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
+            f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them"
+        )
     shape = (1, -1) + (1,) * (layer.weight.dim() - 2)
     layer.weight.div_(dt.view(shape))
 
@@ -100,7 +103,7 @@ def fold_steps(model: nn.Module) -> nn.Module:
     return folded
 
 
-def unfold_steps(model: nn.Module, steps: Union[str, PolicySpec, dict]) -> nn.Module:
+def unfold_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module:
     """Attach the constant ``steps`` to ``model``, which holds folded weights, and divide them out; in place.
 
     The inverse of :func:`fold_steps` for each branch with step Δt: ``γ ← γ/Δt``, ``β ← β/Δt``

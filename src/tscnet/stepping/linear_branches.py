@@ -19,16 +19,17 @@ Blocks with other residual structure (post-norm ``ResPostBlock``, parallel block
 adapter and are refused by name. None of these blocks has a stability bound (``no_bound``): each
 branch holds attention or a LayerNorm.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from torch import nn
 
 from .branches import Branch, register_block
 
-_ATTENTION = ("self-attention has no global Lipschitz constant (its Jacobian grows with the input, "
-              "Kim et al. 2021) and LayerNorm divides by a data-dependent scale")
+_ATTENTION = (
+    "self-attention has no global Lipschitz constant (its Jacobian grows with the input, "
+    "Kim et al. 2021) and LayerNorm divides by a data-dependent scale"
+)
 _LAYER_NORM = "LayerNorm divides by a data-dependent scale, so the branch has no global Lipschitz constant"
 
 
@@ -46,7 +47,7 @@ def _refuse(block: nn.Module, why: str) -> Branch:
     return Branch(block, "", None, site="linear", refusal=f"cannot attach steps to {type(block).__name__}: {why}")
 
 
-def _linear_site(block: nn.Module, last_attr: str) -> Optional[str]:
+def _linear_site(block: nn.Module, last_attr: str) -> str | None:
     """The site kind for a branch ending in ``last_attr``, or ``None`` if it is neither a Linear nor a 1×1 conv."""
     layer = block.get_submodule(last_attr)
     if type(layer) is nn.Linear:
@@ -56,17 +57,27 @@ def _linear_site(block: nn.Module, last_attr: str) -> Optional[str]:
     return None
 
 
-def _linear_branch(block: nn.Module, last_attr: str, scale_attr: Optional[str], roots: tuple[str, ...]) -> Branch:
+def _linear_branch(block: nn.Module, last_attr: str, scale_attr: str | None, roots: tuple[str, ...]) -> Branch:
     site = _linear_site(block, last_attr)
     if site is None:
         layer = block.get_submodule(last_attr)
-        return _refuse(block, f"its branch ends in {last_attr} = {type(layer).__name__}, not a Linear or 1x1 conv, "
-                              "so Δt cannot enter through its output rows")
-    return Branch(block, last_attr, None, site=site, site_attr=last_attr, scale_attr=scale_attr,
-                  weight_attrs=_weights_under(block, *roots))
+        return _refuse(
+            block,
+            f"its branch ends in {last_attr} = {type(layer).__name__}, not a Linear or 1x1 conv, "
+            "so Δt cannot enter through its output rows",
+        )
+    return Branch(
+        block,
+        last_attr,
+        None,
+        site=site,
+        site_attr=last_attr,
+        scale_attr=scale_attr,
+        weight_attrs=_weights_under(block, *roots),
+    )
 
 
-def _layer_scale(block: nn.Module, attr: str) -> tuple[Optional[str], Optional[str]]:
+def _layer_scale(block: nn.Module, attr: str) -> tuple[str | None, str | None]:
     """``(scale parameter path, refusal)`` of timm's ``ls1``/``ls2`` slot: LayerScale, or Identity (none)."""
     module = getattr(block, attr)
     if isinstance(module, nn.Identity):
@@ -77,7 +88,7 @@ def _layer_scale(block: nn.Module, attr: str) -> tuple[Optional[str], Optional[s
     return None, f"its {attr} is a {type(module).__name__}, not timm's LayerScale or Identity"
 
 
-def _has(block: nn.Module, *paths: str) -> Optional[str]:
+def _has(block: nn.Module, *paths: str) -> str | None:
     for path in paths:
         try:
             block.get_submodule(path)
@@ -102,8 +113,10 @@ def _timm_vit_block(block: nn.Module) -> list[Branch]:
 def _timm_cait_block(block: nn.Module) -> list[Branch]:
     # Both block kinds update their stream as x + drop_path(gamma_k * branch_k(...)); the
     # class-attention blocks update the class token, and count as residual updates too.
-    return [_linear_branch(block, "attn.proj", "gamma_1", ("attn",)),
-            _linear_branch(block, "mlp.fc2", "gamma_2", ("mlp",))]
+    return [
+        _linear_branch(block, "attn.proj", "gamma_1", ("attn",)),
+        _linear_branch(block, "mlp.fc2", "gamma_2", ("mlp",)),
+    ]
 
 
 @register_block("timm.models.convnext.ConvNeXtBlock", no_bound=_LAYER_NORM)
@@ -126,6 +139,12 @@ def _tv_vit_block(block: nn.Module) -> list[Branch]:
         return [_refuse(block, "its attention has separate q/k/v projections")]
     # nn.MultiheadAttention applies out_proj's weights itself, never calling it: the step goes in
     # the dropout slot that follows it; it folds into out_proj's rows and bias.
-    attn = Branch(block, "self_attention.out_proj", None, site="token_slot", site_attr="dropout",
-                  weight_attrs=("self_attention.in_proj_weight", "self_attention.out_proj.weight"))
+    attn = Branch(
+        block,
+        "self_attention.out_proj",
+        None,
+        site="token_slot",
+        site_attr="dropout",
+        weight_attrs=("self_attention.in_proj_weight", "self_attention.out_proj.weight"),
+    )
     return [attn, _linear_branch(block, "mlp.3", None, ("mlp",))]

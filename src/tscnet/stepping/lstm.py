@@ -10,6 +10,7 @@ one op forward, one backward). Dynamo cannot trace RNN modules or ops (it splits
 every call), so under ``torch.compile`` the same equations are written out and the compiler
 unrolls and fuses them. The parameter names are nn.LSTM's.
 """
+
 from __future__ import annotations
 
 import math

@@ -14,9 +14,10 @@ Autograd's generic foreach backward would loop over the tensors (one op per bloc
 Under ``torch.compile`` and ``torch.func`` transforms the same forward formulas run with plain
 autograd instead (the compiler fuses them anyway).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -47,8 +48,13 @@ def _plain_autograd() -> bool:
     differentiates them when it runs), and under ``torch.onnx.export``, whose tracer cannot
     record an autograd function.
     """
-    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.autograd.forward_ad._current_level >= 0 or _fx_tracing() or torch.onnx.is_in_onnx_export())
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch.autograd.forward_ad._current_level >= 0
+        or _fx_tracing()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def _mul(tensors: list[Tensor], factors: list[Tensor]) -> Sequence[Tensor]:
@@ -64,7 +70,7 @@ def _reduce_to(products: list[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
     """``products[i]`` summed down to the shape of ``like[i]`` (a Δt broadcast over it)."""
     if all(p.shape == t.shape for p, t in zip(products, like)):
         return products
-    out: list[Optional[Tensor]] = [None] * len(products)
+    out: list[Tensor | None] = [None] * len(products)
     for group in shape_groups(products):  # one stack + sum per shape, whatever the depth
         first = group[0]
         dims = [d + 1 for d, n in enumerate(like[first].shape) if n == 1 and products[first].shape[d] != 1]
@@ -93,10 +99,10 @@ class _ScaleBySteps(torch.autograd.Function):
         dts, params = list(saved[:n]), list(saved[n:])
         grads_list = list(grads)
         groups = len(params) // n
-        grad_params: list[Optional[Tensor]] = [None] * len(params)
-        if any(ctx.needs_input_grad[1 + n:]):
+        grad_params: list[Tensor | None] = [None] * len(params)
+        if any(ctx.needs_input_grad[1 + n :]):
             grad_params = list(torch._foreach_mul(grads_list, dts * groups))
-        grad_dts: list[Optional[Tensor]] = [None] * n
+        grad_dts: list[Tensor | None] = [None] * n
         if any(ctx.needs_input_grad[1 : 1 + n]):
             acc = list(torch._foreach_mul(grads_list[:n], params[:n]))
             for k in range(1, groups):
@@ -121,9 +127,10 @@ def scale_by_steps(dts: Sequence[Tensor], *params: Sequence[Tensor]) -> list[lis
 
 class _FilterNorms(torch.autograd.Function):
     @staticmethod
-    def forward(groups: list[list[int]], order: Optional[Tensor], *weights: Tensor) -> Tensor:
-        flat = torch.cat([torch.linalg.vector_norm(torch.stack([weights[i] for i in g]).flatten(2), dim=2).view(-1)
-                          for g in groups])
+    def forward(groups: list[list[int]], order: Tensor | None, *weights: Tensor) -> Tensor:
+        flat = torch.cat(
+            [torch.linalg.vector_norm(torch.stack([weights[i] for i in g]).flatten(2), dim=2).view(-1) for g in groups]
+        )
         return flat if order is None else flat[order]  # back to block order (one op)
 
     @staticmethod
@@ -139,14 +146,16 @@ class _FilterNorms(torch.autograd.Function):
         if len(dims) == 1:  # one view for all blocks (all convs, or all linears)
             coefs = list(coef.view((-1,) + (1,) * (dims.pop() - 1)).split([w.shape[0] for w in weights]))
         else:
-            coefs = [c.view((-1,) + (1,) * (w.dim() - 1)) for c, w in zip(coef.split([w.shape[0] for w in weights]), weights)]
+            coefs = [
+                c.view((-1,) + (1,) * (w.dim() - 1)) for c, w in zip(coef.split([w.shape[0] for w in weights]), weights)
+            ]
         return (None, None, *torch._foreach_mul(weights, coefs))
 
 
 _ORDERS: dict[tuple, Tensor] = {}
 
 
-def _block_order(groups: list[list[int]], rows: list[int], device: torch.device) -> Optional[Tensor]:
+def _block_order(groups: list[list[int]], rows: list[int], device: torch.device) -> Tensor | None:
     """The permutation from shape-group order to block order of the flat norms (``None``: the same),
     cached per layout: a forward pass creates no tensor for it."""
     flat_groups = [i for g in groups for i in g]

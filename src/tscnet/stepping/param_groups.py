@@ -15,14 +15,14 @@ The two rules give different regularisers for the step parameters, so the rule i
 trains like ``tscnet train`` with ``optim.weight_decay_rule: tscnet``. Build it after
 :func:`~tscnet.stepping.attach.attach_steps`: an optimizer built before never sees the policy.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from torch import nn
 
 from ..errors import InvalidValue
-
 from .attach import get_policy, unwrap_model
 
 #: The weight-decay rules :func:`param_groups` and :func:`weight_decay_rule` take (see above).
@@ -35,7 +35,7 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if p.ndim <= 1 or name.endswith(".bias") or name in listed}
 
 
-def weight_decay_rule(model: nn.Module, rule: str = "tscnet") -> Callable[[nn.Parameter], Optional[float]]:
+def weight_decay_rule(model: nn.Module, rule: str = "tscnet") -> Callable[[nn.Parameter], float | None]:
     """``decay(p)``: the weight decay of parameter ``p`` of ``model`` under ``rule``, or ``None`` for
     the optimizer's own (the value it is given)."""
     if rule not in WEIGHT_DECAY_RULES:

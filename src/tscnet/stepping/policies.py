@@ -28,12 +28,14 @@ reports and the trainer read without building a model (:func:`policy_class`):
 :attr:`~StepPolicy.weight_decay`. A policy whose class sets ``weight_decay`` (not ``None``) has its
 parameters trained with that weight decay instead of the optimizer's (``layerscale``: 0).
 """
+
 from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +48,7 @@ from .sites import prepare_sites
 
 #: The step policies by name, in registration order (``none``, ``fixed``, ..., ``mlp``, ``tsc``): each
 #: a :class:`StepPolicy` subclass, added with ``@POLICY_CLASSES.register("name")`` (or :func:`register_policy`).
-POLICY_CLASSES: Registry[type["StepPolicy"]] = Registry("step policy")
+POLICY_CLASSES: Registry[type[StepPolicy]] = Registry("step policy")
 
 
 class StepPolicy(nn.Module):
@@ -65,10 +67,10 @@ class StepPolicy(nn.Module):
         self.__dict__["branches"] = branches
         self.__dict__["sites"] = []
         self.sizes = [b.channels for b in branches]
-        self._site_args: Optional[list] = None
+        self._site_args: list | None = None
 
     #: Weight decay of this policy's parameters; ``None``: the optimizer's (the regulariser R).
-    weight_decay: Optional[float] = None
+    weight_decay: float | None = None
     #: It has trainable parameters: Δt is trained with the network (``scalar``, ``channel``,
     #: ``layerscale``, ``mlp``, ``tsc``).
     learned: ClassVar[bool] = False
@@ -80,10 +82,10 @@ class StepPolicy(nn.Module):
     #: The options of the policy string: name → the type (or converter) its string value is parsed with.
     options: ClassVar[dict[str, Callable[[Any], Any]]] = {}
     #: The option a bare ``name:V`` sets (``fixed:0.5`` is ``fixed:value=0.5``); ``None``: none does.
-    positional: ClassVar[Optional[str]] = None
+    positional: ClassVar[str | None] = None
 
     @classmethod
-    def build(cls, branches: list[Branch], **options: Any) -> Optional["StepPolicy"]:
+    def build(cls, branches: list[Branch], **options: Any) -> StepPolicy | None:
         """The policy over ``branches`` with the parsed ``options``; ``None``: attach nothing."""
         return cls(branches, **options)
 
@@ -126,10 +128,10 @@ class InitStep(str):
 
     description = "number, depth:P or cait"
 
-    def __new__(cls, value) -> "InitStep":
+    def __new__(cls, value) -> InitStep:
         text = str(value).strip()
         if text != "cait":
-            float(text[len("depth:"):] if text.startswith("depth:") else text)  # ValueError: not a valid InitStep
+            float(text[len("depth:") :] if text.startswith("depth:") else text)  # ValueError: not a valid InitStep
         return super().__new__(cls, text)
 
     def resolve(self, branches: list[Branch]) -> float:
@@ -137,11 +139,11 @@ class InitStep(str):
         if self == "cait":
             return layerscale_init(count_blocks(branches))
         if self.startswith("depth:"):
-            return float(len(branches)) ** -float(self[len("depth:"):])
+            return float(len(branches)) ** -float(self[len("depth:") :])
         return float(self)
 
 
-def init_option(value: Any) -> Union[float, InitStep]:
+def init_option(value: Any) -> float | InitStep:
     """A free step's ``init``: a number stays a number, ``depth:P`` and ``cait`` an :class:`InitStep`."""
     try:
         return float(value)
@@ -181,9 +183,11 @@ class FixedSteps(StepPolicy):
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
         if not value > 0:  # also refuses NaN
-            raise InvalidValue(f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
-                               "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
-                               "start at 0, use scalar:0)")
+            raise InvalidValue(
+                f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
+                "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
+                "start at 0, use scalar:0)"
+            )
         self.value = float(value)
         self.register_buffer("dt", torch.full((sum(self.sizes),), self.value), persistent=False)
 
@@ -199,7 +203,7 @@ class FreeSteps(StepPolicy):
 
     learned = True
 
-    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0, per_channel: bool = True) -> None:
+    def __init__(self, branches: list[Branch], init: float | str = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
         self.per_channel = per_channel
         n = sum(self.sizes) if per_channel else len(self.sizes)
@@ -221,7 +225,7 @@ class ScalarSteps(FreeSteps):
     positional = "init"
     options = {"init": init_option}
 
-    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0) -> None:
+    def __init__(self, branches: list[Branch], init: float | str = 1.0) -> None:
         super().__init__(branches, init, per_channel=False)
 
 
@@ -232,7 +236,7 @@ class ChannelSteps(FreeSteps):
     positional = "init"
     options = {"init": init_option}
 
-    def __init__(self, branches: list[Branch], init: Union[float, str] = 1.0) -> None:
+    def __init__(self, branches: list[Branch], init: float | str = 1.0) -> None:
         super().__init__(branches, init, per_channel=True)
 
 
@@ -295,7 +299,7 @@ class LayerScaleSteps(FreeSteps):
     positional = "init"
     options = {"init": float}
 
-    def __init__(self, branches: list[Branch], init: Optional[float] = None) -> None:
+    def __init__(self, branches: list[Branch], init: float | None = None) -> None:
         init = layerscale_init(count_blocks(branches)) if init is None else float(init)
         super().__init__(branches, init, per_channel=True)
         self.init = init
@@ -319,7 +323,7 @@ class ProfileSteps(StepPolicy):
     positional = "path"
     options = {"path": str}
 
-    def __init__(self, branches: list[Branch], path: Optional[str] = None) -> None:
+    def __init__(self, branches: list[Branch], path: str | None = None) -> None:
         if not path:
             raise InvalidValue("step policy 'profile' needs a path: profile:RUN_FOLDER or profile:FILE.json")
         super().__init__(branches)
@@ -327,12 +331,16 @@ class ProfileSteps(StepPolicy):
         profile = read_profile(self.path)
         blocks = profile["dt"]
         if len(blocks) != len(self.sizes):
-            raise InvalidValue(f"step profile {profile['file']} has {len(blocks)} blocks, the model has "
-                               f"{len(self.sizes)} residual blocks")
+            raise InvalidValue(
+                f"step profile {profile['file']} has {len(blocks)} blocks, the model has "
+                f"{len(self.sizes)} residual blocks"
+            )
         for d, (values, channels) in enumerate(zip(blocks, self.sizes)):
             if len(values) != channels:
-                raise InvalidValue(f"step profile {profile['file']}: block {d} has {len(values)} channels, "
-                                   f"the model's block {d} has {channels}")
+                raise InvalidValue(
+                    f"step profile {profile['file']}: block {d} has {len(values)} channels, "
+                    f"the model's block {d} has {channels}"
+                )
         self.register_buffer("dt", torch.tensor([v for values in blocks for v in values], dtype=torch.float32))
 
     def forward(self) -> torch.Tensor:
@@ -364,8 +372,12 @@ class PolicySpec:
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
 
 
-def register_policy(name: str, factory: Optional[Callable[..., Optional[StepPolicy]]],
-                    positional: Optional[str] = None, **options: Callable[[Any], Any]) -> type[StepPolicy]:
+def register_policy(
+    name: str,
+    factory: Callable[..., StepPolicy | None] | None,
+    positional: str | None = None,
+    **options: Callable[[Any], Any],
+) -> type[StepPolicy]:
     """Make ``name`` a policy string: ``name:key=value,...`` builds ``factory(branches, **options)``.
 
     The function form of ``@POLICY_CLASSES.register(name)``, for a factory that does not declare its
@@ -392,13 +404,21 @@ def register_policy(name: str, factory: Optional[Callable[..., Optional[StepPoli
     else:
         base = NoSteps if factory is None else StepPolicy
 
-    def build(cls, branches: list[Branch], **kwargs: Any) -> Optional[StepPolicy]:
+    def build(cls, branches: list[Branch], **kwargs: Any) -> StepPolicy | None:
         return None if factory is None else factory(branches, **kwargs)
 
     # A subclass per registration: it declares this name's options; the object built is factory's.
-    declared = type(base.__name__, (base,), {"__module__": base.__module__, "__doc__": base.__doc__,
-                                             "options": dict(options), "positional": positional,
-                                             "build": classmethod(build)})
+    declared = type(
+        base.__name__,
+        (base,),
+        {
+            "__module__": base.__module__,
+            "__doc__": base.__doc__,
+            "options": dict(options),
+            "positional": positional,
+            "build": classmethod(build),
+        },
+    )
     return POLICY_CLASSES.register(name)(declared)
 
 
@@ -416,7 +436,7 @@ def _registered(name: str) -> type[StepPolicy]:
     return POLICY_CLASSES[name]
 
 
-def _name_of(spec: Union[str, "PolicySpec", dict, None]) -> str:
+def _name_of(spec: str | PolicySpec | dict | None) -> str:
     """The policy name of ``spec``, read as :func:`parse_policy` reads it."""
     if spec is None:
         return "none"
@@ -429,7 +449,7 @@ def _name_of(spec: Union[str, "PolicySpec", dict, None]) -> str:
     raise InvalidType(f"step policy must be a string, dict or PolicySpec, not {type(spec).__name__}")
 
 
-def policy_class(spec: Union[str, "PolicySpec", dict, None]) -> type[StepPolicy]:
+def policy_class(spec: str | PolicySpec | dict | None) -> type[StepPolicy]:
     """The class of a policy, for its facts without building a model or parsing its options:
     ``policy_class("tsc:dt_init=0.5").controller`` is true, ``policy_class("fixed:0.5").constant``
     too (:attr:`~StepPolicy.learned`, :attr:`~StepPolicy.controller`, :attr:`~StepPolicy.constant`,
@@ -446,7 +466,7 @@ def _convert(name: str, key: str, value: Any, kind: type) -> Any:
         raise InvalidValue(f"step policy {name!r}: option {key}={value!r} is not a valid {what}") from None
 
 
-def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
+def parse_policy(spec: str | PolicySpec | dict | None) -> PolicySpec:
     """Parse ``"tsc"``, ``"fixed:0.1"``, ``"tsc:hidden=64,dt_max=2"``, a dict or a :class:`PolicySpec`."""
     if spec is None:
         return PolicySpec("none")
@@ -463,7 +483,7 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
             # One string option (a path): the whole argument, which may hold ',' '=' or ':'.
             value = args.strip()
             prefix = f"{cls.positional}="
-            value = value[len(prefix):] if value.startswith(prefix) else value
+            value = value[len(prefix) :] if value.startswith(prefix) else value
             args = ""
             if value:
                 raw[cls.positional] = value
@@ -481,12 +501,13 @@ def parse_policy(spec: Union[str, PolicySpec, dict, None]) -> PolicySpec:
     unknown = set(raw) - set(cls.options)
     if unknown:
         valid = ", ".join(cls.options) or "none"
-        raise InvalidValue(f"step policy {name!r}: unknown option(s) {', '.join(sorted(map(repr, unknown)))} "
-                           f"(valid: {valid})")
+        raise InvalidValue(
+            f"step policy {name!r}: unknown option(s) {', '.join(sorted(map(repr, unknown)))} (valid: {valid})"
+        )
     return PolicySpec(name, {k: _convert(name, k, v, cls.options[k]) for k, v in raw.items()})
 
 
-def build_policy(spec: Union[str, PolicySpec, dict], branches: list[Branch]) -> Optional[StepPolicy]:
+def build_policy(spec: str | PolicySpec | dict, branches: list[Branch]) -> StepPolicy | None:
     """The policy module for ``spec`` over ``branches``, or ``None`` for ``none``."""
     spec = parse_policy(spec)
     return POLICY_CLASSES[spec.name].build(branches, **spec.options)

@@ -20,6 +20,7 @@ Cost: all convs go through one ``torch.bmm`` chain as a zero-padded batch of fil
 training step costs a few ops per distinct conv shape (5 in a CIFAR ResNet of any depth) plus one
 gradient accumulation per conv weight (it also receives the conv's own gradient).
 """
+
 from __future__ import annotations
 
 import torch

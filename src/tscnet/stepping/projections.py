@@ -12,10 +12,11 @@ right projection to every block:
 
 The parameters are the per-width ``nn.Linear`` weights side by side (same count, same init).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

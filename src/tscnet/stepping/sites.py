@@ -25,9 +25,11 @@ Under ``torch.fx`` symbolic tracing (torchvision's ``create_feature_extractor``)
 leaf call, the batched preparation is traced, and a BN site is a leaf module taking its stepped
 affine as input, like ``nn.BatchNorm2d`` a leaf whose mode is read when the graph runs.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,8 +75,10 @@ class StepSite:
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every submodule before compiling it.
-        raise RuntimeError("torch.jit.script cannot compile a model with steps attached (TorchScript is deprecated "
-                           "upstream); script tscnet.fold_steps(model), the vanilla model, or use torch.export")
+        raise RuntimeError(
+            "torch.jit.script cannot compile a model with steps attached (TorchScript is deprecated "
+            "upstream); script tscnet.fold_steps(model), the vanilla model, or use torch.export"
+        )
 
     @staticmethod
     def step_views(flat: Tensor, sizes: list[int]) -> Sequence[Tensor]:
@@ -82,7 +86,7 @@ class StepSite:
         return flat.split(sizes)
 
     @classmethod
-    def prepare(cls, sites: list["StepSite"], dts: list[Tensor]) -> list[Any]:
+    def prepare(cls, sites: list[StepSite], dts: list[Tensor]) -> list[Any]:
         """What each of ``sites`` needs in its forward, given its block's Δt (from :meth:`step_views`)."""
         raise NotImplementedError
 
@@ -106,12 +110,22 @@ def _momentum(bn: nn.modules.batchnorm._BatchNorm) -> float:
     return momentum
 
 
-def _batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, weight: Tensor, bias: Tensor, momentum: float) -> Tensor:
+def _batch_norm(
+    bn: nn.modules.batchnorm._BatchNorm, x: Tensor, weight: Tensor, bias: Tensor, momentum: float
+) -> Tensor:
     """nn.BatchNorm2d.forward with ``(weight, bias)`` as the affine parameters."""
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
-    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
-                        weight, bias, use_batch_stats, momentum, bn.eps)
+    return F.batch_norm(
+        x,
+        bn.running_mean if track else None,
+        bn.running_var if track else None,
+        weight,
+        bias,
+        use_batch_stats,
+        momentum,
+        bn.eps,
+    )
 
 
 class _StepNorm(StepSite):
@@ -124,7 +138,7 @@ class _StepNorm(StepSite):
     ``num_batches_tracked`` are those of the module when the graph runs, not when it was traced.
     """
 
-    def _stepped_affine(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]):
+    def _stepped_affine(self, x: Tensor, weight: Tensor | None, bias: Tensor | None):
         """``(γ·Δt, β·Δt)``, or the graph node of this site's call while FX traces (then ``None``)."""
         if weight is not None:
             return weight, bias, None
@@ -160,7 +174,7 @@ class StepBatchNorm2d(nn.BatchNorm2d, _StepNorm):
 
     plain = nn.BatchNorm2d
 
-    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         weight, bias, traced = self._stepped_affine(x, weight, bias)
         if traced is not None:
             return traced
@@ -173,7 +187,7 @@ class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
 
     plain = nn.SyncBatchNorm
 
-    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         weight, bias, traced = self._stepped_affine(x, weight, bias)
         if traced is not None:
             return traced
@@ -186,9 +200,17 @@ class StepSyncBatchNorm(nn.SyncBatchNorm, _StepNorm):
         # nn.SyncBatchNorm.forward's synchronised path, with the stepped affine parameters.
         from torch.nn.modules._functions import SyncBatchNorm as sync_batch_norm
 
-        return sync_batch_norm.apply(x, weight, bias, self.running_mean if self.track_running_stats else None,
-                                     self.running_var if self.track_running_stats else None, self.eps, momentum,
-                                     group, world)
+        return sync_batch_norm.apply(
+            x,
+            weight,
+            bias,
+            self.running_mean if self.track_running_stats else None,
+            self.running_var if self.track_running_stats else None,
+            self.eps,
+            momentum,
+            group,
+            world,
+        )
 
 
 class StepFrozenBatchNorm2d(nn.Module, _StepNorm):
@@ -203,7 +225,7 @@ class StepFrozenBatchNorm2d(nn.Module, _StepNorm):
 
         return FrozenBatchNorm2d
 
-    def forward(self, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         weight, bias, traced = self._stepped_affine(x, weight, bias)
         if traced is not None:
             return traced
@@ -227,8 +249,10 @@ class NormSite:
     def wrap(norm: nn.Module) -> nn.Module:
         site = _NORM_SITES.get(qualname(norm))
         if site is None:
-            raise InvalidType(f"cannot put a step into the norm layer {qualname(norm)}: steps enter through the "
-                              f"affine parameters of {', '.join(_NORM_SITES.names())}")
+            raise InvalidType(
+                f"cannot put a step into the norm layer {qualname(norm)}: steps enter through the "
+                f"affine parameters of {', '.join(_NORM_SITES.names())}"
+            )
         return site.wrap(norm)
 
 
@@ -236,7 +260,7 @@ class StepConv2d(nn.Conv2d, StepSite):
     """Conv2d whose output channels are scaled by Δt through its weight (and bias)."""
 
     @classmethod
-    def wrap(cls, conv: nn.Conv2d) -> "StepConv2d":
+    def wrap(cls, conv: nn.Conv2d) -> StepConv2d:
         if type(conv) is not nn.Conv2d:
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
         return _retype(conv, cls)
@@ -266,15 +290,15 @@ class StepScale(nn.Module, StepSite):
     autocast the product is taken in Δt's precision and rounded once, like the folded model's.
     """
 
-    def __init__(self, drop_path: Optional[nn.Module] = None) -> None:
+    def __init__(self, drop_path: nn.Module | None = None) -> None:
         super().__init__()
         self.drop_path = drop_path
 
     @classmethod
-    def wrap(cls, module: Optional[nn.Module]) -> "StepScale":
+    def wrap(cls, module: nn.Module | None) -> StepScale:
         return cls(module)
 
-    def unwrap(self) -> Optional[nn.Module]:
+    def unwrap(self) -> nn.Module | None:
         return self.drop_path
 
     @staticmethod
@@ -301,7 +325,7 @@ class StepLinear(nn.Linear, StepSite):
     step instead of a multiply of every token's activations."""
 
     @classmethod
-    def wrap(cls, linear: nn.Linear) -> "StepLinear":
+    def wrap(cls, linear: nn.Linear) -> StepLinear:
         if type(linear) is not nn.Linear:
             raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
         return _retype(linear, cls)
@@ -318,7 +342,7 @@ class StepLinear(nn.Linear, StepSite):
     def prepare(cls, sites, dts):
         (weights,) = scale_by_steps([rows for rows, _ in dts], [s.weight for s in sites])
         biased = [i for i, s in enumerate(sites) if s.bias is not None]
-        biases: list[Optional[Tensor]] = [None] * len(sites)
+        biases: list[Tensor | None] = [None] * len(sites)
         if biased:
             (scaled,) = scale_by_steps([dts[i][1] for i in biased], [sites[i].bias for i in biased])
             for k, i in enumerate(biased):
@@ -340,8 +364,13 @@ class StepTokenScale(StepScale):
 
 
 #: Site kind (a :class:`~tscnet.stepping.branches.Branch`'s ``site``) -> the class of its step sites.
-SITES: dict[str, type] = {"norm": NormSite, "conv": StepConv2d, "slot": StepScale, "linear": StepLinear,
-                          "token_slot": StepTokenScale}
+SITES: dict[str, type] = {
+    "norm": NormSite,
+    "conv": StepConv2d,
+    "slot": StepScale,
+    "linear": StepLinear,
+    "token_slot": StepTokenScale,
+}
 
 
 def prepare_sites(sites: list[StepSite], flat: Tensor, sizes: list[int]) -> list[Any]:

@@ -15,6 +15,7 @@ parameter moves, the hooks remove themselves: no cost after the first steps. Gra
 accumulation over several backward passes is no false alarm: nothing moves until the step, and
 then both do.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -65,7 +66,9 @@ class _Watch:
                 "change while the network's weights did: the model trains as if it had no step policy. "
                 "Build the optimizer after tscnet.attach_steps(...) (e.g. from tscnet.param_groups(model, "
                 "weight_decay)), and check the step parameters are not frozen (requires_grad, lr 0)",
-                UntrainedStepsWarning, stacklevel=2)
+                UntrainedStepsWarning,
+                stacklevel=2,
+            )
 
     def stop(self) -> None:
         for handle in self.handles or ():

@@ -12,6 +12,7 @@
 
 ``tscnet study SPEC`` is this, with ``--dry-run`` and ``--report-only``.
 """
+
 # The job layer's executors, re-exported: ``from tscnet.study import create_executor`` is the documented API.
 from ..jobs.executors import Executor, Task, create_executor, register_executor
 from .plan import Cell, Layout, default_layout, plan_cells
@@ -20,6 +21,22 @@ from .scheduler import CellResult, run_study
 from .spec import Arm, StudySpec, load_spec
 from .stats import holm, paired, welch
 
-__all__ = ["Arm", "Cell", "CellResult", "Executor", "Layout", "StudySpec", "Task", "build_report",
-           "create_executor", "default_layout", "holm", "load_spec", "paired", "plan_cells", "register_executor",
-           "run_study", "welch"]
+__all__ = [
+    "Arm",
+    "Cell",
+    "CellResult",
+    "Executor",
+    "Layout",
+    "StudySpec",
+    "Task",
+    "build_report",
+    "create_executor",
+    "default_layout",
+    "holm",
+    "load_spec",
+    "paired",
+    "plan_cells",
+    "register_executor",
+    "run_study",
+    "welch",
+]

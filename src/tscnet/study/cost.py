@@ -13,15 +13,15 @@ A cell that runs on GPUs (a Slurm job with ``gpus_per_node``) of a model with a 
 (:func:`gpu_cost`): ``epochs × train images / (images/s per GPU) + evaluated epochs × val images /
 (EVAL_SPEEDUP × images/s per GPU)``, in hours; its job takes that divided by its GPUs.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UserError
 from ..jobs.run_folder import RunFolder
@@ -38,8 +38,8 @@ DEFAULT_IMAGES_PER_S = 300.0
 DEFAULT_TRAIN_IMAGES = 50_000
 
 
-@lru_cache(maxsize=None)
-def _flops(model: str, in_chans: int, image_size: int, options: tuple) -> Optional[float]:
+@cache
+def _flops(model: str, in_chans: int, image_size: int, options: tuple) -> float | None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,7 +55,7 @@ def _flops(model: str, in_chans: int, image_size: int, options: tuple) -> Option
     return float(counter.get_total_flops()) or None
 
 
-def _flops_inputs(config: dict) -> Optional[tuple[int, int, tuple]]:
+def _flops_inputs(config: dict) -> tuple[int, int, tuple] | None:
     """``(in_chans, image_size, model options)``: what a model's FLOPs per image depend on in a recipe
     (its data's channels and image size, the model's ``norm``/``init``); ``None`` for unknown data."""
     from ..data import get_dataset_spec
@@ -72,7 +72,7 @@ def _flops_inputs(config: dict) -> Optional[tuple[int, int, tuple]]:
     return in_chans, image_size, tuple(sorted(options.items()))
 
 
-def flops_per_image(model: str, config: dict) -> Optional[float]:
+def flops_per_image(model: str, config: dict) -> float | None:
     """Forward FLOPs of the plain ``model`` on one image of the recipe's dataset (None if unknown)."""
     inputs = _flops_inputs(config)
     return None if inputs is None else _flops(model, *inputs)
@@ -96,7 +96,7 @@ class CostModel:
     _speeds_of: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # the speed they are of
 
     @classmethod
-    def from_folders(cls, folders: list[Path]) -> "CostModel":
+    def from_folders(cls, folders: list[Path]) -> CostModel:
         speeds: dict[str, list[float]] = {}
         images: dict[str, list[float]] = {}
         seen: set[Path] = set()
@@ -114,10 +114,13 @@ class CostModel:
                     continue
                 if rows:
                     speeds.setdefault(model, []).append(statistics.median(r["images_per_s"] for r in rows))
-                    images.setdefault(model, []).append(statistics.median(r["images_per_s"] * r["epoch_time"]
-                                                                          for r in rows if r.get("epoch_time")))
-        return cls({m: statistics.median(v) for m, v in speeds.items()},
-                   {m: statistics.median(v) for m, v in images.items() if v})
+                    images.setdefault(model, []).append(
+                        statistics.median(r["images_per_s"] * r["epoch_time"] for r in rows if r.get("epoch_time"))
+                    )
+        return cls(
+            {m: statistics.median(v) for m, v in speeds.items()},
+            {m: statistics.median(v) for m, v in images.items() if v},
+        )
 
     def workload(self, model: str, config: dict) -> tuple:
         """Everything an estimate reads of a cell: ``(model, epochs, train_subset, FLOPs inputs)``. Cells
@@ -129,7 +132,7 @@ class CostModel:
         """``(training images per second, where the estimate comes from)``."""
         return self._images_per_second(model, _flops_inputs(config))
 
-    def _images_per_second(self, model: str, inputs: Optional[tuple]) -> tuple[float, str]:
+    def _images_per_second(self, model: str, inputs: tuple | None) -> tuple[float, str]:
         # Remembered per model and FLOPs inputs: a progress line estimates every queued cell, and a
         # model without runs costs a FLOPs lookup per finished model (speed only changes by assignment).
         if self._speeds_of != self.speed:
@@ -139,7 +142,7 @@ class CostModel:
             self._speeds[key] = self._estimate_speed(model, inputs)
         return self._speeds[key]
 
-    def _estimate_speed(self, model: str, inputs: Optional[tuple]) -> tuple[float, str]:
+    def _estimate_speed(self, model: str, inputs: tuple | None) -> tuple[float, str]:
         if model in self.speed:
             return self.speed[model], "finished runs of the model"
         flops = None if inputs is None else _flops(model, *inputs)
@@ -149,15 +152,17 @@ class CostModel:
             return self.speed[nearest] * known[nearest] / flops, f"finished runs of {nearest}, scaled by FLOPs"
         default = flops_per_image(DEFAULT_MODEL, {"data": {"name": DEFAULT_DATA}})
         if flops and default:
-            return (DEFAULT_IMAGES_PER_S * default / flops,
-                    f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s for {DEFAULT_MODEL} on {DEFAULT_DATA}, scaled by FLOPs")
+            return (
+                DEFAULT_IMAGES_PER_S * default / flops,
+                f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s for {DEFAULT_MODEL} on {DEFAULT_DATA}, scaled by FLOPs",
+            )
         return DEFAULT_IMAGES_PER_S, f"default guess, {DEFAULT_IMAGES_PER_S:g} img/s"
 
     def epoch_seconds(self, model: str, config: dict) -> tuple[float, str]:
         """``(estimated wall seconds per epoch, where the estimate comes from)``."""
         return self._epoch_seconds(model, config.get("data", {}).get("train_subset"), _flops_inputs(config))
 
-    def _epoch_seconds(self, model: str, subset: Optional[int], inputs: Optional[tuple]) -> tuple[float, str]:
+    def _epoch_seconds(self, model: str, subset: int | None, inputs: tuple | None) -> tuple[float, str]:
         if self.measured.get(model):
             return statistics.median(self.measured[model]), "measured here"
         images = subset or self.images.get(model, DEFAULT_TRAIN_IMAGES)
@@ -218,7 +223,7 @@ class GpuCost:
         return self.gpu_hours / self.gpus
 
 
-def split_sizes(config: dict) -> Optional[tuple[int, int]]:
+def split_sizes(config: dict) -> tuple[int, int] | None:
     """``(training images, evaluation images)`` of a recipe: its subsets, else ImageNet-1k's for an
     image folder; ``None`` for other data without subsets (no stated size)."""
     data = config.get("data", {})
@@ -229,8 +234,7 @@ def split_sizes(config: dict) -> Optional[tuple[int, int]]:
     return int(data.get("train_subset") or IMAGENET_TRAIN_IMAGES), int(data.get("test_subset") or IMAGENET_VAL_IMAGES)
 
 
-def gpu_cost(model: str, config: dict, gpus: int,
-             images_per_s: Optional[dict[str, float]] = None) -> Optional[GpuCost]:
+def gpu_cost(model: str, config: dict, gpus: int, images_per_s: dict[str, float] | None = None) -> GpuCost | None:
     """GPU-hours of one cell on ``gpus`` GPUs from the stated training throughput of ``model``
     (``images_per_s``, default :data:`GPU_IMAGES_PER_S`):
 
@@ -246,7 +250,8 @@ def gpu_cost(model: str, config: dict, gpus: int,
         return None
     train, val = sizes
     epochs = int(config.get("train", {}).get("epochs", 1))
-    evaluations = len(evaluated_epochs({"train": {"epochs": epochs,
-                                                  "eval_epochs": config.get("train", {}).get("eval_epochs")}}))
+    evaluations = len(
+        evaluated_epochs({"train": {"epochs": epochs, "eval_epochs": config.get("train", {}).get("eval_epochs")}})
+    )
     seconds = epochs * train / speed + evaluations * val / (EVAL_SPEEDUP * speed)
     return GpuCost(seconds / 3600.0, gpus, float(speed))

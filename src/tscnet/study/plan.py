@@ -14,14 +14,16 @@ Order: seed-major (seed 0 of every model, grid point and arm, then seed 1, ...),
 study has the same seeds for every arm; within a seed, model and grid point, the sources of
 ablations first, then the other ordinary arms, then the ablations.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..errors import InvalidValue, UserError
 from .spec import Arm, StudySpec
@@ -75,7 +77,7 @@ class Cell:
         return f"{self.model} {self.arm.name}{grid} seed{self.seed}"
 
 
-def source_cell(spec: StudySpec, cell: Cell) -> Optional[Cell]:
+def source_cell(spec: StudySpec, cell: Cell) -> Cell | None:
     """The cell an ablation is built from (same model, seed and grid point), else ``None``."""
     if cell.arm.source is None:
         return None
@@ -92,11 +94,14 @@ def arm_order(spec: StudySpec) -> list[Arm]:
     """Sources of ablations first, then the other ordinary arms, then the ablations (spec order within each)."""
     sources = {a.source for a in spec.arms if a.ablation}
     ordinary = [a for a in spec.arms if not a.ablation]
-    return ([a for a in ordinary if a.name in sources] + [a for a in ordinary if a.name not in sources]
-            + [a for a in spec.arms if a.ablation])
+    return (
+        [a for a in ordinary if a.name in sources]
+        + [a for a in ordinary if a.name not in sources]
+        + [a for a in spec.arms if a.ablation]
+    )
 
 
-def _grid_filter(spec: StudySpec, models: list[str], only: Optional[dict[str, list]]) -> Optional[dict[str, set]]:
+def _grid_filter(spec: StudySpec, models: list[str], only: dict[str, list] | None) -> dict[str, set] | None:
     """``only`` ({grid key: values}) checked against the grids of ``models``: every key is a grid key
     and every value a grid value of at least one of them."""
     if not only:
@@ -109,13 +114,20 @@ def _grid_filter(spec: StudySpec, models: list[str], only: Optional[dict[str, li
             raise UserError(f"--grid: {key!r} is not a grid key of the study ({', '.join(keys)})")
         missing = [v for v in values if _frozen(v) not in have]
         if missing:
-            raise UserError(f"--grid: {key}={_format_value(missing)} is not in the study's grid "
-                            f"({key}: {', '.join(map(_format_value, dict.fromkeys(have)))})")
+            raise UserError(
+                f"--grid: {key}={_format_value(missing)} is not in the study's grid "
+                f"({key}: {', '.join(map(_format_value, dict.fromkeys(have)))})"
+            )
     return {key: {_frozen(v) for v in values} for key, values in only.items()}
 
 
-def plan_cells(spec: StudySpec, models: Optional[list[str]] = None, arms: Optional[list[str]] = None,
-               seeds: Optional[list[int]] = None, grid: Optional[dict[str, list]] = None) -> list[Cell]:
+def plan_cells(
+    spec: StudySpec,
+    models: list[str] | None = None,
+    arms: list[str] | None = None,
+    seeds: list[int] | None = None,
+    grid: dict[str, list] | None = None,
+) -> list[Cell]:
     """Every cell of ``spec`` in run order (see the module docstring); optionally only some models,
     arms (by name; an ablation's source is added when missing), seeds or grid values (``{key: values}``:
     the grid points whose ``key`` is one of ``values``)."""
@@ -144,10 +156,12 @@ def plan_cells(spec: StudySpec, models: Optional[list[str]] = None, arms: Option
     return cells
 
 
-def checkout_root() -> Optional[Path]:
+def checkout_root() -> Path | None:
     """The tscnet source checkout this package runs from, when the working directory is inside it."""
     root = Path(__file__).resolve().parents[3]
-    if not ((root / "pyproject.toml").is_file() and (root / "benchmarks").is_dir() and (root / "src" / "tscnet").is_dir()):
+    if not (
+        (root / "pyproject.toml").is_file() and (root / "benchmarks").is_dir() and (root / "src" / "tscnet").is_dir()
+    ):
         return None
     try:
         Path.cwd().resolve().relative_to(root)
@@ -190,8 +204,10 @@ class Layout:
         """
         owner = _read_line(self.runs / OWNER_RECORD)
         if owner and Path(owner) != self.results:
-            raise InvalidValue(f"scratch runs {self.runs} belong to the results {owner}, not {self.results}; "
-                               "pass another --runs (two studies must not share scratch runs)")
+            raise InvalidValue(
+                f"scratch runs {self.runs} belong to the results {owner}, not {self.results}; "
+                "pass another --runs (two studies must not share scratch runs)"
+            )
         self.runs.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
         (self.runs / OWNER_RECORD).write_text(f"{self.results}\n")
@@ -212,7 +228,7 @@ SCRATCH_RECORD = "scratch.txt"
 OWNER_RECORD = ".results"
 
 
-def default_layout(spec: StudySpec, results: Optional[Path] = None, runs: Optional[Path] = None) -> Layout:
+def default_layout(spec: StudySpec, results: Path | None = None, runs: Path | None = None) -> Layout:
     """``benchmarks/results/<name>`` and ``runs/<name>`` in the tscnet checkout (when the working
     directory is inside it), else ``./study-results/<name>`` and ``./runs/<name>``; runs start in the
     checkout's root or the working directory.
@@ -240,7 +256,7 @@ def default_layout(spec: StudySpec, results: Optional[Path] = None, runs: Option
     return Layout(results, runs, workdir)
 
 
-def _read_line(path: Path) -> Optional[str]:
+def _read_line(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
     except (OSError, UnicodeDecodeError):

@@ -8,6 +8,7 @@ A failed run counts at chance error (100 − 100 / classes %): one that diverged
 marked †, one that finished at chance level (did not learn) ‡. Where cells recorded
 their platform (``platform.json`` or the model card), the report says which cells ran where.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import yaml
@@ -66,7 +67,7 @@ class Result:
     profile: dict  # {} for a diverged run
     card: dict
     info: dict
-    diverged: Optional[str] = None
+    diverged: str | None = None
 
     @property
     def grid_tag(self) -> str:
@@ -96,7 +97,7 @@ class Result:
         return bool(self.diverged) and did_not_learn(self.diverged)
 
     @property
-    def outcome(self) -> Optional[str]:
+    def outcome(self) -> str | None:
         """``"diverged"`` (a non-finite loss), ``"did not learn"`` (finished at chance level) or ``None``."""
         return None if not self.diverged else ("did not learn" if self.did_not_learn else "diverged")
 
@@ -119,7 +120,7 @@ class Result:
         return found
 
     @property
-    def platform(self) -> Optional[str]:
+    def platform(self) -> str | None:
         """Where the run ran (``platform.json``, else the model card's ``platform``), ``None`` if unrecorded."""
         record = None
         try:
@@ -181,7 +182,7 @@ def load_results(results: Path) -> list[Result]:
         if not metrics and not diverged:
             continue
 
-        def read(name: str) -> dict:
+        def read(name: str, folder: Path = folder) -> dict:
             try:
                 return json.loads((folder / name).read_text())
             except (OSError, ValueError):
@@ -189,9 +190,22 @@ def load_results(results: Path) -> list[Result]:
 
         arm = info.get("arm", info["policy"])
         steps = info["policy"] if ablation_kind(str(info["policy"])) else str(info.get("policy", arm))
-        found.append(Result(info["model"], arm, steps, int(info["seed"]), dict(info.get("grid") or {}), folder,
-                            _read_config(folder / RunFolder.CONFIG), metrics, {} if diverged else read(RunFolder.STEPS),
-                            read(RunFolder.CARD), info, diverged))
+        found.append(
+            Result(
+                info["model"],
+                arm,
+                steps,
+                int(info["seed"]),
+                dict(info.get("grid") or {}),
+                folder,
+                _read_config(folder / RunFolder.CONFIG),
+                metrics,
+                {} if diverged else read(RunFolder.STEPS),
+                read(RunFolder.CARD),
+                info,
+                diverged,
+            )
+        )
     return found
 
 
@@ -211,11 +225,16 @@ def arm_label(spec: StudySpec, name: str) -> str:
     except KeyError:
         kind = ablation_kind(name)
         source = name.partition(":")[2]
-        return (f"{source}'s final Δt profile, frozen" if kind == "profile-of"
-                else f"fixed Δt = T/D of {source}" if kind == "fixed-of" else name)
+        return (
+            f"{source}'s final Δt profile, frozen"
+            if kind == "profile-of"
+            else f"fixed Δt = T/D of {source}"
+            if kind == "fixed-of"
+            else name
+        )
 
 
-def arm_source(spec: StudySpec, result: Result) -> Optional[str]:
+def arm_source(spec: StudySpec, result: Result) -> str | None:
     """The arm an ablation's result was made from (``tsc`` for ``profile-of:tsc``), else ``None``."""
     try:
         return spec.arm(result.arm).source
@@ -242,10 +261,14 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
         drift = [d for d in drift if math.isfinite(d)]  # epoch E-3 not evaluated (train.eval_epochs): unknown
         times = [float(r.profile["evolution_time"]) for r in rs if not r.diverged]
         rows[arm] = {
-            "policy": arm, "label": arm_label(spec, arm),
+            "policy": arm,
+            "label": arm_label(spec, arm),
             "steps": sorted({str(r.config["model"]["steps"]) for r in rs}),
-            "seeds": [r.seed for r in rs], "n": len(rs), "epochs": sorted({len(r.metrics) for r in rs}),
-            "test_errors": errors, "mean": statistics.fmean(errors),
+            "seeds": [r.seed for r in rs],
+            "n": len(rs),
+            "epochs": sorted({len(r.metrics) for r in rs}),
+            "test_errors": errors,
+            "mean": statistics.fmean(errors),
             "std": statistics.stdev(errors) if len(errors) > 1 else None,
             "failed": [r.seed for r in rs if r.diverged],  # counted at chance: diverged or did not learn
             "diverged": [r.seed for r in rs if r.outcome == "diverged"],
@@ -261,14 +284,18 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
     best = min(peers, key=lambda p: rows[p]["mean"]) if peers else None
     base = spec.baseline
     for arm, row in rows.items():
-        row[key] = (welch(row["test_errors"], rows[base]["test_errors"]) if base in rows and arm != base else None)
-        row["vs_best_peer"] = (welch(row["test_errors"], rows[best]["test_errors"])
-                               if best is not None and arm != best else None)
+        row[key] = welch(row["test_errors"], rows[base]["test_errors"]) if base in rows and arm != base else None
+        row["vs_best_peer"] = (
+            welch(row["test_errors"], rows[best]["test_errors"]) if best is not None and arm != best else None
+        )
         source, row["vs_source"] = sources.get(arm), None
         if source in rows:
             mine, theirs = (dict(zip(rows[p]["seeds"], rows[p]["test_errors"])) for p in (arm, source))
-            row["vs_source"] = {"source": source, "paired": paired(mine, theirs),
-                                "welch": welch(row["test_errors"], rows[source]["test_errors"])}
+            row["vs_source"] = {
+                "source": source,
+                "paired": paired(mine, theirs),
+                "welch": welch(row["test_errors"], rows[source]["test_errors"]),
+            }
     # One family per model and grid point: every arm's comparison with the baseline, corrected together.
     family = [row for row in rows.values() if row[key] is not None]
     for row, p in zip(family, holm([row[key]["p"] for row in family])):
@@ -276,7 +303,7 @@ def summarize_group(spec: StudySpec, group: list[Result]) -> dict:
     return {"best_peer": best, "rows": list(rows.values())}
 
 
-def fmt_ci(test: Optional[dict]) -> str:
+def fmt_ci(test: dict | None) -> str:
     """``+1.23 [+0.45, +2.01] *`` from a test's ``diff`` and ``ci95`` (``*``: the interval excludes 0;
     ``—`` without a test)."""
     if test is None:
@@ -299,47 +326,59 @@ def fmt_p(p: float) -> str:
 def format_table(spec: StudySpec, summary: dict) -> str:
     """The Markdown table of one model's (and grid point's) summary: a row per policy."""
     best, key = summary["best_peer"], baseline_key(spec)
-    lines = [f"| policy | seeds | final test error % (mean ± std) | per seed | T (mean) | last-3-epoch change | "
-             f"Δ vs `{spec.baseline}` [95 % CI] | Δ vs best peer `{best}` [95 % CI] |",
-             "|---|---|---|---|---:|---:|---|---|"]
+    lines = [
+        f"| policy | seeds | final test error % (mean ± std) | per seed | T (mean) | last-3-epoch change | "
+        f"Δ vs `{spec.baseline}` [95 % CI] | Δ vs best peer `{best}` [95 % CI] |",
+        "|---|---|---|---|---:|---:|---|---|",
+    ]
     for r in summary["rows"]:
         change = "—" if r["last3_change"] is None else f"{r['last3_change']:.2f}"
         label = f"`{r['policy']}`" + ("" if r["label"] == r["policy"] else f" ({r['label']})")
-        per_seed = ", ".join(f"{e:.2f}" + ("†" if seed in r["diverged"] else "‡" if seed in r["did_not_learn"] else "")
-                             for e, seed in zip(r["test_errors"], r["seeds"]))
+        per_seed = ", ".join(
+            f"{e:.2f}" + ("†" if seed in r["diverged"] else "‡" if seed in r["did_not_learn"] else "")
+            for e, seed in zip(r["test_errors"], r["seeds"])
+        )
         t_mean = "—" if r["T_mean"] is None else f"{r['T_mean']:.3f}"
-        lines.append(f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {fmt_mean_std(r)} | "
-                     f"{per_seed} | {t_mean} | {change} | {fmt_ci(r[key])} | {fmt_ci(r['vs_best_peer'])} |")
+        lines.append(
+            f"| {label} | {r['n']} ({', '.join(map(str, r['seeds']))}) | {fmt_mean_std(r)} | "
+            f"{per_seed} | {t_mean} | {change} | {fmt_ci(r[key])} | {fmt_ci(r['vs_best_peer'])} |"
+        )
     return "\n".join(lines)
 
 
-def format_ablations(summary: dict) -> Optional[str]:
+def format_ablations(summary: dict) -> str | None:
     """The ablations against the run they were built from, or None when there are none."""
     rows = [r for r in summary["rows"] if r["vs_source"]]
     if not rows:
         return None
-    lines = ["| ablation | source | seeds | Δ vs source, paired by seed [95 % CI] | Δ vs source, Welch [95 % CI] |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| ablation | source | seeds | Δ vs source, paired by seed [95 % CI] | Δ vs source, Welch [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         test = r["vs_source"]
         seeds = "—" if test["paired"] is None else ", ".join(map(str, test["paired"]["seeds"]))
-        lines.append(f"| `{r['policy']}` | `{test['source']}` | {seeds} | {fmt_ci(test['paired'])} | "
-                     f"{fmt_ci(test['welch'])} |")
+        lines.append(
+            f"| `{r['policy']}` | `{test['source']}` | {seeds} | {fmt_ci(test['paired'])} | {fmt_ci(test['welch'])} |"
+        )
     return "\n".join(lines)
 
 
-def format_holm(spec: StudySpec, summary: dict) -> Optional[str]:
+def format_holm(spec: StudySpec, summary: dict) -> str | None:
     """Each arm's comparison with the baseline: Welch p-value and Holm-adjusted over the family."""
     key = baseline_key(spec)
     rows = [r for r in summary["rows"] if r.get(f"{key}_p_holm") is not None]
     if not rows:
         return None
-    lines = [f"| policy | Δ vs `{spec.baseline}` | p (Welch) | p, Holm-adjusted over these {len(rows)} |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"| policy | Δ vs `{spec.baseline}` | p (Welch) | p, Holm-adjusted over these {len(rows)} |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
         mark = " *" if r[f"{key}_p_holm"] < 0.05 else ""
-        lines.append(f"| `{r['policy']}` | {r[key]['diff']:+.2f} | {fmt_p(r[key]['p'])} | "
-                     f"{fmt_p(r[f'{key}_p_holm'])}{mark} |")
+        lines.append(
+            f"| `{r['policy']}` | {r[key]['diff']:+.2f} | {fmt_p(r[key]['p'])} | {fmt_p(r[f'{key}_p_holm'])}{mark} |"
+        )
     return "\n".join(lines)
 
 
@@ -360,26 +399,45 @@ def group_figures(spec: StudySpec, name: str, title: str, group: list[Result], o
     files = {}
     curves = [Series.from_runs(a, [r.errors for r in groups[a]], dashed=dashed[a]) for a in order]
     note = "solid: Δt from a controller; dashed: without"
-    files["curves"] = plot_series(curves, out / f"{name}_test_error.png", "test error (%)",
-                                  f"{title}: test error per epoch (mean ± std over seeds)", note=note)
+    files["curves"] = plot_series(
+        curves,
+        out / f"{name}_test_error.png",
+        "test error (%)",
+        f"{title}: test error per epoch (mean ± std over seeds)",
+        note=note,
+    )
     epochs = min(s.values.shape[1] for s in curves)
     last = min(epochs, max(4, epochs // 2))  # the end of training, where the policies separate (or not)
-    tail = [Series(s.label, s.values[:, epochs - last: epochs], s.dashed) for s in curves]
-    files["curves_end"] = plot_series(tail, out / f"{name}_test_error_end.png", "test error (%)",
-                                      f"{title}: test error over the last {last} epochs (mean ± std over seeds)",
-                                      note=note, first=epochs - last + 1)
+    tail = [Series(s.label, s.values[:, epochs - last : epochs], s.dashed) for s in curves]
+    files["curves_end"] = plot_series(
+        tail,
+        out / f"{name}_test_error_end.png",
+        "test error (%)",
+        f"{title}: test error over the last {last} epochs (mean ± std over seeds)",
+        note=note,
+        first=epochs - last + 1,
+    )
     finished = {a: [r for r in groups[a] if not r.diverged and r.profile] for a in order}
-    profiles = [Series.from_runs(a, [[float(np.mean(b)) for b in r.profile["dt"]] for r in finished[a]],
-                                 dashed=dashed[a]) for a in order if finished[a]]
+    profiles = [
+        Series.from_runs(a, [[float(np.mean(b)) for b in r.profile["dt"]] for r in finished[a]], dashed=dashed[a])
+        for a in order
+        if finished[a]
+    ]
     if profiles:
-        files["profiles"] = plot_series(profiles, out / f"{name}_dt_profile.png", "final mean_c Δt_d",
-                                        f"{title}: final step size of each block "
-                                        "(mean over channels; mean ± std over seeds)",
-                                        note=note, xlabel="residual block d (1 = first)")
+        files["profiles"] = plot_series(
+            profiles,
+            out / f"{name}_dt_profile.png",
+            "final mean_c Δt_d",
+            f"{title}: final step size of each block (mean over channels; mean ± std over seeds)",
+            note=note,
+            xlabel="residual block d (1 = first)",
+        )
     learned = [a for a in order if not _constant(steps[a]) and finished[a]]
     if learned:
-        panels = [(f"{a} (seed {finished[a][0].seed})",
-                   [np.asarray(b, dtype=float) for b in finished[a][0].profile["dt"]]) for a in learned]
+        panels = [
+            (f"{a} (seed {finished[a][0].seed})", [np.asarray(b, dtype=float) for b in finished[a][0].profile["dt"]])
+            for a in learned
+        ]
         files["heatmap"] = plot_dt_heatmaps(panels, out / f"{name}_dt_heatmap.png")
     return files
 
@@ -442,28 +500,35 @@ def _method(spec: StudySpec, grid: bool) -> str:
         "than the reference) with the 95 % confidence interval of Welch's unequal-variance t-test "
         "(`scipy.stats.ttest_ind(equal_var=False).confidence_interval(0.95)`); * marks an interval that "
         "excludes 0. Best peer: the controller-free peer (" + ", ".join(f"`{p}`" for p in spec.peers) + ") with "
-        f"the lowest mean error for that model{' and grid point' if grid else ''}. ")
+        f"the lowest mean error for that model{' and grid point' if grid else ''}. "
+    )
     if base != "none":
         text += f"Baseline: `{base}`. "
     sources: dict[str, list] = {}
     for arm in spec.arms:
         if arm.ablation:
             sources.setdefault(arm.source, []).append(arm)
-    what = {"profile-of": "its final per-block, per-channel Δt frozen from the first step",
-            "fixed-of": "a uniform fixed step equal to its final T / D"}
+    what = {
+        "profile-of": "its final per-block, per-channel Δt frozen from the first step",
+        "fixed-of": "a uniform fixed step equal to its final T / D",
+    }
     for source, arms in sources.items():
         parts = [f"{what[a.ablation]} (`{a.name}`)" for a in arms]
         listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + ", and " + parts[-1]
-        text += (f"Ablations of `{source}` (same model{', grid point' if grid else ''} and seed): {listed}; "
-                 f"{'each is' if len(parts) > 1 else 'it is'} also compared with its source run seed by seed "
-                 "(paired t-test, `scipy.stats.ttest_rel`, over the seeds both have). ")
-    text += ("A run that diverged (the engine stopped it at a NaN or infinite loss) counts at chance error "
-             "(100 − 100 / classes %) and is marked †; one that did not learn (finished at a final error at chance "
-             "level) counts at chance too and is marked ‡; neither has T, a Δt profile or ablations.\n")
+        text += (
+            f"Ablations of `{source}` (same model{', grid point' if grid else ''} and seed): {listed}; "
+            f"{'each is' if len(parts) > 1 else 'it is'} also compared with its source run seed by seed "
+            "(paired t-test, `scipy.stats.ttest_rel`, over the seeds both have). "
+        )
+    text += (
+        "A run that diverged (the engine stopped it at a NaN or infinite loss) counts at chance error "
+        "(100 − 100 / classes %) and is marked †; one that did not learn (finished at a final error at chance "
+        "level) counts at chance too and is marked ‡; neither has T, a Δt profile or ablations.\n"
+    )
     return text
 
 
-def _platforms(found: list[Result]) -> Optional[str]:
+def _platforms(found: list[Result]) -> str | None:
     """Where the cells ran, or ``None`` when no cell recorded its platform.
 
     The cells of the most common platform are not listed (``summary.json`` maps every cell to its
@@ -474,10 +539,12 @@ def _platforms(found: list[Result]) -> Optional[str]:
         where.setdefault(r.platform or "unrecorded", []).append(str(r))
     if set(where) == {"unrecorded"}:
         return None
-    text = ("**Platforms.** Runs are bit-exact on one machine, not across CPU or GPU types; a re-run elsewhere "
-            "matches in distribution, not digit for digit. ")
+    text = (
+        "**Platforms.** Runs are bit-exact on one machine, not across CPU or GPU types; a re-run elsewhere "
+        "matches in distribution, not digit for digit. "
+    )
     if len(where) == 1:
-        (label, cells), = where.items()
+        ((label, cells),) = where.items()
         return text + f"All {len(cells)} runs: {label}.\n"
     ranked = sorted(where.items(), key=lambda kv: (-len(kv[1]), kv[0] == "unrecorded", kv[0]))
     lines = [text + "Where the cells ran:\n", f"- {ranked[0][0]} ({len(ranked[0][1])}): every cell not listed below"]
@@ -528,17 +595,23 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         chance = next(r.chance for r in found if r.model == model)
         figure = plot_sweep(model, sweep, chance, results / f"{model}_{sweep['key'].rpartition('.')[2]}_sweep.png")
         files.append(figure)
-        sections += [f"## {model}: final test error against `{sweep['key']}`\n",
-                     f"![final test error against {sweep['key']}]({figure.name})\n",
-                     format_sweep(model, sweep, chance) + "\n"]
+        sections += [
+            f"## {model}: final test error against `{sweep['key']}`\n",
+            f"![final test error against {sweep['key']}]({figure.name})\n",
+            format_sweep(model, sweep, chance) + "\n",
+        ]
     transfer = transfer_analysis(sweeps, model_depths(found)) if spec.report.get("transfer") else None
     if transfer is not None:
-        controller_arms = {arm for sweep in sweeps.values() for arm, e in sweep["arms"].items()
-                           if _controller(e["steps"])}
+        controller_arms = {
+            arm for sweep in sweeps.values() for arm, e in sweep["arms"].items() if _controller(e["steps"])
+        }
         figure = plot_transfer(transfer, controller_arms, results / "depth_transfer.png")
         files.append(figure)
-        sections += [f"## Depth transfer: the best `{transfer['key']}` across {', '.join(transfer['models'])}\n",
-                     f"![best {transfer['key']} against depth]({figure.name})\n", format_transfer(transfer) + "\n"]
+        sections += [
+            f"## Depth transfer: the best `{transfer['key']}` across {', '.join(transfer['models'])}\n",
+            f"![best {transfer['key']} against depth]({figure.name})\n",
+            format_transfer(transfer) + "\n",
+        ]
     for (model, tag), group in groups.items():
         summary = summarize_group(spec, group)
         values = group[0].grid
@@ -555,16 +628,23 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         sections += [f"## {heading}\n", format_table(spec, summary) + "\n"]
         ablations = format_ablations(summary)
         if ablations:
-            sections += ["Ablations against the run each was built from (same model and seed; negative = the "
-                         "ablation is better):\n", ablations + "\n"]
+            sections += [
+                "Ablations against the run each was built from (same model and seed; negative = the "
+                "ablation is better):\n",
+                ablations + "\n",
+            ]
         corrected = format_holm(spec, summary)
         if corrected:
-            sections += ["Multiple comparisons: the table's intervals are per comparison. Corrected together "
-                         f"(Holm–Bonferroni over every policy's comparison with `{spec.baseline}` for this "
-                         f"{'model and grid point' if tag else 'model'}; * marks an adjusted p below 0.05):\n",
-                         corrected + "\n"]
-        sections += [f"![test error per epoch]({made['curves'].name})\n",
-                     f"![test error over the last epochs]({made['curves_end'].name})\n"]
+            sections += [
+                "Multiple comparisons: the table's intervals are per comparison. Corrected together "
+                f"(Holm–Bonferroni over every policy's comparison with `{spec.baseline}` for this "
+                f"{'model and grid point' if tag else 'model'}; * marks an adjusted p below 0.05):\n",
+                corrected + "\n",
+            ]
+        sections += [
+            f"![test error per epoch]({made['curves'].name})\n",
+            f"![test error over the last epochs]({made['curves_end'].name})\n",
+        ]
         if "profiles" in made:
             sections.append(f"![final Δt per block]({made['profiles'].name})\n")
         if "heatmap" in made:
@@ -573,11 +653,17 @@ def build_report(spec: StudySpec, results: Path) -> Report:
     path.write_text("\n".join(sections))
 
     def relative(summary: dict) -> dict:
-        return {**summary, "rows": [{**row, "runs": [os.path.relpath(f, results) for f in row["runs"]]}
-                                    for row in summary["rows"]]}
+        return {
+            **summary,
+            "rows": [{**row, "runs": [os.path.relpath(f, results) for f in row["runs"]]} for row in summary["rows"]],
+        }
 
-    rel = {model: ({"grid": {t: relative(s) for t, s in summary["grid"].items()}} if "grid" in summary
-                   else relative(summary)) for model, summary in summaries.items()}
+    rel = {
+        model: (
+            {"grid": {t: relative(s) for t, s in summary["grid"].items()}} if "grid" in summary else relative(summary)
+        )
+        for model, summary in summaries.items()
+    }
     for model, sweep in sweeps.items():
         rel[model]["sweep"] = json.loads(json.dumps(sweep, default=list))
         for entry in rel[model]["sweep"]["arms"].values():
@@ -585,17 +671,19 @@ def build_report(spec: StudySpec, results: Path) -> Report:
                 point["runs"] = [os.path.relpath(f, results) for f in point["runs"]]
     key = baseline_key(spec)
     document = {
-        "method": {"error": "final-epoch test error %, mean ± sample std over seeds",
-                   "ci": "Welch t-test 95 % CI of mean(policy) - mean(reference), "
-                         "scipy.stats.ttest_ind(equal_var=False)",
-                   "p_holm": f"{key}_p_holm: Welch p-value vs {spec.baseline}, Holm-Bonferroni adjusted over every "
-                             f"policy's comparison with {spec.baseline} for the model"
-                             + (" and grid point" if grid else ""),
-                   "convergence": "mean over seeds of |err_E - err_{E-3}|", "peers": spec.peers,
-                   "vs_source": "ablation - its source run: paired t-test over common seeds "
-                                "(scipy.stats.ttest_rel) and Welch"},
-        "recipe": [json.loads(text) for text in recipes], "recipe_cells": list(recipes.values()),
-        "models": rel, "figures": figures,
+        "method": {
+            "error": "final-epoch test error %, mean ± sample std over seeds",
+            "ci": "Welch t-test 95 % CI of mean(policy) - mean(reference), scipy.stats.ttest_ind(equal_var=False)",
+            "p_holm": f"{key}_p_holm: Welch p-value vs {spec.baseline}, Holm-Bonferroni adjusted over every "
+            f"policy's comparison with {spec.baseline} for the model" + (" and grid point" if grid else ""),
+            "convergence": "mean over seeds of |err_E - err_{E-3}|",
+            "peers": spec.peers,
+            "vs_source": "ablation - its source run: paired t-test over common seeds (scipy.stats.ttest_rel) and Welch",
+        },
+        "recipe": [json.loads(text) for text in recipes],
+        "recipe_cells": list(recipes.values()),
+        "models": rel,
+        "figures": figures,
     }
     if transfer is not None:
         document["transfer"] = transfer
@@ -617,13 +705,13 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional[dict]:
+def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> dict | None:
     """The one-key grid of ``model``: per arm and value, and per arm its largest stable value, best value
     (with Welch/Holm against the best peer at its own best value) and spread. ``None`` unless the
     model's cells vary exactly one grid key.
@@ -637,7 +725,9 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
     if len(keys) != 1 or len(next(iter(keys))) != 1:
         return None
     key = next(iter(keys))[0]
-    values = sorted({_grid_value(r.grid[key]) for r in mine}, key=lambda v: (not _numeric(v), v if _numeric(v) else str(v)))
+    values = sorted(
+        {_grid_value(r.grid[key]) for r in mine}, key=lambda v: (not _numeric(v), v if _numeric(v) else str(v))
+    )
     planned = spec.seeds_for(model) if model in spec.models else sorted({r.seed for r in mine})
     arms = _order(sorted({r.arm for r in mine}), [a.name for a in spec.arms])
     steps = sorted({s for r in mine for s in r.loss_at_step}) or [100, 300]
@@ -656,16 +746,24 @@ def sweep_analysis(spec: StudySpec, model: str, found: list[Result]) -> Optional
             for step in steps:
                 have = [r.loss_at_step[step] for r in rs if step in r.loss_at_step]
                 losses[str(step)] = {"mean": statistics.fmean(have) if have else None, "n": len(have)}
-            points.append({
-                "value": value, "seeds": [r.seed for r in rs], "n": len(rs), "test_errors": errors,
-                "mean": mean, "std": std, "failed": [r.seed for r in rs if r.diverged],
-                "diverged": [r.seed for r in rs if r.outcome == "diverged"],
-                "did_not_learn": [r.seed for r in rs if r.did_not_learn],
-                "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
-                "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None,
-                "T_mean": statistics.fmean(times) if times else None,
-                "loss_at_step": losses, "runs": [str(r.folder) for r in rs],
-            })
+            points.append(
+                {
+                    "value": value,
+                    "seeds": [r.seed for r in rs],
+                    "n": len(rs),
+                    "test_errors": errors,
+                    "mean": mean,
+                    "std": std,
+                    "failed": [r.seed for r in rs if r.diverged],
+                    "diverged": [r.seed for r in rs if r.outcome == "diverged"],
+                    "did_not_learn": [r.seed for r in rs if r.did_not_learn],
+                    "stable": {r.seed for r in rs} >= set(planned) and not any(r.diverged for r in rs),
+                    "error_epoch1": statistics.fmean(first) if all(map(math.isfinite, first)) else None,
+                    "T_mean": statistics.fmean(times) if times else None,
+                    "loss_at_step": losses,
+                    "runs": [str(r.folder) for r in rs],
+                }
+            )
         stable = [p for p in points if p["stable"]]
         largest = stable[-1]["value"] if stable else None  # values ascend
         above = [p for p in points if largest is None or values.index(p["value"]) > values.index(largest)]
@@ -704,7 +802,7 @@ def _grid_value(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _fmt(value: Optional[float], digits: int = 2) -> str:
+def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -721,7 +819,7 @@ def _largest_stable(entry: dict, values: list) -> str:
     return text + (f" ({', '.join(map(_fmt_value, pending))} pending)" if pending else "")
 
 
-def _matrix_cell(point: Optional[dict], planned: int) -> str:
+def _matrix_cell(point: dict | None, planned: int) -> str:
     """``26.17 ± 0.81``; ``✗ 2/3 (35.59)``: 2 of 3 seeds diverged, the others' errors in brackets."""
     if point is None:
         return "—"
@@ -735,8 +833,10 @@ def _matrix_cell(point: Optional[dict], planned: int) -> str:
 def format_sweep_matrix(sweep: dict) -> str:
     """Final test error per arm (rows) and grid value (columns): the figure of :func:`plot_sweep` in numbers."""
     key, values, planned = sweep["key"], sweep["values"], len(sweep["seeds"])
-    lines = ["| policy | " + " | ".join(f"`{key}` = {_fmt_value(v)}" for v in values) + " |",
-             "|---|" + "---:|" * len(values)]
+    lines = [
+        "| policy | " + " | ".join(f"`{key}` = {_fmt_value(v)}" for v in values) + " |",
+        "|---|" + "---:|" * len(values),
+    ]
     for arm, e in sweep["arms"].items():
         at = {p["value"]: p for p in e["points"]}
         lines.append(f"| `{arm}` | " + " | ".join(_matrix_cell(at.get(v), planned) for v in values) + " |")
@@ -748,40 +848,51 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
     key, best_peer = sweep["key"], sweep["best_peer"]
     seeds = ", ".join(map(str, sweep["seeds"]))
     family = sum(1 for e in sweep["arms"].values() if e.get("vs_best_peer_p_holm") is not None)
-    lines = [f"Final test error % per policy and `{key}`, mean ± std over seeds {seeds}. ✗ k/n: k of the n seeds "
-             "diverged or ended at chance level, and the errors of the others are in brackets; (n = k): only k seeds "
-             "so far.\n", format_sweep_matrix(sweep), "",
-             f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
-             f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
-             "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). "
-             "*Best*: the value with the lowest mean final error, per arm; each arm at "
-             f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
-             f"and p Holm-adjusted over these {family} comparisons"
-             f"{'' if family else ' (none yet: a comparison needs two seeds of the arm and of the best peer)'}. "
-             "The best values are chosen on the same seeds that measure "
-             "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "
-             "corrected for that choice. *Spread*: max − min of the mean final error over the whole grid, and over "
-             "the stable values only (sensitivity to the choice).\n",
-             f"| policy | largest stable `{key}` | best `{key}` | final error at best (mean ± std) | "
-             f"Δ vs best peer `{best_peer}` at its best [95 % CI] | p, Holm-adjusted | spread, whole grid | "
-             "spread, stable range |",
-             "|---|---:|---:|---|---|---:|---:|---:|"]
+    lines = [
+        f"Final test error % per policy and `{key}`, mean ± std over seeds {seeds}. ✗ k/n: k of the n seeds "
+        "diverged or ended at chance level, and the errors of the others are in brackets; (n = k): only k seeds "
+        "so far.\n",
+        format_sweep_matrix(sweep),
+        "",
+        f"Stability and sensitivity over `{key}` (final test error %, mean over seeds; a diverged seed counts "
+        f"at chance, {chance:.2f} %). *Largest stable*: the largest value at which every seed ({seeds}) "
+        "trained and none diverged (*pending*: values where seeds are still to run and none diverged yet). "
+        "*Best*: the value with the lowest mean final error, per arm; each arm at "
+        f"its best value is compared with the best peer at its own best value (`{best_peer}`), Welch 95 % CI "
+        f"and p Holm-adjusted over these {family} comparisons"
+        f"{'' if family else ' (none yet: a comparison needs two seeds of the arm and of the best peer)'}. "
+        "The best values are chosen on the same seeds that measure "
+        "them, so these comparisons favour arms (and peers) with more values to pick from; they are not "
+        "corrected for that choice. *Spread*: max − min of the mean final error over the whole grid, and over "
+        "the stable values only (sensitivity to the choice).\n",
+        f"| policy | largest stable `{key}` | best `{key}` | final error at best (mean ± std) | "
+        f"Δ vs best peer `{best_peer}` at its best [95 % CI] | p, Holm-adjusted | spread, whole grid | "
+        "spread, stable range |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+    ]
     for arm, e in sweep["arms"].items():
         best = e["best"]
         at_best = "—" if best is None else f"{fmt_mean_std(best)} (n = {best['n']})"
         p = e.get("vs_best_peer_p_holm")
         mark = " *" if p is not None and p < 0.05 else ""
-        lines.append(f"| `{arm}` | {_largest_stable(e, sweep['values'])} | {_fmt_value(e['best_value'])} | {at_best} | "
-                     f"{fmt_ci(e['vs_best_peer'])} | {'—' if p is None else fmt_p(p) + mark} | {_fmt(e['spread'])} | "
-                     f"{_fmt(e['spread_stable'])} |")
+        lines.append(
+            f"| `{arm}` | {_largest_stable(e, sweep['values'])} | {_fmt_value(e['best_value'])} | {at_best} | "
+            f"{fmt_ci(e['vs_best_peer'])} | {'—' if p is None else fmt_p(p) + mark} | {_fmt(e['spread'])} | "
+            f"{_fmt(e['spread_stable'])} |"
+        )
     steps = sweep["loss_steps"]
-    lines += ["", f"Early speed per arm and `{key}`: mean training loss around steps "
-              + ", ".join(map(str, steps)) + " (the run's `loss_at_step`; — where not recorded; (k/n): only k of the "
-              "n seeds reached the step), test error after epoch 1, final test error, T. × counts the seeds "
-              "that failed (diverged or did not learn).\n",
-              f"| policy | `{key}` | seeds | " + " | ".join(f"loss @ {s}" for s in steps)
-              + " | error after epoch 1 | final error (mean ± std) | T (mean) |",
-              "|---|---:|---|" + "---:|" * len(steps) + "---:|---|---:|"]
+    lines += [
+        "",
+        f"Early speed per arm and `{key}`: mean training loss around steps "
+        + ", ".join(map(str, steps))
+        + " (the run's `loss_at_step`; — where not recorded; (k/n): only k of the "
+        "n seeds reached the step), test error after epoch 1, final test error, T. × counts the seeds "
+        "that failed (diverged or did not learn).\n",
+        f"| policy | `{key}` | seeds | "
+        + " | ".join(f"loss @ {s}" for s in steps)
+        + " | error after epoch 1 | final error (mean ± std) | T (mean) |",
+        "|---|---:|---|" + "---:|" * len(steps) + "---:|---|---:|",
+    ]
     for arm, e in sweep["arms"].items():
         for pt in e["points"]:
             losses = []
@@ -793,8 +904,11 @@ def format_sweep(model: str, sweep: dict, chance: float) -> str:
                 losses.append(text)
             diverged = f", {len(pt['failed'])}×" if pt["failed"] else ""
             final = fmt_mean_std(pt)
-            lines.append(f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | " + " | ".join(losses)
-                         + f" | {_fmt(pt['error_epoch1'], 2)} | {final} | {_fmt(pt['T_mean'], 3)} |")
+            lines.append(
+                f"| `{arm}` | {_fmt_value(pt['value'])} | {pt['n']}{diverged} | "
+                + " | ".join(losses)
+                + f" | {_fmt(pt['error_epoch1'], 2)} | {final} | {_fmt(pt['T_mean'], 3)} |"
+            )
     return "\n".join(lines)
 
 
@@ -807,8 +921,11 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
     numeric = all(_numeric(v) for v in sweep["values"])
     positions = {v: (v if numeric else i) for i, v in enumerate(sweep["values"])}
     arms = list(sweep["arms"])
-    log_x = numeric and min(sweep["values"]) > 0 and (sweep["key"].rpartition(".")[2].startswith("lr")
-                                                    or max(sweep["values"]) / min(sweep["values"]) >= 10)
+    log_x = (
+        numeric
+        and min(sweep["values"]) > 0
+        and (sweep["key"].rpartition(".")[2].startswith("lr") or max(sweep["values"]) / min(sweep["values"]) >= 10)
+    )
     span = (max(positions.values()) - min(positions.values())) or 1.0
     for i, (arm, color) in enumerate(zip(arms, _colors(len(arms)))):
         points = sweep["arms"][arm]["points"]
@@ -816,8 +933,17 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
         dodge = (i - (len(arms) - 1) / 2) * 0.015
         xs = [positions[p["value"]] * (1 + dodge) if log_x else positions[p["value"]] + dodge * span for p in points]
         dashed = not _controller(sweep["arms"][arm]["steps"])
-        ax.errorbar(xs, [p["mean"] for p in points], yerr=[p["std"] or 0.0 for p in points], color=color,
-                    marker="o", capsize=3, lw=1.5, label=arm, ls="--" if dashed else "-")
+        ax.errorbar(
+            xs,
+            [p["mean"] for p in points],
+            yerr=[p["std"] or 0.0 for p in points],
+            color=color,
+            marker="o",
+            capsize=3,
+            lw=1.5,
+            label=arm,
+            ls="--" if dashed else "-",
+        )
         bad = [(x, chance) for x, p in zip(xs, points) for _ in p["failed"]]
         if bad:
             ax.scatter(*zip(*bad), marker="x", s=70, color=color, zorder=5)
@@ -828,8 +954,11 @@ def plot_sweep(model: str, sweep: dict, chance: float, path: Path) -> Path:
     if not numeric:
         ax.set_xticks(list(positions.values()), [_fmt_value(v) for v in sweep["values"]])
     ax.axhline(chance, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel=sweep["key"], ylabel="final test error (%)",
-           title=f"{model}: final test error against {sweep['key']}\n(mean ± std over seeds; × a diverged seed, counted at chance)")
+    ax.set(
+        xlabel=sweep["key"],
+        ylabel="final test error (%)",
+        title=f"{model}: final test error against {sweep['key']}\n(mean ± std over seeds; × a diverged seed, counted at chance)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

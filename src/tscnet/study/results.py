@@ -10,6 +10,7 @@ Divergence is a result: a run that stopped at a non-finite loss (the engine's ``
 error in its log, or its ``diverged.json``) or that finished at chance level (final test error
 ≥ 0.95 · (100 − 100 / classes) %) is recorded as diverged and counts at chance error.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -37,11 +38,17 @@ RESULT_FILES = (RunFolder.CONFIG, RunFolder.METRICS, RunFolder.STEPS, RunFolder.
 DIVERGED_FILES = (RunFolder.CONFIG, RunFolder.METRICS)  # a diverged run has no final profile or model card
 OPTIONAL_FILES = (RunFolder.PLATFORM, RunFolder.DIVERGED)  # copied when the run wrote them
 # Keys that place a run, not define it: a resumed or skipped cell may differ in these.
-PLACEMENT = {("data", "data_dir"), ("data", "download"), ("data", "workers"), ("data", "eval_batch_size"),
-             ("train", "device"), ("train", "progress")}
+PLACEMENT = {
+    ("data", "data_dir"),
+    ("data", "download"),
+    ("data", "workers"),
+    ("data", "eval_batch_size"),
+    ("train", "device"),
+    ("train", "progress"),
+}
 
 
-def read_cell_info(folder: Path) -> Optional[dict]:
+def read_cell_info(folder: Path) -> dict | None:
     """``cell.json`` of a results folder, or ``None`` when there is none (or it is unreadable)."""
     try:
         info = json.loads((Path(folder) / CELL_FILE).read_text())
@@ -60,7 +67,7 @@ def is_collected(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in needed)
 
 
-def diverged_reason(folder: Path) -> Optional[str]:
+def diverged_reason(folder: Path) -> str | None:
     """The divergence message of a collected cell, else ``None``."""
     info = read_cell_info(folder) if is_collected(folder) else None
     return info.get("diverged") if info else None
@@ -96,20 +103,20 @@ def _log_errors(log: Path, start: int = 0) -> list[str]:
     return [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
 
 
-def log_error(log: Path, start: int = 0) -> Optional[str]:
+def log_error(log: Path, start: int = 0) -> str | None:
     """The last one-line error in a run's log (why a trainer that failed did), else ``None``; ``start``:
     the log's size when this attempt began (an earlier attempt's error is not this one's reason)."""
     errors = _log_errors(log, start)
     return errors[-1] if errors else None
 
 
-def log_divergence(log: Path) -> Optional[str]:
+def log_divergence(log: Path) -> str | None:
     """The engine's one-line divergence error in a run's log (``loss became nan ...``), else ``None``."""
     errors = [error for error in _log_errors(log) if "loss became" in error]
     return errors[-1] if errors else None
 
 
-def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
+def run_divergence(run_dir: Path, log: Path | None = None) -> str | None:
     """Why an ended run failed and counts at chance error, else ``None``: it diverged (its
     ``diverged.json``, the engine's error in its log) or, finished, it did not learn (a final test
     error at chance level, :func:`did_not_learn`)."""
@@ -131,8 +138,7 @@ def run_divergence(run_dir: Path, log: Optional[Path] = None) -> Optional[str]:
         if metrics and "test_error" in metrics[-1]:
             error, chance = float(metrics[-1]["test_error"]), chance_error_of_config(config)
             if error >= CHANCE_FRACTION * chance:
-                return (f"final test error {error:.2f} % {AT_CHANCE} "
-                        f"(≥ {CHANCE_FRACTION:g} × {chance:.2f} %)")
+                return f"final test error {error:.2f} % {AT_CHANCE} (≥ {CHANCE_FRACTION:g} × {chance:.2f} %)"
     return None
 
 
@@ -146,15 +152,22 @@ def did_not_learn(reason: str) -> bool:
     return AT_CHANCE in reason
 
 
-def cell_info(spec: StudySpec, cell: Cell, steps: str, overrides: list[str], diverged: Optional[str] = None) -> dict:
+def cell_info(spec: StudySpec, cell: Cell, steps: str, overrides: list[str], diverged: str | None = None) -> dict:
     """The ``cell.json`` of ``cell``: the converged study's keys first, in its order (``policy`` is the
     arm's label for a string arm, its ``steps`` for a mapping arm; ``steps`` the resolved
     ``model.steps``), then ``arm``, the arm's ``set``, every override after the recipe (``overrides``,
     grid values aside), ``grid`` (``{key: value}``, with a grid) and ``diverged`` (why, when it did)."""
     source = source_cell(spec, cell)
-    info: dict[str, Any] = {"model": cell.model, "policy": cell.arm.steps if cell.arm.mapping else cell.arm.name,
-                            "seed": cell.seed, "steps": steps, "source": str(source.rel) if source else None,
-                            "arm": cell.arm.name, "set": list(cell.arm.set), "overrides": list(overrides)}
+    info: dict[str, Any] = {
+        "model": cell.model,
+        "policy": cell.arm.steps if cell.arm.mapping else cell.arm.name,
+        "seed": cell.seed,
+        "steps": steps,
+        "source": str(source.rel) if source else None,
+        "arm": cell.arm.name,
+        "set": list(cell.arm.set),
+        "overrides": list(overrides),
+    }
     if cell.grid:
         info["grid"] = cell.grid_values
     if diverged:
@@ -203,8 +216,10 @@ def collect(run_dir: Path, final: Path, info: dict) -> Path:
 
 def _unwritable(run_dir: Path, final: Path, error: OSError) -> UserError:
     """A collect that failed to copy (a full disk, a read-only folder): nothing of the cell was kept."""
-    return UserError(f"cannot copy {run_dir} to {final}: {error.strerror or error}; nothing of it was kept, and "
-                     "the next tscnet study collects it")
+    return UserError(
+        f"cannot copy {run_dir} to {final}: {error.strerror or error}; nothing of it was kept, and "
+        "the next tscnet study collects it"
+    )
 
 
 def final_error(folder: Path) -> float:
@@ -271,8 +286,9 @@ def check_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = (
         validate_config(config)
 
 
-def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = (),
-                    download: bool = True) -> None:
+def check_cell_data(
+    spec: StudySpec, cells: list[Cell], workdir: Path, extra: tuple[str, ...] = (), download: bool = True
+) -> None:
     """Every dataset the ``cells`` train on can be read from ``workdir``, where their runs start, with
     their subsets: a missing or damaged data folder fails once, before any cell starts, instead of
     once per cell. ``download=False`` (a dry run) fetches nothing: data a recipe would download is
@@ -292,8 +308,14 @@ def check_cell_data(spec: StudySpec, cells: list[Cell], workdir: Path, extra: tu
         if folder is not None and not Path(folder).expanduser().is_absolute():
             folder = workdir / folder
         try:
-            check_data(data["name"], folder, image_size=data["image_size"], train_subset=data["train_subset"],
-                       test_subset=data["test_subset"], download=data["download"])
+            check_data(
+                data["name"],
+                folder,
+                image_size=data["image_size"],
+                train_subset=data["train_subset"],
+                test_subset=data["test_subset"],
+                download=data["download"],
+            )
         except UserError as error:
             relative = f" (relative to {workdir}, where the runs start)" if folder != data["data_dir"] else ""
             message = str(error).replace("--data-dir", "--set data.data_dir=DIR")  # train's flag; a study's --set
@@ -323,7 +345,7 @@ def definition(config: dict, filled: dict) -> dict:
     return config
 
 
-def config_difference(want: dict, have: dict) -> Optional[str]:
+def config_difference(want: dict, have: dict) -> str | None:
     """``None`` if run config ``have`` defines the same run as ``want``, else the first difference.
 
     A key missing on one side (a run saved before the key was added to the schema) reads as its
@@ -354,5 +376,7 @@ def check_recipe(spec: StudySpec, cells: list[Cell], layout: Layout, extra: tupl
         if is_collected(folder):
             problem = config_difference(cell_config(spec, cell, layout, extra), read_yaml(folder / RunFolder.CONFIG))
             if problem:
-                raise UserError(f"results {folder} were trained with another recipe ({problem}); "
-                                "use another --results folder or remove them")
+                raise UserError(
+                    f"results {folder} were trained with another recipe ({problem}); "
+                    "use another --results folder or remove them"
+                )

@@ -23,15 +23,17 @@ Progress: a line whenever a cell starts or ends and every ``progress_every`` sec
 is Σ (estimated seconds of queued cells) + Σ (what is left of running cells), divided by the
 executor's capacity (see :class:`CostModel`).
 """
+
 from __future__ import annotations
 
 import copy
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import UserError
 from ..jobs.executors.base import Executor, Task
@@ -68,9 +70,9 @@ class CellResult:
 
     cell: Cell
     folder: Path
-    diverged: Optional[str]
+    diverged: str | None
     error: float  # final test error (%), NaN when no epoch finished
-    seconds: Optional[float] = None  # wall time of this invocation's run (None: collected without running)
+    seconds: float | None = None  # wall time of this invocation's run (None: collected without running)
 
     def describe(self) -> str:
         if not self.diverged:
@@ -110,8 +112,18 @@ def make_task(cell: Cell, config: dict, layout: Layout, threads: int = 1, gpus: 
     resume = RunFolder(run).started
     command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(run)]
     command += ["--resume"] if resume else ["--config", str(recipe)]
-    return Task(name=str(cell), config=config, command=command, recipe=recipe, run_dir=run, log=layout.log(cell),
-                cwd=layout.workdir, threads=threads, gpus=gpus, resume=resume)
+    return Task(
+        name=str(cell),
+        config=config,
+        command=command,
+        recipe=recipe,
+        run_dir=run,
+        log=layout.log(cell),
+        cwd=layout.workdir,
+        threads=threads,
+        gpus=gpus,
+        resume=resume,
+    )
 
 
 def planned_configs(spec: StudySpec, cells: list[Cell], extra: tuple[str, ...] = ()) -> dict[Cell, dict]:
@@ -141,8 +153,8 @@ class StudyOptions:
     extra: tuple[str, ...] = ()
     threads: int = 1
     gpus: int = 0
-    max_hours: Optional[float] = None
-    on_result: Optional[Callable[[CellResult], None]] = None
+    max_hours: float | None = None
+    on_result: Callable[[CellResult], None] | None = None
     poll_interval: float = 1.0
     progress_every: float = 300.0
     out: Callable[[str], None] = lambda s: print(s, flush=True)
@@ -158,15 +170,24 @@ class StudyRun:
     if that process stops or dies first (its lock released or stale), the cell is queued again.
     """
 
-    def __init__(self, spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor,
-                 options: StudyOptions) -> None:
+    def __init__(
+        self, spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, options: StudyOptions
+    ) -> None:
         self.spec, self.cells, self.layout, self.executor, self.options = spec, cells, layout, executor, options
         self.out = options.out
         self.start = time.time()
         self.deadline = None if options.max_hours is None else self.start + 3600.0 * options.max_hours
         self.pending = [c for c in cells if not is_collected(layout.result_dir(c))]
-        self.counts: dict[str, Any] = {"skipped": len(cells) - len(self.pending), "trained": 0, "collected": 0,
-                                       "diverged": 0, "failed": 0, "stopped": 0, "not_run": 0, "elsewhere": 0}
+        self.counts: dict[str, Any] = {
+            "skipped": len(cells) - len(self.pending),
+            "trained": 0,
+            "collected": 0,
+            "diverged": 0,
+            "failed": 0,
+            "stopped": 0,
+            "not_run": 0,
+            "elsewhere": 0,
+        }
         self.cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
         self.planned = planned_configs(spec, self.pending, options.extra)  # for time estimates
         self.workloads = {cell: self.cost.workload(cell.model, config) for cell, config in self.planned.items()}
@@ -190,15 +211,26 @@ class StudyRun:
         spec, layout, counts = self.spec, self.layout, self.counts
         check_configs(spec, self.cells, self.options.extra)
         check_recipe(spec, self.cells, layout, self.options.extra)
-        self.out(f"study {spec.name}: {counts['skipped']} of {len(self.cells)} cells already have results in "
-                 f"{layout.results}; {len(self.pending)} to run ({self.executor.describe()})")
-        stopped = run_tasks(self.executor, self.next_task, self.on_end, on_start=self.on_start, tick=self.tick,
-                            waiting=lambda: bool(self.elsewhere), poll_interval=self.options.poll_interval,
-                            out=self.out)
+        self.out(
+            f"study {spec.name}: {counts['skipped']} of {len(self.cells)} cells already have results in "
+            f"{layout.results}; {len(self.pending)} to run ({self.executor.describe()})"
+        )
+        stopped = run_tasks(
+            self.executor,
+            self.next_task,
+            self.on_end,
+            on_start=self.on_start,
+            tick=self.tick,
+            waiting=lambda: bool(self.elsewhere),
+            poll_interval=self.options.poll_interval,
+            out=self.out,
+        )
         if not self.started and not stopped and (counts["collected"] or counts["skipped"]):
             # Say why nothing ran (a cluster user would otherwise wonder why no job was submitted).
-            self.out(f"started no run: {counts['skipped']} cell(s) already had results in {layout.results}, "
-                     f"{counts['collected']} were collected from runs that had finished in {layout.runs}")
+            self.out(
+                f"started no run: {counts['skipped']} cell(s) already had results in {layout.results}, "
+                f"{counts['collected']} were collected from runs that had finished in {layout.runs}"
+            )
         for cell in [c for c in self.pending if not self.ready(c)]:
             source = source_cell(spec, cell)
             why = "failed" if source in self.failed else "was not run"
@@ -208,15 +240,18 @@ class StudyRun:
             why = f"stopped by {stopped}" if stopped else f"--max-hours {self.options.max_hours} reached"
             self.out(f"not started: {len(late)} cells ({why}); run again to continue")
         if stopped:
-            self.out(f"stopped by {stopped}: {counts['stopped']} run(s) checkpointed; run the same command again "
-                     "to resume them")
+            self.out(
+                f"stopped by {stopped}: {counts['stopped']} run(s) checkpointed; run the same command again "
+                "to resume them"
+            )
         counts["not_run"] = len(self.pending) + len(self.elsewhere)
         counts["signal"] = stopped
-        self.out(f"study {spec.name}: {summary_line(counts, len(self.cells))} in "
-                 f"{format_hours(time.time() - self.start)}")
+        self.out(
+            f"study {spec.name}: {summary_line(counts, len(self.cells))} in {format_hours(time.time() - self.start)}"
+        )
         return counts
 
-    def next_task(self) -> Optional[tuple[Task, Cell]]:
+    def next_task(self) -> tuple[Task, Cell] | None:
         """The next cell to start and its task, or ``None`` when none can start now."""
         while True:
             cell = next((c for c in self.pending if self.ready(c) and self.fits(c)), None)
@@ -235,13 +270,15 @@ class StudyRun:
                 return task, cell
 
     def on_start(self, r: Running) -> None:
-        self.out(f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps "
-                 f"{r.task.config['model']['steps']}) in {r.task.run_dir}")
+        self.out(
+            f"{'resuming' if r.task.resume else 'starting'}: {r.tag} (steps "
+            f"{r.task.config['model']['steps']}) in {r.task.run_dir}"
+        )
         self.running.append(r)
         self.started += 1
         self.progress(force=True)
 
-    def on_end(self, r: Running, code: Optional[int], stopping: Optional[str]) -> None:
+    def on_end(self, r: Running, code: int | None, stopping: str | None) -> None:
         cell, run = r.tag, r.task.run_dir
         if r in self.running:
             self.running.remove(r)
@@ -311,20 +348,24 @@ class StudyRun:
         expected = self.longest.get(cell.model) or self.cost.seconds_of(self.workloads[cell])[0]
         return time.time() + expected <= self.deadline
 
-    def prepare(self, cell: Cell) -> Optional[Task]:
+    def prepare(self, cell: Cell) -> Task | None:
         """The task of ``cell``, or ``None`` when it needs no run (collected now, or cannot run)."""
         spec, layout, extra = self.spec, self.layout, self.options.extra
         run = RunFolder(layout.run_dir(cell))
         try:
             # An ordinary arm's config is its planned one, validated (cell_config would parse the recipe
             # again); an ablation's steps come from its source's results.
-            config = cell_config(spec, cell, layout, extra) if cell.arm.ablation else \
-                validate_config(copy.deepcopy(self.planned[cell]))
+            config = (
+                cell_config(spec, cell, layout, extra)
+                if cell.arm.ablation
+                else validate_config(copy.deepcopy(self.planned[cell]))
+            )
             if run.started:
                 problem = config_difference(config, read_yaml(run.config_file))
                 if problem:
-                    raise UserError(f"scratch run {run.path} has another recipe ({problem}); "
-                                    "use another --runs folder or delete it")
+                    raise UserError(
+                        f"scratch run {run.path} has another recipe ({problem}); use another --runs folder or delete it"
+                    )
         except UserError as error:
             source = source_cell(spec, cell)
             if source is not None and diverged_reason(layout.result_dir(source)):
@@ -344,7 +385,7 @@ class StudyRun:
                 return None
         return make_task(cell, config, layout, self.options.threads, self.options.gpus)
 
-    def finish(self, cell: Cell, steps: str, diverged: Optional[str], seconds: Optional[float]) -> None:
+    def finish(self, cell: Cell, steps: str, diverged: str | None, seconds: float | None) -> None:
         """Collect ``cell``'s ended run into its results folder and tell ``on_result``."""
         layout = self.layout
         error = final_error(layout.run_dir(cell))  # read before anything is written: a damaged run leaves no results
@@ -396,9 +437,11 @@ class StudyRun:
         done = counts["skipped"] + counts["collected"] + counts["elsewhere"]
         diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
         elsewhere = f", {len(self.elsewhere)} running elsewhere" if self.elsewhere else ""
-        self.out(f"progress: {done}/{len(self.cells)} done{diverged}, {len(self.running)} running{elsewhere}, "
-                 f"{len(self.pending)} queued, {counts['failed']} failed; "
-                 f"~{format_hours(left / max(1, self.executor.capacity))} left")
+        self.out(
+            f"progress: {done}/{len(self.cells)} done{diverged}, {len(self.running)} running{elsewhere}, "
+            f"{len(self.pending)} queued, {counts['failed']} failed; "
+            f"~{format_hours(left / max(1, self.executor.capacity))} left"
+        )
 
 
 def run_study(spec: StudySpec, cells: list[Cell], layout: Layout, executor: Executor, **options: Any) -> dict:
@@ -427,12 +470,20 @@ def summary_line(counts: dict[str, Any], cells: int) -> str:
     if counts["collected"]:
         diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
         untrained = counts["collected"] - counts["trained"]
-        parts.append(f"{counts['collected']} collected{diverged}"
-                     + (f", {untrained} of them trained before this call" if untrained > 0 else ""))
+        parts.append(
+            f"{counts['collected']} collected{diverged}"
+            + (f", {untrained} of them trained before this call" if untrained > 0 else "")
+        )
     if counts.get("elsewhere"):
         parts.append(f"{counts['elsewhere']} collected by another process")
-    parts += [f"{counts[key]} {label}" for key, label in (("failed", "failed"), ("stopped", "stopped with a checkpoint"),
-                                                          ("not_run", "not run"),
-                                                          ("not_run_diverged_source", "not run: source diverged"))
-              if counts.get(key)]
+    parts += [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("failed", "failed"),
+            ("stopped", "stopped with a checkpoint"),
+            ("not_run", "not run"),
+            ("not_run_diverged_source", "not run: source diverged"),
+        )
+        if counts.get(key)
+    ]
     return f"{cells} cell{'s' if cells != 1 else ''}: " + ", ".join(parts)

@@ -24,20 +24,35 @@
 Specs live in ``tscnet/configs/studies/`` (found by name) or anywhere (found by path). Every
 problem is a :class:`~tscnet.errors.UserError` of one line naming the spec and the key.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from ..errors import UserError
 from ..train.config import CONFIG_DIR, file_exists, find_yaml, load_yaml_file
 
 STUDY_DIR = CONFIG_DIR / "studies"
 ABLATIONS = ("profile-of", "fixed-of")
-TOP_KEYS = ("name", "recipe", "set", "models", "seeds", "grid", "per_model", "policies", "baseline", "peers",
-            "executor", "slurm", "report", "description")
+TOP_KEYS = (
+    "name",
+    "recipe",
+    "set",
+    "models",
+    "seeds",
+    "grid",
+    "per_model",
+    "policies",
+    "baseline",
+    "peers",
+    "executor",
+    "slurm",
+    "report",
+    "description",
+)
 ARM_KEYS = ("name", "steps", "set")
 # the wording of the report's first lines; transfer: true adds the depth-transfer reading (study.transfer)
 REPORT_KEYS = ("title", "written_by", "layout", "transfer")
@@ -47,7 +62,7 @@ _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u20
 _MAX_FOLDER = 255  # bytes in a folder name (NAME_MAX): an arm's tag, a grid point's tag
 
 
-def ablation_kind(steps: str) -> Optional[str]:
+def ablation_kind(steps: str) -> str | None:
     """``"profile-of"`` / ``"fixed-of"`` for an ablation's steps, else ``None``."""
     kind = steps.partition(":")[0]
     return kind if kind in ABLATIONS else None
@@ -79,11 +94,11 @@ class Arm:
         return self.name if self.mapping else policy_tag(self.name)
 
     @property
-    def ablation(self) -> Optional[str]:
+    def ablation(self) -> str | None:
         return ablation_kind(self.steps)
 
     @property
-    def source(self) -> Optional[str]:
+    def source(self) -> str | None:
         """The label of the arm an ablation is built from (``"tsc"`` for ``profile-of:tsc``)."""
         return self.steps.partition(":")[2] if self.ablation else None
 
@@ -94,8 +109,11 @@ class Arm:
             return f"{self.source}'s final Δt profile, frozen"
         if self.ablation == "fixed-of":
             return f"fixed Δt = T/D of {self.source}"
-        return self.name if self.name == self.steps and not self.set else \
-            f"steps {self.steps}" + (f", {' '.join(self.set)}" if self.set else "")
+        return (
+            self.name
+            if self.name == self.steps and not self.set
+            else f"steps {self.steps}" + (f", {' '.join(self.set)}" if self.set else "")
+        )
 
 
 @dataclass
@@ -116,7 +134,7 @@ class StudySpec:
     slurm: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     description: str = ""
-    path: Optional[Path] = None
+    path: Path | None = None
 
     def seeds_for(self, model: str) -> list[int]:
         return list(self.per_model.get(model, {}).get("seeds", self.seeds))
@@ -139,7 +157,7 @@ class StudySpec:
         return keys
 
 
-def resolve_spec_path(name_or_path: Union[str, Path]) -> Path:
+def resolve_spec_path(name_or_path: str | Path) -> Path:
     """A spec file: a path, or the name of a file in ``tscnet/configs/studies/`` (``.yaml`` optional)."""
     found = find_yaml(name_or_path, STUDY_DIR)
     if found is not None:
@@ -149,7 +167,7 @@ def resolve_spec_path(name_or_path: Union[str, Path]) -> Path:
     raise UserError(f"study spec {str(name_or_path)!r} not found: not a file, nor a spec name{known}")
 
 
-def load_spec(name_or_path: Union[str, Path, dict]) -> StudySpec:
+def load_spec(name_or_path: str | Path | dict) -> StudySpec:
     """Read and check a study spec (a name in ``tscnet/configs/studies/``, a path, or a dict)."""
     if isinstance(name_or_path, dict):
         raw, path = name_or_path, None
@@ -177,8 +195,11 @@ def _str_list(where: str, key: str, value: Any, allow_empty: bool = True) -> lis
 def _seeds(where: str, key: str, value: Any) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
         raise _fail(where, key, f"must be a non-empty list of integers >= 0, got {value!r}")
     if len(set(value)) != len(value):
         raise _fail(where, key, f"repeats a seed: {value!r}")
@@ -189,7 +210,9 @@ def _grid(where: str, key: str, value: Any) -> dict[str, list]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(where, key, f"must map config keys to lists of values, e.g. {{optim.lr: [0.03, 0.1]}}, got {value!r}")
+        raise _fail(
+            where, key, f"must map config keys to lists of values, e.g. {{optim.lr: [0.03, 0.1]}}, got {value!r}"
+        )
     grid = {}
     for name, values in value.items():
         if not isinstance(name, str) or name.count(".") != 1:
@@ -260,12 +283,14 @@ def _check_override(where: str, key: str, item: str) -> None:
         raise _fail(where, key, f"override {item!r} must look like section.key=value (e.g. optim.lr=0.05)")
 
 
-def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None) -> StudySpec:
+def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) -> StudySpec:
     """Check a spec mapping and build the :class:`StudySpec`; every problem names its key."""
     from ..stepping import parse_policy
 
     if not isinstance(raw, dict):
-        raise UserError(f"{where} must be a mapping of keys (name, recipe, models, policies, ...), got {type(raw).__name__}")
+        raise UserError(
+            f"{where} must be a mapping of keys (name, recipe, models, policies, ...), got {type(raw).__name__}"
+        )
     unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
         import difflib
@@ -332,8 +357,12 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
         if labels.index(arm.name) != i or tags.index(arm.tag) != i:
             raise _fail(where, key, f"{arm.name!r} repeats the name or folder tag {arm.tag!r} of another arm")
         if len(arm.tag.encode()) > _MAX_FOLDER:
-            raise _fail(where, key, f"its folder name would be {len(arm.tag.encode())} bytes, more than {_MAX_FOLDER}; "
-                        "give the arm a short name: {name: ..., steps: ...}")
+            raise _fail(
+                where,
+                key,
+                f"its folder name would be {len(arm.tag.encode())} bytes, more than {_MAX_FOLDER}; "
+                "give the arm a short name: {name: ..., steps: ...}",
+            )
         for j, item in enumerate(arm.set):
             _check_override(where, f"{key}.set[{j}]", item)
         if arm.ablation:
@@ -372,11 +401,26 @@ def parse_spec(raw: Any, where: str = "study spec", path: Optional[Path] = None)
     report = raw.get("report") or {}
     if not isinstance(report, dict) or any(k not in REPORT_KEYS for k in report):
         bad = next((k for k in report if k not in REPORT_KEYS), None) if isinstance(report, dict) else None
-        raise _fail(where, f"report.{bad}" if bad else "report",
-                    f"must be a mapping with some of {', '.join(REPORT_KEYS)}")
+        raise _fail(
+            where, f"report.{bad}" if bad else "report", f"must be a mapping with some of {', '.join(REPORT_KEYS)}"
+        )
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _fail(where, "description", "must be a string")
-    return StudySpec(name=name, recipe=recipe, models=models, arms=arms, seeds=seeds, set=overrides, grid=grid,
-                     per_model=per_model, baseline=baseline, peers=peers, executor=dict(executor), slurm=dict(slurm),
-                     report=dict(report), description=description, path=path)
+    return StudySpec(
+        name=name,
+        recipe=recipe,
+        models=models,
+        arms=arms,
+        seeds=seeds,
+        set=overrides,
+        grid=grid,
+        per_model=per_model,
+        baseline=baseline,
+        peers=peers,
+        executor=dict(executor),
+        slurm=dict(slurm),
+        report=dict(report),
+        description=description,
+        path=path,
+    )

@@ -4,14 +4,14 @@ Every test returns ``{"diff", "ci95": [low, high], "p"}`` (plus ``"seeds"`` for 
 or ``None`` when a side has fewer than two values. Differences are ``a − b`` (for errors:
 negative means ``a`` is better).
 """
+
 from __future__ import annotations
 
 import statistics
 import warnings
-from typing import Optional
 
 
-def welch(a: list[float], b: list[float]) -> Optional[dict]:
+def welch(a: list[float], b: list[float]) -> dict | None:
     """Welch's unequal-variance t-test of mean(a) − mean(b): the difference, its 95 % CI and the p-value.
 
     CI = diff ± t_{0.975, ν} · sqrt(s_a²/n_a + s_b²/n_b), ν by Welch–Satterthwaite
@@ -32,7 +32,7 @@ def welch(a: list[float], b: list[float]) -> Optional[dict]:
     return {"diff": diff, "ci95": [float(ci.low), float(ci.high)], "p": float(test.pvalue)}
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> Optional[dict]:
+def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     """Paired t-test over the seeds both have (same seed: same initial weights and batches):
     mean_s (a_s − b_s), its 95 % CI (mean ± t_{0.975, n−1} · s_d / √n) and the p-value."""
     from scipy import stats

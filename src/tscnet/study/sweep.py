@@ -16,6 +16,7 @@ which checkpoint and exit; a second one is passed on too (the trainers then stop
 Trainers run in their own process group, so a signal to the sweep's whole group reaches each of
 them exactly once, through the sweep.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -52,7 +52,7 @@ class Job:
         return (self.out / runfiles.CONFIG_FILE).exists()
 
     @property
-    def diverged(self) -> Optional[str]:
+    def diverged(self) -> str | None:
         """The engine's divergence message (a result, never retried), else ``None``."""
         try:
             return runfiles.diverged_message(self.out)
@@ -69,8 +69,14 @@ class SweepProgress:
         self.total = max(1, sum(int(j.config["train"]["epochs"]) for j in jobs))
         self.done = self.first = self._count()
         self.began = time.monotonic()
-        self.bar = tqdm(total=self.total, initial=self.done, unit="epoch", dynamic_ncols=True,
-                        desc=f"{len(jobs)} runs, {workers} at a time", disable=not (enabled and is_terminal()))
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.done,
+            unit="epoch",
+            dynamic_ncols=True,
+            desc=f"{len(jobs)} runs, {workers} at a time",
+            disable=not (enabled and is_terminal()),
+        )
 
     def _count(self) -> int:
         """Rows written so far (counted, not parsed: a trainer may be writing one)."""
@@ -100,7 +106,7 @@ class SweepProgress:
         self.bar.close()
 
 
-def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Optional[Path] = None):
+def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Path | None = None):
     """The executor task of ``job``: ``python -m tscnet.cli train --no-progress --out RUN`` with
     ``--resume`` (started before) or ``--config`` (a recipe written to ``scratch``); log ``<RUN>.log``."""
     out = Path(job.out).resolve()
@@ -108,8 +114,17 @@ def job_task(job: Job, scratch: Path, threads: int, index: int = 0, cwd: Optiona
     recipe.write_text(dump_config(job.config))
     command = [sys.executable, "-m", "tscnet.cli", "train", "--no-progress", "--out", str(out)]
     command += ["--resume"] if job.started else ["--config", str(recipe)]
-    return Task(name=str(job.out), config=job.config, command=command, recipe=recipe, run_dir=out,
-                log=out.parent / f"{out.name}.log", cwd=cwd or Path.cwd(), threads=threads, resume=job.started)
+    return Task(
+        name=str(job.out),
+        config=job.config,
+        command=command,
+        recipe=recipe,
+        run_dir=out,
+        log=out.parent / f"{out.name}.log",
+        cwd=cwd or Path.cwd(),
+        threads=threads,
+        resume=job.started,
+    )
 
 
 def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: bool = False) -> list[Job]:
@@ -118,8 +133,11 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     A job whose training diverged is a result: printed with the engine's message, not returned,
     never retried. ``progress``: one count of finished epochs over all the jobs (:class:`SweepProgress`)."""
     todo = [j for j in jobs if not j.finished and not j.diverged]
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished (or diverged); running {len(todo)} "
-          f"({workers} at a time, {threads} thread(s) each)", flush=True)
+    print(
+        f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished (or diverged); running {len(todo)} "
+        f"({workers} at a time, {threads} thread(s) each)",
+        flush=True,
+    )
     failed: list[Job] = []
     queue = list(enumerate(todo))
     ended: list[Job] = []
@@ -127,6 +145,7 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
     shown = SweepProgress(todo, workers, progress)
     # Recipes are only read at start-up (each run folder keeps its own config.yaml): a scratch dir.
     with tempfile.TemporaryDirectory(prefix="tscnet-sweep-") as scratch:
+
         def next_task():
             if not queue:
                 return None
@@ -148,8 +167,13 @@ def run_sweep(jobs: list[Job], workers: int = 2, threads: int = 1, progress: boo
             shown.write(f"[{len(ended)}/{len(todo)}] {job.out}: {what}")
 
         try:
-            stopped = run_tasks(create_executor("local", workers=workers, threads=threads), next_task,
-                                on_end, tick=lambda running: shown.update(), out=shown.write)
+            stopped = run_tasks(
+                create_executor("local", workers=workers, threads=threads),
+                next_task,
+                on_end,
+                tick=lambda running: shown.update(),
+                out=shown.write,
+            )
         finally:
             shown.close()
     unfinished = [j for j in todo if not j.finished and not j.diverged]

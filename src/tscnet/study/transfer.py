@@ -15,11 +15,12 @@ al., ICLR 2024): tune on a shallow model, train a deep one. From the per-model s
 
 Switched on by ``report: {transfer: true}`` in the spec.
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def model_depths(found: list) -> dict[str, int]:
@@ -32,7 +33,7 @@ def model_depths(found: list) -> dict[str, int]:
     return depths
 
 
-def _slope(xs: list[float], ys: list[float]) -> Optional[float]:
+def _slope(xs: list[float], ys: list[float]) -> float | None:
     """Least-squares slope of ys on xs, ``None`` with fewer than two distinct xs."""
     if len(set(xs)) < 2:
         return None
@@ -40,7 +41,7 @@ def _slope(xs: list[float], ys: list[float]) -> Optional[float]:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def transfer_analysis(sweeps: dict[str, dict], depths: dict[str, int]) -> Optional[dict]:
+def transfer_analysis(sweeps: dict[str, dict], depths: dict[str, int]) -> dict | None:
     """The transfer readings of the arms swept at two or more depths over one key; ``None`` otherwise."""
     models = sorted((m for m in sweeps if m in depths), key=lambda m: depths[m])
     keys = {sweeps[m]["key"] for m in models}
@@ -61,15 +62,25 @@ def transfer_analysis(sweeps: dict[str, dict], depths: dict[str, int]) -> Option
         for e in entries[1:]:
             point = next((p for p in e["points"] if p["value"] == shallow), None)
             mean = None if point is None else point["mean"]
-            at_shallow.append({"mean": mean, "n": 0 if point is None else point["n"],
-                               "gap": None if mean is None else mean - e["best"]["mean"]})
-        out["arms"][arm] = {"best_values": best, "best_index": index, "moves": max(index) - min(index),
-                            "slope": slope, "best_means": [e["best"]["mean"] for e in entries],
-                            "at_shallow_best": at_shallow}
+            at_shallow.append(
+                {
+                    "mean": mean,
+                    "n": 0 if point is None else point["n"],
+                    "gap": None if mean is None else mean - e["best"]["mean"],
+                }
+            )
+        out["arms"][arm] = {
+            "best_values": best,
+            "best_index": index,
+            "moves": max(index) - min(index),
+            "slope": slope,
+            "best_means": [e["best"]["mean"] for e in entries],
+            "at_shallow_best": at_shallow,
+        }
     return out
 
 
-def _fmt(value: Optional[float], digits: int = 2) -> str:
+def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -77,18 +88,27 @@ def format_transfer(transfer: dict) -> str:
     """The transfer table: best value per depth, its moves and slope, and the error at the shallow best."""
     key, depths = transfer["key"], transfer["depths"]
     deeper = depths[1:]
-    lines = [f"Depth transfer of the best `{key}` (final test error %, mean over seeds; D = residual updates). "
-             f"*Moves*: grid steps between the lowest and highest best value over the depths (0: the best value "
-             f"transfers on this grid). *Slope*: least-squares slope of log best `{key}` against log D (0: transfers; "
-             f"−0.5: ∝ 1/√D). *At the shallow best*: the error at each deeper depth when trained at the best value of "
-             f"D = {depths[0]}, and in brackets how much worse that is than the arm's own best there.\n",
-             f"| policy | " + " | ".join(f"best `{key}`, D = {d}" for d in depths) + " | moves | slope | "
-             + " | ".join(f"at the shallow best, D = {d}" for d in deeper) + " |",
-             "|---|" + "---:|" * len(depths) + "---:|---:|" + "---:|" * len(deeper)]
+    lines = [
+        f"Depth transfer of the best `{key}` (final test error %, mean over seeds; D = residual updates). "
+        f"*Moves*: grid steps between the lowest and highest best value over the depths (0: the best value "
+        f"transfers on this grid). *Slope*: least-squares slope of log best `{key}` against log D (0: transfers; "
+        f"−0.5: ∝ 1/√D). *At the shallow best*: the error at each deeper depth when trained at the best value of "
+        f"D = {depths[0]}, and in brackets how much worse that is than the arm's own best there.\n",
+        "| policy | "
+        + " | ".join(f"best `{key}`, D = {d}" for d in depths)
+        + " | moves | slope | "
+        + " | ".join(f"at the shallow best, D = {d}" for d in deeper)
+        + " |",
+        "|---|" + "---:|" * len(depths) + "---:|---:|" + "---:|" * len(deeper),
+    ]
     for arm, e in transfer["arms"].items():
-        shallow = [f"{_fmt(s['mean'])} (+{_fmt(s['gap'])})" if s["mean"] is not None else "—" for s in e["at_shallow_best"]]
-        lines.append(f"| `{arm}` | " + " | ".join(str(v) for v in e["best_values"]) + f" | {e['moves']} | "
-                     f"{_fmt(e['slope'])} | " + " | ".join(shallow) + " |")
+        shallow = [
+            f"{_fmt(s['mean'])} (+{_fmt(s['gap'])})" if s["mean"] is not None else "—" for s in e["at_shallow_best"]
+        ]
+        lines.append(
+            f"| `{arm}` | " + " | ".join(str(v) for v in e["best_values"]) + f" | {e['moves']} | "
+            f"{_fmt(e['slope'])} | " + " | ".join(shallow) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -102,14 +122,23 @@ def plot_transfer(transfer: dict, controller_arms: set[str], path: Path) -> Path
     for i, (arm, color) in enumerate(zip(arms, _colors(len(arms)))):
         entry = transfer["arms"][arm]
         dodge = 1 + (i - (len(arms) - 1) / 2) * 0.012  # equal best values of several arms stay apart
-        ax.plot([d * dodge for d in transfer["depths"]], entry["best_values"], marker="o", color=color, label=arm,
-                ls="-" if arm in controller_arms else "--")
+        ax.plot(
+            [d * dodge for d in transfer["depths"]],
+            entry["best_values"],
+            marker="o",
+            color=color,
+            label=arm,
+            ls="-" if arm in controller_arms else "--",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(transfer["depths"], [str(d) for d in transfer["depths"]])
     ax.minorticks_off()
-    ax.set(xlabel="D (residual updates)", ylabel=f"best {transfer['key']}",
-           title=f"Best {transfer['key']} against depth (flat: transfers across depth)")
+    ax.set(
+        xlabel="D (residual updates)",
+        ylabel=f"best {transfer['key']}",
+        title=f"Best {transfer['key']} against depth (flat: transfers across depth)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

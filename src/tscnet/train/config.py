@@ -4,13 +4,15 @@ The defaults below are the complete schema: a recipe or override naming a key ou
 error that lists the valid keys. ``tscnet/configs/*.yaml`` (package data) hold the recipes (He et al. 2016 for CIFAR,
 Goyal et al. for ImageNet, and a few-minute Fashion-MNIST recipe for a 2-core CPU).
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 import yaml
 
@@ -23,23 +25,63 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULTS: dict[str, Any] = {
     # norm: null (the model's own), batch or none (norm-free, our CIFAR nets); init: null (the model's
     # default), he, zero_last (last BN γ of every branch = 0) or fixup (norm-free CIFAR nets).
-    "model": {"name": "cifar_resnet20", "steps": "none", "num_classes": None, "in_chans": None, "norm": None,
-              "init": None},
+    "model": {
+        "name": "cifar_resnet20",
+        "steps": "none",
+        "num_classes": None,
+        "in_chans": None,
+        "norm": None,
+        "init": None,
+    },
     "data": {
-        "name": "fashion-mnist", "data_dir": None, "train_subset": None, "test_subset": None, "augment": True,
-        "batch_size": 128, "eval_batch_size": 512, "workers": 4, "image_size": None, "download": False,
+        "name": "fashion-mnist",
+        "data_dir": None,
+        "train_subset": None,
+        "test_subset": None,
+        "augment": True,
+        "batch_size": 128,
+        "eval_batch_size": 512,
+        "workers": 4,
+        "image_size": None,
+        "download": False,
     },
     # name: sgd or adamw (betas, eps: AdamW's); weight_decay_rule: tscnet (every parameter) or timm
     # (none for 1-D parameters and biases); depth_lr_power P: lr · (D / depth_lr_base)^(−P), D the
     # residual updates (0: off; 0.5 with AdamW: depth-µP's 1/√depth).
-    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-              "label_smoothing": 0.0, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay_rule": "tscnet",
-              "depth_lr_power": 0.0, "depth_lr_base": 1},
-    "sched": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "step_size": 30,
-              "warmup_epochs": 0.0, "warmup_start": 0.1},
-    "train": {"epochs": 10, "seed": 0, "device": "auto", "amp": "auto", "channels_last": "auto",
-              "compile": False, "progress": True, "checkpoint_every": None, "log": "none",
-              "loss_steps": [100, 300], "eval_epochs": None},
+    "optim": {
+        "name": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.0,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay_rule": "tscnet",
+        "depth_lr_power": 0.0,
+        "depth_lr_base": 1,
+    },
+    "sched": {
+        "name": "multistep",
+        "milestones": [0.5, 0.75],
+        "gamma": 0.1,
+        "step_size": 30,
+        "warmup_epochs": 0.0,
+        "warmup_start": 0.1,
+    },
+    "train": {
+        "epochs": 10,
+        "seed": 0,
+        "device": "auto",
+        "amp": "auto",
+        "channels_last": "auto",
+        "compile": False,
+        "progress": True,
+        "checkpoint_every": None,
+        "log": "none",
+        "loss_steps": [100, 300],
+        "eval_epochs": None,
+    },
 }
 
 #: Keys a recipe may leave null for the run to fill in from its data (engine: the dataset's classes
@@ -58,16 +100,19 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
         if key not in base:
             close = difflib.get_close_matches(key, base, n=1) if isinstance(key, str) else []
             hint = f" (did you mean {path}{close[0]}?)" if close else ""
-            raise UserError(f"unknown config key {where!r}{hint}; valid keys under "
-                            f"{path.rstrip('.') or 'the top level'}: {', '.join(base)}")
+            raise UserError(
+                f"unknown config key {where!r}{hint}; valid keys under "
+                f"{path.rstrip('.') or 'the top level'}: {', '.join(base)}"
+            )
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"config key {where!r} must be a mapping, got {value!r}")
             _merge(base[key], value, where + ".")
         elif isinstance(value, dict):
             below = f"{where}.{next(iter(value), '')}"
-            raise UserError(f"config key {where!r} is a value, not a section: {below!r} does not exist "
-                            f"(set it with {where}=VALUE)")
+            raise UserError(
+                f"config key {where!r} is a value, not a section: {below!r} does not exist (set it with {where}=VALUE)"
+            )
         else:  # typed by the schema, not by the value a recipe or flag put there before
             base[key] = _typed(where, get(DEFAULTS, where, base[key]), value)
     return base
@@ -95,14 +140,15 @@ def _typed(key: str, default: Any, value: Any) -> Any:
             try:
                 return float(value)
             except OverflowError:
-                raise UserError(f"config key {key!r} must be a finite number, got an integer too large for a "
-                                "float") from None
+                raise UserError(
+                    f"config key {key!r} must be a finite number, got an integer too large for a float"
+                ) from None
         # An integer key keeps a whole float as an int (2.0 -> 2); 1.5 is left for validate_config to refuse.
         return int(value) if isinstance(value, float) and value.is_integer() else value
     return value
 
 
-def find_yaml(name_or_path: Union[str, Path], folder: Path) -> Optional[Path]:
+def find_yaml(name_or_path: str | Path, folder: Path) -> Path | None:
     """``name_or_path`` if it is a file, else ``folder/NAME.yaml`` or ``folder/NAME``; ``None`` if none is."""
     path = Path(name_or_path)
     if file_exists(path):
@@ -130,7 +176,7 @@ def load_yaml_file(path: Path, what: str) -> Any:
         raise UserError(f"{what} {path} cannot be read: {error.strerror}") from None
 
 
-def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
+def resolve_config_path(name_or_path: str | Path) -> Path:
     """A recipe file: a path, or the name of a file in ``configs/`` (with or without ``.yaml``)."""
     found = find_yaml(name_or_path, CONFIG_DIR)
     if found is not None:
@@ -139,8 +185,7 @@ def resolve_config_path(name_or_path: Union[str, Path]) -> Path:
     raise UserError(f"config {str(name_or_path)!r} not found: not a file, nor one of {', '.join(names)}")
 
 
-def load_config(source: Union[str, Path, dict, None] = None, overrides: Iterable[str] = (),
-                validate: bool = True) -> dict:
+def load_config(source: str | Path | dict | None = None, overrides: Iterable[str] = (), validate: bool = True) -> dict:
     """Defaults, then the recipe ``source`` (file, recipe name or dict), then ``key=value`` overrides.
 
     With ``validate`` (the default) the result is checked by :func:`validate_config`; callers that
@@ -236,11 +281,15 @@ RULES: dict[str, tuple[Any, str]] = {
     "data.image_size": (_optional_positive_int, "a positive integer or null"),
     "optim.name": (lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
     "optim.lr": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
-    "optim.betas": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
-                    "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    "optim.betas": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1), e.g. [0.9, 0.999]",
+    ),
     "optim.eps": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
-    "optim.weight_decay_rule": (lambda v: v in ("tscnet", "timm"),
-                                "tscnet (every parameter) or timm (none for 1-D parameters and biases)"),
+    "optim.weight_decay_rule": (
+        lambda v: v in ("tscnet", "timm"),
+        "tscnet (every parameter) or timm (none for 1-D parameters and biases)",
+    ),
     "optim.depth_lr_power": (lambda v: _is_number(v), "a finite number (0: the lr is not scaled with depth)"),
     "optim.depth_lr_base": (_positive_int, "a positive number of residual updates"),
     "optim.momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -257,12 +306,16 @@ RULES: dict[str, tuple[Any, str]] = {
     "train.amp": (lambda v: v is False or v in AMP_SETTINGS, f"one of {', '.join(AMP_SETTINGS)}"),
     "train.channels_last": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     # The mean training loss of the 20 steps ending at each listed global step (metrics' loss_at_step).
-    "train.loss_steps": (lambda v: isinstance(v, list) and all(_positive_int(s) for s in v),
-                         "a list of positive step numbers such as [100, 300] ([] for none)"),
+    "train.loss_steps": (
+        lambda v: isinstance(v, list) and all(_positive_int(s) for s in v),
+        "a list of positive step numbers such as [100, 300] ([] for none)",
+    ),
     # The epochs that end with a test-set evaluation: null (every one) or a list, negative numbers
     # counting from the end (-1: the last); the last epoch is always evaluated (the run's result).
-    "train.eval_epochs": (lambda v: v is None or (isinstance(v, list) and all(_is_int(e) and e != 0 for e in v)),
-                          "null (every epoch) or a list of non-zero epoch numbers such as [1, -4, -1]"),
+    "train.eval_epochs": (
+        lambda v: v is None or (isinstance(v, list) and all(_is_int(e) and e != 0 for e in v)),
+        "null (every epoch) or a list of non-zero epoch numbers such as [1, -4, -1]",
+    ),
 }
 
 
@@ -288,8 +341,10 @@ def validate_config(config: dict) -> dict:
     epochs, listed = get(config, "train.epochs"), get(config, "train.eval_epochs") or []
     outside = [e for e in listed if abs(e) > epochs]
     if outside:
-        raise UserError(f"train.eval_epochs {outside} lie outside the run's {epochs} epochs "
-                        f"(1..{epochs}, or -{epochs}..-1 from the end)")
+        raise UserError(
+            f"train.eval_epochs {outside} lie outside the run's {epochs} epochs "
+            f"(1..{epochs}, or -{epochs}..-1 from the end)"
+        )
     return config
 
 
@@ -313,7 +368,7 @@ def same_setting(key: str, saved: Any, given: Any) -> bool:
     return saved == given or (given is None and key in RESOLVED_AT_RUN_TIME)
 
 
-def get(config: dict, key: str, default: Optional[Any] = None) -> Any:
+def get(config: dict, key: str, default: Any | None = None) -> Any:
     """The value at dotted ``key`` (``"optim.lr"``) of a nested ``config``, else ``default``."""
     node: Any = config
     for part in key.split("."):

@@ -7,15 +7,15 @@ crosses, and at least once a minute, read at the engine's 20-step sync points::
 
     epoch 3/20  45%  123 img/s  loss 0.4100  ETA 2m10s
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 from tqdm import tqdm
 
-LINE_EVERY = 0.1        # of an epoch
+LINE_EVERY = 0.1  # of an epoch
 LINE_AT_LEAST_S = 60.0  # a line at least this often (long epochs)
 
 
@@ -42,7 +42,7 @@ class EpochLog:
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
         self.total, self.desc = total, desc
-        self.bar: Optional[tqdm] = None
+        self.bar: tqdm | None = None
         self.lines = enabled and not is_terminal()
         if enabled and not self.lines:
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
@@ -62,8 +62,10 @@ class EpochLog:
         if tenth > self._tenth or now - self._last >= LINE_AT_LEAST_S:
             self._tenth, self._last = tenth, now
             eta = elapsed / max(done, 1) * (self.total - done)
-            print(f"{self.desc}  {100 * done / self.total:3.0f}%  {rate:.0f} img/s  loss {loss:.4f}  "
-                  f"ETA {duration(eta)}", flush=True)
+            print(
+                f"{self.desc}  {100 * done / self.total:3.0f}%  {rate:.0f} img/s  loss {loss:.4f}  ETA {duration(eta)}",
+                flush=True,
+            )
 
     def advance(self) -> None:
         if self.bar is not None:

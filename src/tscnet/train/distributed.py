@@ -1,4 +1,5 @@
 """Process context: one device, or one rank of a ``torchrun`` job (DDP: gloo on CPU, nccl on GPU)."""
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,19 @@ class Context:
         if self.world_size == 1:
             return
         with torch.no_grad():
-            mine = torch.stack([sum(p.double().sum() for p in model.parameters()),
-                                sum(p.double().square().sum() for p in model.parameters())]).to(self.device)
+            mine = torch.stack(
+                [
+                    sum(p.double().sum() for p in model.parameters()),
+                    sum(p.double().square().sum() for p in model.parameters()),
+                ]
+            ).to(self.device)
         every = [torch.empty_like(mine) for _ in range(self.world_size)]
         dist.all_gather(every, mine)
         if any(not torch.equal(other, every[0]) for other in every[1:]):
-            raise UserError(f"the {self.world_size} processes hold different weights after epoch {epoch}: "
-                            "gradients were not synchronised")
+            raise UserError(
+                f"the {self.world_size} processes hold different weights after epoch {epoch}: "
+                "gradients were not synchronised"
+            )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DDP when there are several processes (the step policy trains inside it)."""
@@ -64,8 +71,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():  # else a traceback at the first .to(device)
-            raise UserError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                            f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise UserError(
+                f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     return device
 
 

@@ -12,6 +12,7 @@ checks the loss, and a run whose loss became NaN or infinite stops with the glob
 it did (found from the last 20 losses, kept on the device), keeps its last finite checkpoint and
 writes ``diverged.json``. ``platform.json`` records where the run ran (:mod:`.machine`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class TrainingDiverged(UserError):
     ``details``: where (``step`` global from 1, ``epoch`` and ``batch`` from 1) and the ``loss``.
     """
 
-    def __init__(self, message: str, details: Optional[dict] = None) -> None:
+    def __init__(self, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.details = details or {}
 
@@ -65,7 +65,7 @@ EVAL_POLL_EVERY = 5  # evaluation batches between the ranks' agreement on a stop
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
-def _amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """``auto`` is bf16 autocast on CUDA and full fp32 elsewhere."""
     if setting is False:  # YAML 1.1 reads an unquoted ``off`` (``amp: off``, ``--set train.amp=off``) as false
         setting = "off"
@@ -95,7 +95,7 @@ def _use_channels_last(setting, model: nn.Module, device: torch.device) -> bool:
     raise UserError(f"train.channels_last must be auto, true or false; got {setting!r}")
 
 
-def _compile_backend(setting) -> Optional[str]:
+def _compile_backend(setting) -> str | None:
     """``train.compile``: false (eager), true (the default ``inductor`` backend) or a backend name.
 
     ``aot_eager`` traces forward and backward like ``inductor`` (the same graphs, graph breaks and
@@ -108,15 +108,17 @@ def _compile_backend(setting) -> Optional[str]:
     backend = "inductor" if setting is True else str(setting)
     if backend not in torch._dynamo.list_backends(exclude_tags=()):
         names = ", ".join(sorted({*torch._dynamo.list_backends(), "aot_eager", "eager"}))
-        raise UserError(f"train.compile must be true (inductor), false or a torch.compile backend ({names}); "
-                        f"got {setting!r}")
+        raise UserError(
+            f"train.compile must be true (inductor), false or a torch.compile backend ({names}); got {setting!r}"
+        )
     return backend
 
 
-def _git_commit() -> Optional[str]:
+def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -143,14 +145,17 @@ class RecentLosses:
     did it first), and at the steps of ``train.loss_steps`` (the mean of the 20 steps ending there).
     Saved with every checkpoint, since a window can span epochs and a resume."""
 
-    def __init__(self, device: torch.device, saved: Optional[torch.Tensor] = None) -> None:
-        self.values = (torch.full((SYNC_EVERY,), math.nan, device=device) if saved is None
-                       else saved.to(device=device, dtype=torch.float32))
+    def __init__(self, device: torch.device, saved: torch.Tensor | None = None) -> None:
+        self.values = (
+            torch.full((SYNC_EVERY,), math.nan, device=device)
+            if saved is None
+            else saved.to(device=device, dtype=torch.float32)
+        )
 
     def record(self, step: int, loss: torch.Tensor) -> None:
         self.values[(step - 1) % SYNC_EVERY] = loss.detach()
 
-    def mean(self, step: int, ctx: Context) -> Optional[float]:
+    def mean(self, step: int, ctx: Context) -> float | None:
         """The mean loss of steps ``max(1, step - 19) .. step`` over all ranks (None if not finite)."""
         n = min(step, SYNC_EVERY)
         total = self.values[:n].double().sum()  # slots 0..n-1 are exactly those steps
@@ -159,18 +164,24 @@ class RecentLosses:
         value = float(total) / (n * ctx.world_size)
         return value if math.isfinite(value) else None
 
-    def first(self, step: int) -> Optional[float]:
+    def first(self, step: int) -> float | None:
         """This rank's loss at step 1 while ``step`` (the latest step recorded) has not yet overwritten
         its slot, else None: the loss at initialisation, which the divergence message reads."""
         return float(self.values[0]) if step <= SYNC_EVERY else None
 
-    def first_bad(self, after: int, upto: int, ctx: Context, finite: bool) -> Optional[tuple[int, float]]:
+    def first_bad(self, after: int, upto: int, ctx: Context, finite: bool) -> tuple[int, float] | None:
         """``(step, loss)`` of the first step in ``after+1 .. upto`` (at most 20 steps) whose loss was
         not finite on some rank, with that step's mean loss over the ranks; None if every loss was
         finite. ``finite``: this rank's running sum is (all ranks call this together)."""
         values = None if finite else self.values.tolist()
-        bad = next((s for s in range(after + 1, upto + 1)
-                    if values is not None and not math.isfinite(values[(s - 1) % SYNC_EVERY])), None)
+        bad = next(
+            (
+                s
+                for s in range(after + 1, upto + 1)
+                if values is not None and not math.isfinite(values[(s - 1) % SYNC_EVERY])
+            ),
+            None,
+        )
         if ctx.world_size > 1:  # the ranks agree on the step and average its loss
             agreed = torch.tensor([upto + 1 if bad is None else bad], device=self.values.device)
             torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
@@ -192,30 +203,43 @@ class EpochProgress:
     """How far an epoch got: batches done, every rank's running metric sums, images, seconds."""
 
     batch: int = 0
-    sums: Optional[torch.Tensor] = None  # this rank's MetricSums.state() (all ranks' in a checkpoint)
+    sums: torch.Tensor | None = None  # this rank's MetricSums.state() (all ranks' in a checkpoint)
     seen: int = 0
     elapsed: float = 0.0
     loss_at_step: dict = field(default_factory=dict)  # the epoch's train.loss_steps values so far
-    trained: Optional[dict] = None  # the epoch's training metrics: trained whole, stopped in its evaluation
+    trained: dict | None = None  # the epoch's training metrics: trained whole, stopped in its evaluation
 
     def to_dict(self) -> dict:
-        return {"batch": self.batch, "sums": self.sums, "seen": self.seen, "elapsed": self.elapsed,
-                "loss_at_step": self.loss_at_step, "trained": self.trained}
+        return {
+            "batch": self.batch,
+            "sums": self.sums,
+            "seen": self.seen,
+            "elapsed": self.elapsed,
+            "loss_at_step": self.loss_at_step,
+            "trained": self.trained,
+        }
 
     @classmethod
-    def for_rank(cls, saved: Optional[dict], rank: int) -> "EpochProgress":
+    def for_rank(cls, saved: dict | None, rank: int) -> EpochProgress:
         if not saved:
             return cls()
         sums = None if saved["sums"] is None else saved["sums"][rank]
-        return cls(int(saved["batch"]), sums, int(saved["seen"]), float(saved["elapsed"]),
-                   dict(saved.get("loss_at_step") or {}), saved.get("trained"))
+        return cls(
+            int(saved["batch"]),
+            sums,
+            int(saved["seen"]),
+            float(saved["elapsed"]),
+            dict(saved.get("loss_at_step") or {}),
+            saved.get("trained"),
+        )
 
 
 def _finite(model: nn.Module, optimizer, ctx: Context) -> bool:
     """Whether every weight, buffer and optimizer state is finite (on every rank; one host sync)."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    tensors += [t for state in optimizer.state.values() for t in state.values()
-                if torch.is_tensor(t) and t.is_floating_point()]
+    tensors += [
+        t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.is_floating_point()
+    ]
     ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float() if tensors else torch.ones(())
     ok = ok.to(ctx.device).reshape(1)
     if ctx.world_size > 1:
@@ -238,40 +262,76 @@ def _rows(state: torch.Tensor, ctx: Context) -> torch.Tensor:
     return torch.stack(rows).cpu()
 
 
-def _checkpoint(model: nn.Module, optimizer, scheduler, scaler, epoch: int, history: list[dict], config: dict,
-                recent: torch.Tensor, progress: Optional[EpochProgress] = None) -> dict:
+def _checkpoint(
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    epoch: int,
+    history: list[dict],
+    config: dict,
+    recent: torch.Tensor,
+    progress: EpochProgress | None = None,
+) -> dict:
     """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint);
     ``recent``: every rank's last 20 losses (:class:`RecentLosses`, one row per rank)."""
-    return stamped({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
-        "epoch": epoch, "history": history, "config": config, "model_name": config["model"]["name"],
-        "steps": str(config["model"]["steps"]), "torch_rng": torch.get_rng_state(),
-        "progress": None if progress is None else progress.to_dict(), "recent_losses": recent,
-    })
+    return stamped(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
+            "epoch": epoch,
+            "history": history,
+            "config": config,
+            "model_name": config["model"]["name"],
+            "steps": str(config["model"]["steps"]),
+            "torch_rng": torch.get_rng_state(),
+            "progress": None if progress is None else progress.to_dict(),
+            "recent_losses": recent,
+        }
+    )
 
 
-def _finish(out_dir: Path, model: nn.Module, config: dict, history: list[dict], processes: int = 1,
-            platforms: Optional[list] = None) -> None:
+def _finish(
+    out_dir: Path,
+    model: nn.Module,
+    config: dict,
+    history: list[dict],
+    processes: int = 1,
+    platforms: list | None = None,
+) -> None:
     try:
-        folded = runfiles.save_folded(model, out_dir / runfiles.FOLDED_FILE,
-                                      {"model": config["model"]["name"], "steps": config["model"]["steps"]})
+        folded = runfiles.save_folded(
+            model, out_dir / runfiles.FOLDED_FILE, {"model": config["model"]["name"], "steps": config["model"]["steps"]}
+        )
     except ValueError as error:  # a gate that mixes channels (ECA): the trained run stays complete, unfolded
         folded = None
-        warnings.warn(f"no {runfiles.FOLDED_FILE}: {error}; {runfiles.CHECKPOINT_FILE} holds the trained model "
-                      f"with its steps", stacklevel=2)
-    card = stamped({
-        "model": config["model"]["name"], "steps": str(config["model"]["steps"]),
-        "data": config["data"]["name"], "num_classes": config["model"]["num_classes"],
-        "in_chans": config["model"]["in_chans"], "epochs": len(history),
-        "final": {k: history[-1][k] for k in ("test_top1", "test_top5", "test_error", "test_loss",
-                                              "train_loss", "evolution_time")},
-        "params_train": sum(p.numel() for p in model.parameters()),
-        "params_folded": None if folded is None else sum(p.numel() for p in folded.parameters()),
-        "folded_weights": None if folded is None else runfiles.FOLDED_FILE, "step_profile": PROFILE_FILE, "commit": _git_commit(),
-        "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
-        "platform": platforms or [],  # where it ran: platform.json (tscnet.train.machine)
-    })
+        warnings.warn(
+            f"no {runfiles.FOLDED_FILE}: {error}; {runfiles.CHECKPOINT_FILE} holds the trained model with its steps",
+            stacklevel=2,
+        )
+    card = stamped(
+        {
+            "model": config["model"]["name"],
+            "steps": str(config["model"]["steps"]),
+            "data": config["data"]["name"],
+            "num_classes": config["model"]["num_classes"],
+            "in_chans": config["model"]["in_chans"],
+            "epochs": len(history),
+            "final": {
+                k: history[-1][k]
+                for k in ("test_top1", "test_top5", "test_error", "test_loss", "train_loss", "evolution_time")
+            },
+            "params_train": sum(p.numel() for p in model.parameters()),
+            "params_folded": None if folded is None else sum(p.numel() for p in folded.parameters()),
+            "folded_weights": None if folded is None else runfiles.FOLDED_FILE,
+            "step_profile": PROFILE_FILE,
+            "commit": _git_commit(),
+            "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
+            "platform": platforms or [],  # where it ran: platform.json (tscnet.train.machine)
+        }
+    )
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
     runfiles.atomic_write_bytes(out_dir / PROFILE_FILE, (json.dumps(profile) + "\n").encode())
@@ -331,10 +391,21 @@ class Trainer:
         if dc["batch_size"] % ctx.world_size:
             raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
         self.train_loader, self.test_loader, info = create_loaders(
-            dc["name"], dc["data_dir"], batch_size=dc["batch_size"] // ctx.world_size, device=ctx.device,
-            seed=tc["seed"], train_subset=dc["train_subset"], augment=dc["augment"], rank=ctx.rank,
-            world_size=ctx.world_size, workers=dc["workers"], eval_batch_size=dc["eval_batch_size"],
-            image_size=dc["image_size"], test_subset=dc["test_subset"], download=dc["download"])
+            dc["name"],
+            dc["data_dir"],
+            batch_size=dc["batch_size"] // ctx.world_size,
+            device=ctx.device,
+            seed=tc["seed"],
+            train_subset=dc["train_subset"],
+            augment=dc["augment"],
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            workers=dc["workers"],
+            eval_batch_size=dc["eval_batch_size"],
+            image_size=dc["image_size"],
+            test_subset=dc["test_subset"],
+            download=dc["download"],
+        )
         config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
         config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
         model = runfiles.build_model_from_config(config).to(ctx.device)
@@ -363,9 +434,12 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.platforms: list[dict] = []
         if ctx.is_main:
-            self.platforms = machine.record(out_dir, machine.describe(ctx.device, ctx.world_size),
-                                            self.start_epoch * self.steps_per_epoch + self.progress.batch,
-                                            self.start_epoch)
+            self.platforms = machine.record(
+                out_dir,
+                machine.describe(ctx.device, ctx.world_size),
+                self.start_epoch * self.steps_per_epoch + self.progress.batch,
+                self.start_epoch,
+            )
         self.loss_steps = set(tc["loss_steps"])
         self.eval_epochs = evaluated_epochs(config)
         self.eval_batches = _fewest(len(self.test_loader), ctx)
@@ -373,7 +447,7 @@ class Trainer:
         if backend is not None:
             self.train_model = torch.compile(self.train_model, backend=backend)
         self.monitor = open_monitor(tc["log"], out_dir, ctx.is_main)
-        self.stop: Optional[StopRequest] = None
+        self.stop: StopRequest | None = None
 
     def _load_checkpoint(self) -> None:
         """Continue from the run folder's checkpoint: weights, optimizer, schedule, scaler, RNG, progress."""
@@ -417,13 +491,19 @@ class Trainer:
             row.update(tested)
             if tested and not math.isfinite(row["test_loss"]):
                 step = (epoch + 1) * self.steps_per_epoch
-                raise TrainingDiverged(f"test loss became {row['test_loss']:.4g} after epoch {epoch + 1}/{self.epochs} "
-                                       f"(step {step})", {"step": step, "batch": self.steps_per_epoch,
-                                                          "loss": row["test_loss"],
-                                                          "loss_at_step": trained["loss_at_step"]})
+                raise TrainingDiverged(
+                    f"test loss became {row['test_loss']:.4g} after epoch {epoch + 1}/{self.epochs} (step {step})",
+                    {
+                        "step": step,
+                        "batch": self.steps_per_epoch,
+                        "loss": row["test_loss"],
+                        "loss_at_step": trained["loss_at_step"],
+                    },
+                )
         except TrainingDiverged as error:
-            _diverged(self.out_dir, error, epoch + 1, self.history, self.kept, self.ctx,
-                      self.config["model"]["num_classes"])
+            _diverged(
+                self.out_dir, error, epoch + 1, self.history, self.kept, self.ctx, self.config["model"]["num_classes"]
+            )
         self._end_epoch(epoch, row)
 
     def _trained(self, epoch: int) -> dict:
@@ -445,8 +525,14 @@ class Trainer:
         if epoch + 1 not in self.eval_epochs:  # its row has no test_*
             return {}
         inject_signal("eval", epoch + 1)
-        tested = evaluate(self.train_model, self.test_loader, self.ctx.device, self.amp_dtype, self.channels_last,
-                          stop=lambda k: self._eval_stop(epoch, k))
+        tested = evaluate(
+            self.train_model,
+            self.test_loader,
+            self.ctx.device,
+            self.amp_dtype,
+            self.channels_last,
+            stop=lambda k: self._eval_stop(epoch, k),
+        )
         if tested is None:  # a signal: keep the trained epoch, redo its evaluation on resume
             self.save_midway(epoch, EpochProgress(self.steps_per_epoch, None, 0, 0.0, trained["loss_at_step"], trained))
             raise TrainingStopped(self._stopped(f"during the evaluation of epoch {epoch + 1}"))
@@ -457,13 +543,16 @@ class Trainer:
         ctx, model = self.ctx, self.model
         ctx.check_in_sync(model, epoch + 1)
         dt_mean = [float(s.mean()) for s in step_sizes(model)]
-        row.update(lr=self.scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean)  # T = Σ_d mean_c Δt_d
+        row.update(
+            lr=self.scheduler.get_last_lr()[0], evolution_time=sum(dt_mean), dt_mean=dt_mean
+        )  # T = Σ_d mean_c Δt_d
         self.history.append(row)
         inject_signal("save", epoch + 1)
         rows = _rows(self.recent.values, ctx)
         if ctx.is_main:
-            state = _checkpoint(model, self.optimizer, self.scheduler, self.scaler, epoch + 1, self.history,
-                                self.config, rows)
+            state = _checkpoint(
+                model, self.optimizer, self.scheduler, self.scaler, epoch + 1, self.history, self.config, rows
+            )
             runfiles.atomic_save(state, self.ckpt_path)
             _write_metrics(self.out_dir, self.history)
             tqdm.write(_epoch_line(row, self.epochs))
@@ -473,12 +562,16 @@ class Trainer:
         if epoch + 1 < self.epochs and self.stop.requested(ctx.device):  # a signal during the checkpoint
             raise TrainingStopped(self._stopped(f"after epoch {epoch + 1}"))
 
-    def save_midway(self, epoch: int, now: "EpochProgress") -> None:
+    def save_midway(self, epoch: int, now: EpochProgress) -> None:
         """A checkpoint inside epoch ``epoch + 1`` (every rank calls it: the loss windows are gathered)."""
         rows = _rows(self.recent.values, self.ctx)
         if self.ctx.is_main:
-            runfiles.atomic_save(_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, epoch,
-                                             self.history, self.config, rows, now), self.ckpt_path)
+            runfiles.atomic_save(
+                _checkpoint(
+                    self.model, self.optimizer, self.scheduler, self.scaler, epoch, self.history, self.config, rows, now
+                ),
+                self.ckpt_path,
+            )
         self.kept = _kept(self.ckpt_path, epoch, now.batch)
 
     def _eval_stop(self, epoch: int, k: int) -> bool:
@@ -493,7 +586,7 @@ class Trainer:
 
     # -- one epoch -----------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int, start: "EpochProgress") -> Optional[dict]:
+    def train_epoch(self, epoch: int, start: EpochProgress) -> dict | None:
         """Train epoch ``epoch`` from ``start`` (batch 0, or where a mid-epoch checkpoint left it).
 
         Returns the epoch's metrics, or ``None`` when a signal stopped it mid-way (after a mid-epoch
@@ -507,10 +600,17 @@ class Trainer:
             sums.load_state(start.sums)
         first_step = epoch * self.steps_per_epoch
         desc = f"epoch {epoch + 1}/{self.epochs}"
-        state = _Epoch(sums, dict(start.loss_at_step),
-                       EpochLog(len(loader), start.batch, desc, self.config["train"]["progress"] and ctx.is_main),
-                       time.perf_counter() - start.elapsed, start.seen, first_step + start.batch, epoch, first_step,
-                       desc)
+        state = _Epoch(
+            sums,
+            dict(start.loss_at_step),
+            EpochLog(len(loader), start.batch, desc, self.config["train"]["progress"] and ctx.is_main),
+            time.perf_counter() - start.elapsed,
+            start.seen,
+            first_step + start.batch,
+            epoch,
+            first_step,
+            desc,
+        )
         for i, (images, target) in enumerate(loader, start=start.batch):
             if not self._train_step(state, i, images, target):
                 state.log.close()
@@ -519,8 +619,13 @@ class Trainer:
         elapsed = time.perf_counter() - state.begin
         sums.reduce()
         m = sums.compute()
-        return {"train_loss": m["loss"], "train_acc": m["top1"], "epoch_time": elapsed,
-                "images_per_s": state.seen / elapsed, "loss_at_step": state.loss_at}
+        return {
+            "train_loss": m["loss"],
+            "train_acc": m["top1"],
+            "epoch_time": elapsed,
+            "images_per_s": state.seen / elapsed,
+            "loss_at_step": state.loss_at,
+        }
 
     def _train_step(self, state: _Epoch, i: int, images: torch.Tensor, target: torch.Tensor) -> bool:
         """One optimizer step on batch ``i`` of the epoch; ``False`` when a signal stops the epoch here."""
@@ -570,12 +675,17 @@ class Trainer:
                 if not stopping:
                     return True
                 state.log.close()
-                raise TrainingDiverged(f"the weights became non-finite at step {step} ({state.desc}, batch {i + 1}) "
-                                       f"with loss {float(loss):.4g}",
-                                       {"step": step, "batch": i + 1, "loss": float(loss),
-                                        "loss_at_step": state.loss_at})
-            self.save_midway(state.epoch, EpochProgress(i + 1, _gathered(state.sums, ctx), state.seen,
-                                                        time.perf_counter() - state.begin, state.loss_at))
+                raise TrainingDiverged(
+                    f"the weights became non-finite at step {step} ({state.desc}, batch {i + 1}) "
+                    f"with loss {float(loss):.4g}",
+                    {"step": step, "batch": i + 1, "loss": float(loss), "loss_at_step": state.loss_at},
+                )
+            self.save_midway(
+                state.epoch,
+                EpochProgress(
+                    i + 1, _gathered(state.sums, ctx), state.seen, time.perf_counter() - state.begin, state.loss_at
+                ),
+            )
             if stopping:
                 return False
         return True
@@ -589,8 +699,9 @@ class Trainer:
             details = {"step": at, "batch": at - state.first_step, "loss": loss, "loss_at_step": state.loss_at}
             if (first := self.recent.first(step)) is not None:
                 details["first_loss"] = first
-            raise TrainingDiverged(f"loss became {loss:.4g} at step {at} ({state.desc}, batch {at - state.first_step})",
-                                   details)
+            raise TrainingDiverged(
+                f"loss became {loss:.4g} at step {at} ({state.desc}, batch {at - state.first_step})", details
+            )
         state.checked = step
 
 
@@ -608,20 +719,23 @@ def _kept(ckpt_path: Path, epochs_done: int, batch: int = 0) -> str:
     return f"the last good checkpoint ({where}) is kept in {ckpt_path}"
 
 
-def _divergence_hint(first_loss: Optional[float], num_classes: int) -> str:
+def _divergence_hint(first_loss: float | None, num_classes: int) -> str:
     """What to try next. A first loss far above chance (ln C) means the output at initialisation is
     already huge, e.g. a norm-free ResNet-56 with Δt ≡ 1 (~10³): the damage is done before a lower
     lr or a warm-up acts (BENCHMARKS.md, "Why vanilla cannot start at depth 56")."""
     chance = math.log(num_classes)
     if first_loss is None or (math.isfinite(first_loss) and first_loss <= 10 * chance):
         return "lower optim.lr or add sched.warmup_epochs"
-    return (f"the loss at step 1 was already {first_loss:.4g} (chance: ln {num_classes} = {chance:.2f}), so the "
-            "output at initialisation is too large for a lower optim.lr or a warm-up to help: start from smaller "
-            "steps (e.g. model.steps=depth:0.5) or normalise the branches")
+    return (
+        f"the loss at step 1 was already {first_loss:.4g} (chance: ln {num_classes} = {chance:.2f}), so the "
+        "output at initialisation is too large for a lower optim.lr or a warm-up to help: start from smaller "
+        "steps (e.g. model.steps=depth:0.5) or normalise the branches"
+    )
 
 
-def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[dict], kept: str,
-              ctx: Context, num_classes: int) -> None:
+def _diverged(
+    out_dir: Path, error: TrainingDiverged, epoch: int, history: list[dict], kept: str, ctx: Context, num_classes: int
+) -> None:
     """Write ``diverged.json`` and raise the one-line divergence error."""
     details = error.details
     message = f"training diverged: {error}; {kept}; {_divergence_hint(details.get('first_loss'), num_classes)}"
@@ -629,9 +743,14 @@ def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[
         loss_at = {k: v for row in history for k, v in row.get("loss_at_step", {}).items()}
         loss_at.update(details.get("loss_at_step", {}))
         loss = details.get("loss", math.nan)
-        record = {"step": details.get("step"), "epoch": epoch, "batch": details.get("batch"),
-                  "loss": loss if math.isfinite(loss) else str(loss),  # strict JSON has no NaN: "nan", "inf"
-                  "message": message, "loss_at_step": loss_at}
+        record = {
+            "step": details.get("step"),
+            "epoch": epoch,
+            "batch": details.get("batch"),
+            "loss": loss if math.isfinite(loss) else str(loss),  # strict JSON has no NaN: "nan", "inf"
+            "message": message,
+            "loss_at_step": loss_at,
+        }
         if "first_loss" in details:
             first = details["first_loss"]
             record["first_loss"] = first if math.isfinite(first) else str(first)
@@ -640,13 +759,20 @@ def _diverged(out_dir: Path, error: TrainingDiverged, epoch: int, history: list[
 
 
 def _stopped(stop: StopRequest, where: str, ckpt_path: Path, out_dir: Path) -> str:
-    return (f"stopped by {stop.name} {where}; the checkpoint {ckpt_path} holds every finished step; "
-            f"continue with: tscnet train --resume --out {out_dir}")
+    return (
+        f"stopped by {stop.name} {where}; the checkpoint {ckpt_path} holds every finished step; "
+        f"continue with: tscnet train --resume --out {out_dir}"
+    )
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
-    tested = (f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:5.2f}%" if "test_loss" in row
-              else "test not evaluated (train.eval_epochs)")
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:5.2f}%  "
-            f"{tested}  T {row['evolution_time']:.2f}  "
-            f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['epoch_time']:.1f}s")
+    tested = (
+        f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:5.2f}%"
+        if "test_loss" in row
+        else "test not evaluated (train.eval_epochs)"
+    )
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:5.2f}%  "
+        f"{tested}  T {row['evolution_time']:.2f}  "
+        f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['epoch_time']:.1f}s"
+    )

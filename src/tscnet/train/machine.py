@@ -13,13 +13,13 @@ machine appends the new one, so a report can say which cells ran where::
 ``from_step`` / ``from_epoch`` are the global steps and whole epochs done when that platform took
 over. The model card repeats the list under ``"platform"``.
 """
+
 from __future__ import annotations
 
 import json
 import platform
 import socket
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -81,7 +81,7 @@ def read_platforms(run_dir: Path) -> list[dict]:
 def record(run_dir: Path, here: dict, step: int, epoch: int) -> list[dict]:
     """Add ``here`` to the run's ``platform.json`` unless the run is already on it; returns the list."""
     platforms = read_platforms(run_dir)
-    last: Optional[dict] = platforms[-1] if platforms else None
+    last: dict | None = platforms[-1] if platforms else None
     if last is None or {k: v for k, v in last.items() if k not in _WHERE} != here:
         platforms.append({**here, "from_step": step, "from_epoch": epoch})
         text = json.dumps(stamped({"platforms": platforms}), indent=2) + "\n"

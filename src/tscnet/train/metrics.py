@@ -1,7 +1,8 @@
 """Classification metrics, computed in one place: summed on device, reduced across ranks."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -18,7 +19,9 @@ class MetricSums:
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n = target.numel()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target.unsqueeze(1))
-        self.sums += torch.stack([loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()])
+        self.sums += torch.stack(
+            [loss.detach().double() * n, hits[:, 0].sum().double(), hits.any(dim=1).sum().double()]
+        )
         self.count += n
 
     def state(self) -> torch.Tensor:
@@ -46,8 +49,14 @@ class MetricSums:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, stop: Optional[Callable[[int], bool]] = None) -> Optional[dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    stop: Callable[[int], bool] | None = None,
+) -> dict[str, float] | None:
     """Test loss, top-1 and top-5 (%) and error (%) of ``model`` over ``loader`` (all ranks).
 
     ``stop(k)`` is asked after each batch (``k`` batches done); when it says so the evaluation is
@@ -81,7 +90,7 @@ def chance_error(num_classes: int) -> float:
     return 100.0 - 100.0 / int(num_classes)
 
 
-def last_test_error(rows: list[dict]) -> Optional[float]:
+def last_test_error(rows: list[dict]) -> float | None:
     """The test error of the last evaluated epoch in metrics ``rows`` (``train.eval_epochs`` may skip
     some: their rows have no ``test_error``); ``None`` when no epoch was evaluated."""
     tested = [row for row in rows if "test_error" in row]

@@ -8,10 +8,11 @@ the Δt of every block as a histogram (its channels) — what people open while 
 
 Needs the optional ``tensorboard`` package (``pip install 'tscnet[tensorboard]'``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -36,8 +37,17 @@ class TensorBoardLog:
 
     def epoch(self, row: dict, steps: Sequence[torch.Tensor]) -> None:
         epoch = row["epoch"]
-        for key in ("train_loss", "train_acc", "test_loss", "test_top1", "test_top5", "test_error",
-                    "evolution_time", "lr", "images_per_s"):
+        for key in (
+            "train_loss",
+            "train_acc",
+            "test_loss",
+            "test_top1",
+            "test_top5",
+            "test_error",
+            "evolution_time",
+            "lr",
+            "images_per_s",
+        ):
             if key in row:  # test_* are absent from epochs that train.eval_epochs skips
                 self.writer.add_scalar(f"epoch/{key}", row[key], epoch)
         for d, dt in enumerate(steps):
@@ -47,7 +57,7 @@ class TensorBoardLog:
     def close(self) -> None:
         self.writer.close()
 
-    def __enter__(self) -> "TensorBoardLog":
+    def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc) -> None:  # also when a signal or a divergence stops the run
@@ -63,11 +73,13 @@ def check_log_setting(setting) -> bool:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise UserError("train.log=tensorboard needs the tensorboard package: "
-                        "pip install 'tscnet[tensorboard]' (or pip install tensorboard)") from None
+        raise UserError(
+            "train.log=tensorboard needs the tensorboard package: "
+            "pip install 'tscnet[tensorboard]' (or pip install tensorboard)"
+        ) from None
     return True
 
 
-def open_monitor(setting, run_dir: Path, is_main: bool) -> Optional[TensorBoardLog]:
+def open_monitor(setting, run_dir: Path, is_main: bool) -> TensorBoardLog | None:
     """The run's monitor for ``train.log`` (``None``: off, or not rank 0)."""
     return TensorBoardLog(run_dir) if check_log_setting(setting) and is_main else None

@@ -8,10 +8,11 @@
 * ``constant``: ``decay = 1``;
 * ``warmup = s + (1 − s) · t / W`` for ``t < W`` warm-up epochs (``s = warmup_start``), else 1.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -84,7 +85,9 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     lr = depth_lr(model, cfg)
     name = cfg.get("name", "sgd")
     if name == "sgd":
-        options = dict(lr=lr, momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"])
+        options = dict(
+            lr=lr, momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"]
+        )
         make = torch.optim.SGD
     else:
         options = dict(lr=lr, betas=tuple(cfg["betas"]), eps=cfg["eps"], weight_decay=cfg["weight_decay"])
@@ -93,7 +96,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     root = unwrap_model(model)
     scales = root.param_lr_scale() if hasattr(root, "param_lr_scale") else {}
     scale_of = {id(root.get_parameter(n)): multiplier for n, multiplier in scales.items()}
-    groups: dict[tuple[float, Optional[float]], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, float | None], list[nn.Parameter]] = {}
     for p in model.parameters():
         groups.setdefault((float(scale_of.get(id(p), 1.0)), decay_of(p)), []).append(p)
     if list(groups) == [(1.0, None)]:
@@ -110,8 +113,9 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return make(param_groups, **options)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, sched: dict, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler of ``optimizer``'s learning rate: the base rate × :func:`lr_factor`
     (warm-up, then the ``sched["name"]`` decay over ``epochs``).
 
@@ -120,5 +124,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: dict, epochs: int,
     """
     if sched["name"] not in SCHEDULES:
         raise UserError(f"unknown schedule {sched['name']!r}; valid: {', '.join(SCHEDULES)}")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it / steps_per_epoch, epochs, sched))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it / steps_per_epoch, epochs, sched))

@@ -23,12 +23,12 @@ A signal during an evaluation stops it within a batch (under torchrun, within a 
 agree every few batches); the checkpoint then holds the trained epoch, and ``resume`` redoes the
 evaluation only.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import time
-from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,7 @@ class StopRequest(CatchSignals):
     def __init__(self) -> None:
         super().__init__()
         #: The first signal's number, ``None`` while none came.
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._at = 0.0
 
     def _handle(self, signum: int, frame) -> None:
@@ -83,9 +83,9 @@ class StopRequest(CatchSignals):
 class CheckpointClock:
     """When a periodic mid-epoch checkpoint is due: every N steps, or every N minutes."""
 
-    def __init__(self, every: Union[int, str, None]) -> None:
-        self.steps: Optional[int] = None
-        self.seconds: Optional[float] = None
+    def __init__(self, every: int | str | None) -> None:
+        self.steps: int | None = None
+        self.seconds: float | None = None
         if every in (None, 0, False):
             pass
         elif isinstance(every, int) and not isinstance(every, bool) and every > 0:
@@ -93,10 +93,11 @@ class CheckpointClock:
         elif isinstance(every, str) and every.endswith("min") and _positive(every[:-3]):
             self.seconds = 60.0 * float(every[:-3])
         else:
-            raise UserError(f"train.checkpoint_every must be 0 (off), a number of steps or minutes like '10min'; "
-                            f"got {every!r}")
+            raise UserError(
+                f"train.checkpoint_every must be 0 (off), a number of steps or minutes like '10min'; got {every!r}"
+            )
         self._last = time.monotonic()
-        self._checked: Optional[int] = None  # the step of the previous call
+        self._checked: int | None = None  # the step of the previous call
 
     def due(self, step: int) -> bool:
         """Whether a checkpoint is due at ``step``: a multiple of N steps was reached since the
@@ -117,7 +118,7 @@ def _positive(text: str) -> bool:
         return False
 
 
-def inject_signal(point: str, n: Union[int, str]) -> None:
+def inject_signal(point: str, n: int | str) -> None:
     """Send this process SIGTERM if ``TSCNET_TEST_SIGNAL`` names ``point@n``, SIGKILL if ``TSCNET_TEST_KILL``
     does (fault injection for tests)."""
     if os.environ.get("TSCNET_TEST_SIGNAL_RANK") not in (None, os.environ.get("RANK", "0")):

@@ -11,6 +11,7 @@
     RUN/diverged.json      only if the loss became NaN/inf: step, epoch, batch, loss, message
     RUN/model_card.json    model, policy, data, final metrics, commit, platform (at the end, written last)
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import yaml
@@ -38,14 +39,19 @@ STEPS_FILE = RunFolder.STEPS  # tscnet.stepping.profile.PROFILE_FILE
 DIVERGED_FILE = RunFolder.DIVERGED  # where the loss became non-finite (written by the engine)
 
 METRIC_KEYS = (
-    "epoch",            # 1-based
-    "lr",               # learning rate at the end of the epoch
-    "train_loss", "train_acc",
-    "test_loss", "test_top1", "test_top5", "test_error",  # accuracies and error in %
-    "evolution_time",   # T = Σ_d mean_c Δt_d
-    "dt_mean",          # [mean_c Δt_d for each block d]
-    "epoch_time", "images_per_s",
-    "loss_at_step",     # {"100": mean train loss of steps 81..100, ...} for train.loss_steps in this epoch
+    "epoch",  # 1-based
+    "lr",  # learning rate at the end of the epoch
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "test_error",  # accuracies and error in %
+    "evolution_time",  # T = Σ_d mean_c Δt_d
+    "dt_mean",  # [mean_c Δt_d for each block d]
+    "epoch_time",
+    "images_per_s",
+    "loss_at_step",  # {"100": mean train loss of steps 81..100, ...} for train.loss_steps in this epoch
 )
 
 
@@ -59,7 +65,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}; the previous {path.name} is untouched") from None
+        raise UserError(
+            f"cannot write {path}: {error.strerror or error}; the previous {path.name} is untouched"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -69,8 +77,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise UserError(f"cannot write {path}: {error.strerror or error}; "
-                            f"the previous {path.name} is untouched") from None
+            raise UserError(
+                f"cannot write {path}: {error.strerror or error}; the previous {path.name} is untouched"
+            ) from None
         raise
 
 
@@ -83,7 +92,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def save_folded(model: nn.Module, path: Path, metadata: Optional[dict] = None) -> nn.Module:
+def save_folded(model: nn.Module, path: Path, metadata: dict | None = None) -> nn.Module:
     """Fold ``model``'s steps and save the vanilla weights as safetensors; returns the folded model."""
     from safetensors.torch import save_file
 
@@ -103,7 +112,9 @@ def require_run(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        raise UserError(f"{run_dir} is not a tscnet run folder (no {CONFIG_FILE}); train one with `tscnet train --out DIR`")
+        raise UserError(
+            f"{run_dir} is not a tscnet run folder (no {CONFIG_FILE}); train one with `tscnet train --out DIR`"
+        )
     return run_dir
 
 
@@ -116,13 +127,18 @@ def read_config(run_dir: Path) -> dict:
     try:
         saved = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); "
-                        f"the run's config is damaged") from None
+        raise UserError(
+            f"{path} is not valid YAML ({str(error).splitlines()[0]}); the run's config is damaged"
+        ) from None
     if not isinstance(saved, dict):
-        raise UserError(f"{path} must be a mapping of sections (model, data, optim, sched, train), "
-                        f"got {type(saved).__name__}")
-    missing = [k for k in ("model.name", "model.steps", "data.name")
-               if not isinstance(saved.get(k.split(".")[0]), dict) or k.split(".")[1] not in saved[k.split(".")[0]]]
+        raise UserError(
+            f"{path} must be a mapping of sections (model, data, optim, sched, train), got {type(saved).__name__}"
+        )
+    missing = [
+        k
+        for k in ("model.name", "model.steps", "data.name")
+        if not isinstance(saved.get(k.split(".")[0]), dict) or k.split(".")[1] not in saved[k.split(".")[0]]
+    ]
     if missing:
         raise UserError(f"{path} does not say which run it is: no {', '.join(missing)}")
     try:
@@ -131,7 +147,7 @@ def read_config(run_dir: Path) -> dict:
         raise UserError(f"{path}: {error}") from None
 
 
-def read_diverged(run_dir: Path) -> Optional[dict]:
+def read_diverged(run_dir: Path) -> dict | None:
     """The run's ``diverged.json`` (where its loss became non-finite, written by the engine), ``None``
     for a run that did not diverge; a damaged record is a one-line error."""
     path = Path(run_dir) / DIVERGED_FILE
@@ -147,7 +163,7 @@ def read_diverged(run_dir: Path) -> Optional[dict]:
     return record
 
 
-def diverged_message(run_dir: Path) -> Optional[str]:
+def diverged_message(run_dir: Path) -> str | None:
     """Why the run diverged, from its ``diverged.json`` (the engine's message), else ``None``."""
     record = read_diverged(run_dir)
     if record is None:
@@ -172,7 +188,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except ValueError as error:
-            raise UserError(f"{path} line {number} is not valid JSON ({error}); the run's metrics are damaged") from None
+            raise UserError(
+                f"{path} line {number} is not valid JSON ({error}); the run's metrics are damaged"
+            ) from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
             raise UserError(f"{path} line {number} is not an epoch's metrics (a JSON object with an epoch number)")
         rows.append(row)
@@ -199,8 +217,10 @@ def _load_failure(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
         reasons = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
-        return (f"{reasons[0] if reasons else 'unsupported content'} (refused by torch.load(weights_only=True): "
-                f"a damaged file, not a checkpoint, or one that would run code)")
+        return (
+            f"{reasons[0] if reasons else 'unsupported content'} (refused by torch.load(weights_only=True): "
+            f"a damaged file, not a checkpoint, or one that would run code)"
+        )
     first = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
     return f"{first} (a damaged or truncated file?)"
 
@@ -211,8 +231,9 @@ def build_model_from_config(config: dict) -> nn.Module:
     from ..models import create_model
 
     m = config["model"]
-    return create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps=m["steps"],
-                        **model_options(config))
+    return create_model(
+        m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps=m["steps"], **model_options(config)
+    )
 
 
 def model_options(config: dict) -> dict:
@@ -225,8 +246,10 @@ def check_checkpoint_matches(checkpoint: dict, config: dict, source: Path) -> No
     want = (config["model"]["name"], str(config["model"]["steps"]))
     have = (checkpoint.get("model_name"), checkpoint.get("steps"))
     if have != want:
-        raise UserError(f"checkpoint {source} holds model {have[0]} with steps {have[1]!r}, "
-                        f"but the run is model {want[0]} with steps {want[1]!r}")
+        raise UserError(
+            f"checkpoint {source} holds model {have[0]} with steps {have[1]!r}, "
+            f"but the run is model {want[0]} with steps {want[1]!r}"
+        )
 
 
 @dataclass
@@ -236,7 +259,7 @@ class Run:
     path: Path
     config: dict
     metrics: list[dict]
-    model: Optional[nn.Module]  # with its step policy, weights of the last checkpoint, eval mode
+    model: nn.Module | None  # with its step policy, weights of the last checkpoint, eval mode
     weights: str = CHECKPOINT_FILE  # where the model's weights came from
 
     @property
@@ -265,7 +288,7 @@ def load_run(run_dir: Path, with_model: bool = True, device: str = "cpu", unfold
     return Run(run_dir, config, read_metrics(run_dir), model, weights)
 
 
-def model_from_folded(run_dir: Path, config: Optional[dict] = None, device: str = "cpu") -> nn.Module:
+def model_from_folded(run_dir: Path, config: dict | None = None, device: str = "cpu") -> nn.Module:
     """The vanilla-architecture model of a finished run from its model.safetensors (steps folded in), eval mode."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -274,17 +297,20 @@ def model_from_folded(run_dir: Path, config: Optional[dict] = None, device: str 
 
     config = config or read_config(run_dir)
     m = config["model"]
-    model = create_model(m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps="none",
-                         **model_options(config))
+    model = create_model(
+        m["name"], num_classes=m["num_classes"], in_chans=m["in_chans"], steps="none", **model_options(config)
+    )
     path = Path(run_dir) / FOLDED_FILE
     try:
         model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
     except (SafetensorError, RuntimeError, OSError) as error:
-        raise UserError(f"{path} does not hold the folded {m['name']} of this run: {str(error).splitlines()[0]}") from None
+        raise UserError(
+            f"{path} does not hold the folded {m['name']} of this run: {str(error).splitlines()[0]}"
+        ) from None
     return model.to(device).eval()
 
 
-def stepped_from_folded(run_dir: Path, config: Optional[dict] = None, device: str = "cpu") -> nn.Module:
+def stepped_from_folded(run_dir: Path, config: dict | None = None, device: str = "cpu") -> nn.Module:
     """A finished run's stepped model without its checkpoint: model.safetensors with the final Δt
     of steps.json divided back out (:func:`tscnet.stepping.fold.unfold_steps`), steps frozen as
     ``profile:RUN``; eval mode. It computes what the folded model computes, block by block."""
@@ -300,7 +326,7 @@ def stepped_from_folded(run_dir: Path, config: Optional[dict] = None, device: st
         raise UserError(f"cannot rebuild the stepped model of {run_dir} without {CHECKPOINT_FILE}: {error}") from None
 
 
-def model_from_checkpoint(path: Path, config: Optional[dict] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+def model_from_checkpoint(path: Path, config: dict | None = None, device: str = "cpu") -> tuple[nn.Module, dict]:
     """``(model, config)``: the model of ``config`` (default: the checkpoint's own) with the
     checkpoint's weights, in eval mode.
 
@@ -318,7 +344,9 @@ def model_from_checkpoint(path: Path, config: Optional[dict] = None, device: str
     except (KeyError, TypeError, AttributeError, RuntimeError) as error:
         detail = str(error).strip().splitlines()
         detail = detail[1].strip() if len(detail) > 1 else (detail[0] if detail else type(error).__name__)
-        raise UserError(f"checkpoint {path} does not fit the run's {config['model']['name']} "
-                        f"(num_classes={config['model']['num_classes']}, in_chans={config['model']['in_chans']}): "
-                        f"{detail}") from None
+        raise UserError(
+            f"checkpoint {path} does not fit the run's {config['model']['name']} "
+            f"(num_classes={config['model']['num_classes']}, in_chans={config['model']['in_chans']}): "
+            f"{detail}"
+        ) from None
     return model.eval(), config

@@ -4,10 +4,12 @@
 Look one up with :func:`create_executor`; add one with :func:`register_executor`. Built-in
 executors are imported on first use only (``slurm`` needs the optional ``submitit``).
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import UserError
 from ...registry import Registry
@@ -41,8 +43,9 @@ def create_executor(kind: str, **options: Any) -> Executor:
         except ModuleNotFoundError as error:
             if error.name and error.name.startswith("tscnet"):
                 raise UserError(f"executor {kind!r} is not available in this version of tscnet") from None
-            raise UserError(f"executor {kind!r} needs the Python package {error.name!r}: "
-                            f"pip install 'tscnet[{kind}]'") from None
+            raise UserError(
+                f"executor {kind!r} needs the Python package {error.name!r}: pip install 'tscnet[{kind}]'"
+            ) from None
     if kind not in EXECUTORS:
         raise UserError(f"unknown executor {kind!r}; known: {', '.join(executor_names())}")
     try:

@@ -27,12 +27,13 @@ An executor is registered under a name (:func:`tscnet.jobs.executors.register_ex
 built from keyword options: the spec's ``executor:`` mapping (minus ``kind``) with the command
 line's flags on top, and for Slurm the spec's ``slurm:`` mapping.
 """
+
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Executor(abc.ABC):
         """
 
     @abc.abstractmethod
-    def poll(self, handle: Any) -> Optional[int]:
+    def poll(self, handle: Any) -> int | None:
         """``None`` while the task runs (or waits in a queue), else its exit code (0 = finished).
         A task that ended without a code (killed, cancelled, lost node) returns a non-zero code."""
 
@@ -108,5 +109,5 @@ class Executor(abc.ABC):
         """One line for the study's first output, e.g. ``"local: 2 workers, 1 thread each, CPU"``."""
         return f"{self.name}: {self.capacity} at a time"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: an executor that holds nothing keeps it empty
         """Release what the executor holds (called once, after every task has ended)."""

@@ -6,12 +6,13 @@ On a CPU each run gets ``threads`` intra-op threads (on a 2-core machine two 1-t
 in its own process group (``start_new_session``): a signal to the study's process group reaches a
 child once, forwarded by the scheduler, not twice.
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import IO, Optional
+from typing import IO
 
 from ...errors import UserError
 from . import register_executor
@@ -24,7 +25,7 @@ class LocalHandle:
 
     proc: subprocess.Popen
     log: IO
-    gpu: Optional[int]
+    gpu: int | None
 
 
 def _visible_gpus() -> list[str]:
@@ -52,20 +53,20 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, workers: int = 2, threads: int = 1, gpus: Optional[int] = None) -> None:
+    def __init__(self, workers: int = 2, threads: int = 1, gpus: int | None = None) -> None:
         for key, value in (("workers", workers), ("threads", threads)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"executor local: {key} must be a positive integer, got {value!r}")
         self.capacity, self.threads = workers, threads
         devices = _visible_gpus()
-        self.devices = devices if gpus is None else devices[:max(0, int(gpus))]
+        self.devices = devices if gpus is None else devices[: max(0, int(gpus))]
         self._busy: dict[int, int] = {i: 0 for i in range(len(self.devices))}
 
     def describe(self) -> str:
-        where = (f"one of {len(self.devices)} GPU(s) each" if self.devices else "CPU")
+        where = f"one of {len(self.devices)} GPU(s) each" if self.devices else "CPU"
         return f"local: {self.capacity} at a time, {self.threads} thread(s) each, {where}"
 
-    def _gpu_for(self, task: Task) -> Optional[int]:
+    def _gpu_for(self, task: Task) -> int | None:
         if not self.devices or str(task.config.get("train", {}).get("device", "auto")) == "cpu":
             return None
         gpu = min(self._busy, key=lambda i: (self._busy[i], i))
@@ -78,10 +79,17 @@ class LocalExecutor(Executor):
         env = task.environment(dict(os.environ))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.devices[gpu]
-        log = open(task.log, "a")
+        log = open(task.log, "a")  # noqa: SIM115 - the log outlives this call: the handle closes it when the task ends
         try:
-            proc = subprocess.Popen(task.command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                task.command,
+                cwd=task.cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as error:
             log.close()
             if gpu is not None:
@@ -89,7 +97,7 @@ class LocalExecutor(Executor):
             raise UserError(f"cannot start {task.name}: {error}") from None
         return LocalHandle(proc, log, gpu)
 
-    def poll(self, handle: LocalHandle) -> Optional[int]:
+    def poll(self, handle: LocalHandle) -> int | None:
         code = handle.proc.poll()
         if code is not None and not handle.log.closed:
             handle.log.close()

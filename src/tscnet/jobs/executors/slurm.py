@@ -41,6 +41,7 @@ the study reports; its run folder is resumed by the next ``tscnet study``.
 The job's state is read with ``squeue`` (no accounting database needed), the trainer's exit code
 from a file the job writes (``folder/<job id>.exitcode``).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import submitit
 
@@ -64,17 +65,38 @@ from .base import Executor, Task
 WARNING_S = 120  # SIGTERM this long before the time limit: checkpoint, then requeue
 EARLY_S = 60  # Slurm may send that signal up to a minute earlier than asked (man sbatch, --signal)
 SLACK_S = 30  # and a busy controller a little later than that: the window in which a stop is the warning's
-QUEUED = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
-          "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT", "PREEMPTED"}
+QUEUED = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+    "SPECIAL_EXIT",
+    "PREEMPTED",
+}
 # How a job that ended before its run finished did, for the line it leaves in the cell's log.
-ENDED = {"CANCELLED": "was cancelled by scancel", "TIMEOUT": "reached its time limit",
-         "NODE_FAIL": "lost its node", "OUT_OF_MEMORY": "ran out of memory", "BOOT_FAIL": "lost its node at boot",
-         "DEADLINE": "reached its deadline", "FAILED": "failed"}
+ENDED = {
+    "CANCELLED": "was cancelled by scancel",
+    "TIMEOUT": "reached its time limit",
+    "NODE_FAIL": "lost its node",
+    "OUT_OF_MEMORY": "ran out of memory",
+    "BOOT_FAIL": "lost its node at boot",
+    "DEADLINE": "reached its deadline",
+    "FAILED": "failed",
+}
 SQUEUE_EVERY_S = 5.0  # one squeue for all jobs at most this often
 START_SCRIPT = "scripts/start_slurm.sh"
 
 
-def parse_time(value: Union[str, int, float, None]) -> int:
+def parse_time(value: str | int | float | None) -> int:
     """A Slurm time limit in minutes: ``90``, ``"90"``, ``"1:30:00"``, ``"2-00:00:00"``, ``"30:00"`` (MM:SS)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return max(1, int(round(value)))
@@ -102,7 +124,7 @@ def warning_s(limit_s: int) -> int:
     return max(10, min(WARNING_S, (int(limit_s) - EARLY_S) // 2))
 
 
-def _seconds(text: str) -> Optional[int]:
+def _seconds(text: str) -> int | None:
     """Seconds of a Slurm duration (``squeue %L``): ``MM:SS``, ``H:MM:SS``, ``D-HH:MM:SS``; ``None``
     for ``INVALID``, ``UNLIMITED``, ``NOT_SET``."""
     match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
@@ -112,12 +134,13 @@ def _seconds(text: str) -> Optional[int]:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def _job_state(job_id: str) -> tuple[Optional[str], Optional[int]]:
+def _job_state(job_id: str) -> tuple[str | None, int | None]:
     """A job's state (``RUNNING``; ``COMPLETING`` while it is being cancelled or requeued) and the
     seconds left to its time limit, from ``squeue``; ``(None, None)`` if it does not answer."""
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %L"], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T %L"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return None, None
     fields = out.stdout.split()
@@ -126,7 +149,7 @@ def _job_state(job_id: str) -> tuple[Optional[str], Optional[int]]:
     return fields[0], _seconds(fields[1])
 
 
-def slurm_running() -> Optional[str]:
+def slurm_running() -> str | None:
     """``None`` if a Slurm controller answers here, else why not (one line, naming the start script)."""
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
         return f"no Slurm here (no sbatch/squeue on PATH); start a single-node one with {START_SCRIPT}"
@@ -135,8 +158,10 @@ def slurm_running() -> Optional[str]:
     except (OSError, subprocess.SubprocessError) as error:
         return f"scontrol ping failed ({error}); start a single-node Slurm with {START_SCRIPT}"
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"no Slurm controller answers (scontrol ping: {ping.stdout.strip() or ping.stderr.strip()}); " \
-               f"start a single-node one with {START_SCRIPT}"
+        return (
+            f"no Slurm controller answers (scontrol ping: {ping.stdout.strip() or ping.stderr.strip()}); "
+            f"start a single-node one with {START_SCRIPT}"
+        )
     return None
 
 
@@ -157,13 +182,21 @@ class CellJob:
             command.append("--resume")  # a requeued job, or one resubmitted by a new `tscnet study`
         if self.procs_per_node > 1 or self.nodes > 1:
             module = command.index("tscnet.cli")  # [python, -m, tscnet.cli, train, ...]
-            launch = ["-m", "torch.distributed.run", f"--nnodes={self.nodes}", f"--node-rank={node}",
-                      f"--nproc-per-node={self.procs_per_node}"]
+            launch = [
+                "-m",
+                "torch.distributed.run",
+                f"--nnodes={self.nodes}",
+                f"--node-rank={node}",
+                f"--nproc-per-node={self.procs_per_node}",
+            ]
             if self.nodes > 1:
-                launch += [f"--master-addr={master}", f"--master-port={29500 + int(re.sub(r'[^0-9]', '', job_id) or 0) % 2000}"]
+                launch += [
+                    f"--master-addr={master}",
+                    f"--master-port={29500 + int(re.sub(r'[^0-9]', '', job_id) or 0) % 2000}",
+                ]
             else:
                 launch += ["--standalone"]
-            command = command[:module - 1] + launch + command[module - 1:]
+            command = command[: module - 1] + launch + command[module - 1 :]
         return command
 
     def __call__(self) -> int:
@@ -174,11 +207,19 @@ class CellJob:
         command = self.argv(env.node, env.hostnames[0] if env.hostnames else "localhost", env.job_id)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
-            log.write(f"slurm job {env.job_id} on {env.hostname} (node {env.node + 1}/{env.num_nodes}, restart "
-                      f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): {' '.join(command)}\n")
+            log.write(
+                f"slurm job {env.job_id} on {env.hostname} (node {env.node + 1}/{env.num_nodes}, restart "
+                f"{os.environ.get('SLURM_RESTART_COUNT', '0')}): {' '.join(command)}\n"
+            )
             log.flush()
-            code = subprocess.call(command, cwd=self.cwd, env={**os.environ, **self.env}, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            code = subprocess.call(
+                command,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         if env.node != 0:
             return code
         if code != 0 and not RunFolder(self.run_dir).finished and self.time_limit_stop(env.job_id, code, started):
@@ -223,7 +264,7 @@ class SlurmHandle:
     job_id: str
     name: str
     folder: Path  # submitit's: the job writes <job id>.exitcode there
-    log: Optional[Path] = None  # the cell's log: a job that ended early says why there
+    log: Path | None = None  # the cell's log: a job that ended early says why there
 
     @property
     def code_file(self) -> Path:
@@ -236,14 +277,32 @@ class SlurmExecutor(Executor):
 
     name = "slurm"
 
-    def __init__(self, workers: int = 2, threads: int = 1, partition: Optional[str] = None,
-                 time: Union[str, int] = "02:00:00", gpus_per_node: int = 0, cpus_per_task: Optional[int] = None,
-                 nodes: int = 1, account: Optional[str] = None, qos: Optional[str] = None, mem: Optional[str] = None,
-                 constraint: Optional[str] = None, setup: Optional[list] = None, sbatch: Optional[dict] = None,
-                 folder: Optional[str] = None, procs_per_node: Optional[int] = None) -> None:
-        for key, value, least in (("workers", workers, 1), ("threads", threads, 1), ("gpus_per_node", gpus_per_node, 0),
-                                  ("nodes", nodes, 1), ("cpus_per_task", 1 if cpus_per_task is None else cpus_per_task, 1),
-                                  ("procs_per_node", 1 if procs_per_node is None else procs_per_node, 1)):
+    def __init__(
+        self,
+        workers: int = 2,
+        threads: int = 1,
+        partition: str | None = None,
+        time: str | int = "02:00:00",
+        gpus_per_node: int = 0,
+        cpus_per_task: int | None = None,
+        nodes: int = 1,
+        account: str | None = None,
+        qos: str | None = None,
+        mem: str | None = None,
+        constraint: str | None = None,
+        setup: list | None = None,
+        sbatch: dict | None = None,
+        folder: str | None = None,
+        procs_per_node: int | None = None,
+    ) -> None:
+        for key, value, least in (
+            ("workers", workers, 1),
+            ("threads", threads, 1),
+            ("gpus_per_node", gpus_per_node, 0),
+            ("nodes", nodes, 1),
+            ("cpus_per_task", 1 if cpus_per_task is None else cpus_per_task, 1),
+            ("procs_per_node", 1 if procs_per_node is None else procs_per_node, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserError(f"executor slurm: {key} must be an integer >= {least}, got {value!r}")
         if setup is not None and not (isinstance(setup, list) and all(isinstance(s, str) for s in setup)):
@@ -258,8 +317,11 @@ class SlurmExecutor(Executor):
         self.gpus_per_node = gpus_per_node
         self.procs_per_node = procs_per_node or max(1, gpus_per_node)
         self.nodes, self.cpus_per_task, self.partition = nodes, cpus_per_task, partition
-        self.sbatch = {k: v for k, v in (("account", account), ("qos", qos), ("mem", mem),
-                                         ("constraint", constraint)) if v is not None}
+        self.sbatch = {
+            k: v
+            for k, v in (("account", account), ("qos", qos), ("mem", mem), ("constraint", constraint))
+            if v is not None
+        }
         self.sbatch.update({str(k).replace("_", "-"): v for k, v in (sbatch or {}).items()})
         self.setup = list(setup or [])
         self.folder = None if folder is None else Path(folder).resolve()
@@ -271,19 +333,25 @@ class SlurmExecutor(Executor):
         gpus = f"{self.gpus_per_node} GPU(s)" if self.gpus_per_node else "no GPU"
         cpus = self.cpus_per_task or self.threads * self.procs_per_node
         procs = f", torchrun with {self.procs_per_node} process(es) per node" if self.procs_per_node > 1 else ""
-        return (f"slurm: partition {self.partition or '(default)'}, {self.minutes} min, {self.nodes} node(s) with "
-                f"{gpus} and {cpus} CPU(s) per job{procs}, up to {self.capacity} jobs queued at once")
+        return (
+            f"slurm: partition {self.partition or '(default)'}, {self.minutes} min, {self.nodes} node(s) with "
+            f"{gpus} and {cpus} CPU(s) per job{procs}, up to {self.capacity} jobs queued at once"
+        )
 
     def _executor(self, task: Task) -> tuple[submitit.SlurmExecutor, Path]:
         folder = self.folder or task.run_dir.parent / f"{task.run_dir.name}.slurm"  # next to RUN.log
         folder.mkdir(parents=True, exist_ok=True)
         executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=0, python=sys.executable)
         cpus = self.cpus_per_task or task.threads * self.procs_per_node
-        params: dict[str, Any] = dict(job_name=f"tscnet {task.name}"[:120], time=self.minutes, nodes=self.nodes,
-                                      ntasks_per_node=1, cpus_per_task=cpus, stderr_to_stdout=True,
-                                      additional_parameters={"signal": f"TERM@{warning_s(self.minutes * 60)}",
-                                                             "requeue": True,
-                                                             **self.sbatch})
+        params: dict[str, Any] = dict(
+            job_name=f"tscnet {task.name}"[:120],
+            time=self.minutes,
+            nodes=self.nodes,
+            ntasks_per_node=1,
+            cpus_per_task=cpus,
+            stderr_to_stdout=True,
+            additional_parameters={"signal": f"TERM@{warning_s(self.minutes * 60)}", "requeue": True, **self.sbatch},
+        )
         if self.partition:
             params["partition"] = self.partition
         if self.gpus_per_node:
@@ -308,15 +376,16 @@ class SlurmExecutor(Executor):
             log.write(f"submitted as slurm job {job.job_id} ({folder})\n")
         return SlurmHandle(job.job_id, task.name, folder, task.log)
 
-    def _state(self, job_id: str) -> Optional[str]:
+    def _state(self, job_id: str) -> str | None:
         """The job's state from one ``squeue`` of all this executor's jobs (refreshed every few seconds)."""
         if job_id not in self._jobs:
             return None
         if time.monotonic() - self._queried >= SQUEUE_EVERY_S:
             jobs = ",".join(sorted(self._jobs))
             try:
-                out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", jobs], capture_output=True,
-                                     text=True, timeout=60)
+                out = subprocess.run(
+                    ["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", jobs], capture_output=True, text=True, timeout=60
+                )
             except (OSError, subprocess.SubprocessError):
                 return "UNREACHABLE"
             if out.returncode != 0 and "Invalid job id" not in out.stderr:
@@ -325,12 +394,12 @@ class SlurmExecutor(Executor):
             self._queried = time.monotonic()
         return self._states.get(job_id)
 
-    def poll(self, handle: SlurmHandle) -> Optional[int]:
+    def poll(self, handle: SlurmHandle) -> int | None:
         state = self._state(handle.job_id)
         if state == "UNREACHABLE" or (state is not None and state.rstrip("+") in QUEUED):
             return None
         try:
-            code: Optional[int] = int(handle.code_file.read_text().strip())
+            code: int | None = int(handle.code_file.read_text().strip())
         except (OSError, ValueError):
             code = None  # it never ran to the end: cancelled while queued, node lost, killed
         self._jobs.discard(handle.job_id)
@@ -340,15 +409,16 @@ class SlurmExecutor(Executor):
         return code if code else 1  # FAILED, CANCELLED, TIMEOUT, NODE_FAIL, ..., or gone from squeue
 
     @staticmethod
-    def _say_why(handle: SlurmHandle, state: Optional[str]) -> None:
+    def _say_why(handle: SlurmHandle, state: str | None) -> None:
         """One line in the cell's log on how its job ended, which the study reports as the cell's failure."""
         state = (state or "").rstrip("+")
         why = f"{ENDED.get(state, 'ended')} (state {state})" if state else "is no longer in the queue"
         if handle.log is not None:
             try:
                 with open(handle.log, "a") as log:
-                    log.write(f"tscnet study: error: slurm job {handle.job_id} {why}; the next tscnet study resumes "
-                              "its run\n")
+                    log.write(
+                        f"tscnet study: error: slurm job {handle.job_id} {why}; the next tscnet study resumes its run\n"
+                    )
             except OSError:
                 pass
 
