@@ -9,14 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 import tscnet
 from tscnet.analysis.lipschitz import block_ops, register_block_ops
 from tscnet.registry import qualname
-from tscnet.stepping import (BLOCK_TYPES, GATE_FOLDERS, POLICY_CLASSES, Branch, StepPolicy, parse_policy,
-                             policy_class, policy_names, register_block, register_policy)
+from tscnet.stepping import (
+    BLOCK_TYPES,
+    GATE_FOLDERS,
+    POLICY_CLASSES,
+    Branch,
+    StepPolicy,
+    parse_policy,
+    policy_class,
+    policy_names,
+    register_block,
+    register_policy,
+)
 from tscnet.stepping.controllers import LSTMController
 from tscnet.stepping.policies import FixedSteps, NoSteps
 
