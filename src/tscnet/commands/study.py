@@ -205,8 +205,8 @@ def execute(
             )  # a dry run fetches nothing
         if args.dry_run:
             return 0
-        layout.claim()  # the scratch runs belong to this results folder from now on
-        executor = create_executor(kind, **options)
+        executor = create_executor(kind, **options)  # bad executor options: refused before any folder is made
+        layout.check_claim()  # another study's scratch runs: refused before anything runs
         counts = run_study(
             spec,
             cells,

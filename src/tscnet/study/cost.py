@@ -219,7 +219,7 @@ class GpuCost:
 
     @property
     def wall_hours(self) -> float:
-        """Hours the job runs: its GPU-hours shared by its GPUs (DDP taken to scale linearly)."""
+        """The hours the job runs, its GPU-hours shared by its GPUs (DDP taken to scale linearly)."""
         return self.gpu_hours / self.gpus
 
 

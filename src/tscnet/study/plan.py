@@ -196,8 +196,8 @@ class Layout:
         run = self.run_dir(cell)
         return run.parent / f"{run.name}.recipe.yaml"
 
-    def claim(self) -> None:
-        """Tie the scratch folder to the results folder (each records the other), before any run.
+    def check_claim(self) -> None:
+        """Refuse a scratch folder that belongs to another results folder (nothing is written).
 
         Raises:
             UserError: the scratch folder belongs to another results folder.
@@ -208,6 +208,14 @@ class Layout:
                 f"scratch runs {self.runs} belong to the results {owner}, not {self.results}; "
                 "pass another --runs (two studies must not share scratch runs)"
             )
+
+    def claim(self) -> None:
+        """Tie the scratch folder to the results folder (each records the other), before the first run.
+
+        Raises:
+            UserError: the scratch folder belongs to another results folder.
+        """
+        self.check_claim()
         self.runs.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
         (self.runs / OWNER_RECORD).write_text(f"{self.results}\n")

@@ -262,6 +262,8 @@ class StudyRun:
                 continue
             task = self.prepare(cell)
             if task is not None:
+                if not self.started:  # the first run: the scratch folder belongs to these results from now on
+                    self.layout.claim()
                 self.log_start[cell] = task.log.stat().st_size if task.log.is_file() else 0
                 try:
                     self.epochs_before[cell] = len(read_metrics_or_empty(task.run_dir))

@@ -62,8 +62,10 @@ from ..run_folder import RunFolder
 from . import register_executor
 from .base import Executor, Task
 
-WARNING_S = 120  # SIGTERM this long before the time limit: checkpoint, then requeue
-EARLY_S = 60  # Slurm may send that signal up to a minute earlier than asked (man sbatch, --signal)
+#: SIGTERM this long (seconds) before the time limit: checkpoint, then requeue.
+WARNING_S = 120
+#: Slurm may send that signal up to a minute earlier than asked (man sbatch, --signal).
+EARLY_S = 60
 SLACK_S = 30  # and a busy controller a little later than that: the window in which a stop is the warning's
 QUEUED = {
     "PENDING",
@@ -423,6 +425,7 @@ class SlurmExecutor(Executor):
                 pass
 
     def stop(self, handle: SlurmHandle, signum: int) -> None:
+        """Send ``signum`` to the job's processes (``scancel --signal``), marking the stop as the study's."""
         try:  # before the signal: the job must not take it for its time-limit warning and requeue itself
             (handle.folder / f"{handle.job_id}.stop").write_text(f"{signal.Signals(signum).name}\n")
         except OSError:
