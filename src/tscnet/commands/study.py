@@ -221,7 +221,13 @@ def execute(
         raise UserError(f"--report-only: no results folder {layout.results}")
     found = load_results(layout.results)
     if found:
-        report = build_report(spec, layout.results)
+        try:
+            report = build_report(spec, layout.results)
+        except OSError as error:  # a full disk, a read-only folder: the collected results are untouched
+            raise UserError(
+                f"cannot write the report into {layout.results}: {error.strerror or error}; the "
+                "collected results are intact: free the space and run again with --report-only"
+            ) from None
         print(f"report: {report.path}")
         if on_report is not None:
             on_report(report.files, len(found))

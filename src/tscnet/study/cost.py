@@ -104,8 +104,8 @@ class CostModel:
             if not Path(folder).is_dir():
                 continue
             for card_file in Path(folder).rglob(RunFolder.CARD):
-                if card_file.resolve() in seen:
-                    continue
+                if card_file.resolve() in seen or card_file.parent.name.startswith("."):
+                    continue  # a copy left half-way by a killed collect (.seed0.*) is no second run
                 seen.add(card_file.resolve())
                 try:
                     model = json.loads(card_file.read_text())["model"]
