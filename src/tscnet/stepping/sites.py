@@ -256,17 +256,25 @@ class NormSite:
         return site.wrap(norm)
 
 
-class StepConv2d(nn.Conv2d, StepSite):
-    """Conv2d whose output channels are scaled by Δt through its weight (and bias)."""
+class _LayerSite(StepSite):
+    """A site that is the branch's last layer itself, retyped: its parameters keep their names."""
+
+    plain: type  # the layer class the site stands in for
 
     @classmethod
-    def wrap(cls, conv: nn.Conv2d) -> StepConv2d:
-        if type(conv) is not nn.Conv2d:
-            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-        return _retype(conv, cls)
+    def wrap(cls, layer: nn.Module) -> nn.Module:
+        if type(layer) is not cls.plain:
+            raise TypeError(f"expected an nn.{cls.plain.__name__}, got {type(layer).__name__}")
+        return _retype(layer, cls)
 
-    def unwrap(self) -> nn.Conv2d:
-        return _retype(self, nn.Conv2d)
+    def unwrap(self) -> nn.Module:
+        return _retype(self, self.plain)
+
+
+class StepConv2d(nn.Conv2d, _LayerSite):
+    """Conv2d whose output channels are scaled by Δt through its weight (and bias)."""
+
+    plain = nn.Conv2d
 
     @staticmethod
     def step_views(flat, sizes):
@@ -318,20 +326,13 @@ class StepScale(nn.Module, StepSite):
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-class StepLinear(nn.Linear, StepSite):
+class StepLinear(nn.Linear, _LayerSite):
     """Linear whose output features are scaled by Δt through its weight rows and bias:
     ``Δt ⊙ (W x + b) = (diag(Δt) W) x + Δt ⊙ b``. The site of a branch that ends in a Linear
     (a transformer's attention projection and MLP output, ConvNeXt's MLP): C × C_in work per
     step instead of a multiply of every token's activations."""
 
-    @classmethod
-    def wrap(cls, linear: nn.Linear) -> StepLinear:
-        if type(linear) is not nn.Linear:
-            raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
-        return _retype(linear, cls)
-
-    def unwrap(self) -> nn.Linear:
-        return _retype(self, nn.Linear)
+    plain = nn.Linear
 
     @staticmethod
     def step_views(flat, sizes):
