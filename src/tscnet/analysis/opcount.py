@@ -115,7 +115,10 @@ def count_train_step(
     ``zero_grad(set_to_none=True)``, then the profiled forward + backward. Gradients are freed
     afterwards. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast.
     """
+    from ..stepping.watch import stop_watching
+
     device = x.device
+    stop_watching(model)  # the first steps' untrained-steps check is no cost of the policy
     model.train()
 
     def grads_to_none() -> None:

@@ -84,3 +84,12 @@ def watch_training(policy: nn.Module) -> None:
     params = [p for p in policy.parameters() if p.requires_grad]
     watch = _Watch(policy, params, policy.branches[0].last_layer.weight) if params else None
     policy.__dict__["_watch"] = watch
+
+
+def stop_watching(model: nn.Module) -> None:
+    """Remove the untrained-steps hooks of every policy in ``model`` (a measurement of a policy's
+    steady cost, e.g. launch counts, must not count the first steps' check)."""
+    for module in model.modules():
+        watch = module.__dict__.get("_watch")
+        if watch is not None:
+            watch.stop()

@@ -27,7 +27,7 @@ from ..formats import stamped
 from ..jobs.run_folder import RunFolder
 from ..stepping import policy_class
 from ..train.run import read_diverged
-from .plan import grid_tag
+from .plan import SCRATCH_RECORD, grid_tag
 from .results import (
     CELL_FILE,
     DIVERGED_FILES,
@@ -690,7 +690,8 @@ def build_report(spec: StudySpec, results: Path) -> Report:
     if platforms:
         document["platforms"] = {str(r): r.platform or "unrecorded" for r in found}
     (results / "summary.json").write_text(json.dumps(stamped(document), indent=2) + "\n")
-    return Report(path, document, [path, results / "summary.json", *files])
+    record = results / SCRATCH_RECORD  # where the scratch runs are: kept (and committed) with the report
+    return Report(path, document, [path, results / "summary.json", *files, *([record] if record.is_file() else [])])
 
 
 def _grid_sort(values: dict) -> tuple:
