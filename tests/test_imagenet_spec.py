@@ -134,7 +134,7 @@ def _wait(predicate, timeout: float, what: str, process: subprocess.Popen):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# ~4 min on 2 CPU cores shared with other work: the study, a 2-process torchrun job of timm's resnet50
+# 1 min on 2 idle CPU cores, 3-4 min beside other work (load 7): the study, a 2-process torchrun job of timm's resnet50
 # at 32 px (8 steps of 4 images, a checkpoint after each), requeued once, and the reference run.
 @pytest.mark.slow
 @needs_slurm
