@@ -34,7 +34,7 @@ import time
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -121,7 +121,7 @@ class InstantExecutor(Executor):
         finally:
             InstantExecutor.seconds += time.perf_counter() - start
 
-    def poll(self, handle: int) -> Optional[int]:
+    def poll(self, handle: int) -> int | None:
         return handle
 
     def stop(self, handle: int, signum: int) -> None:
@@ -134,7 +134,7 @@ class _Timed:
     def __init__(self, module: Any, names: tuple[str, ...]) -> None:
         self.module, self.names, self.seconds, self.saved = module, names, 0.0, {}
 
-    def __enter__(self) -> "_Timed":
+    def __enter__(self) -> _Timed:
         for name in self.names:
             self.saved[name] = original = getattr(self.module, name)
 
@@ -153,7 +153,7 @@ class _Timed:
             setattr(self.module, name, original)
 
 
-def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: Optional[str] = None) -> dict:
+def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: str | None = None) -> dict:
     """Time each phase on a fresh results folder under ``root``: ``{"cells", "diverged", "phases": {name:
     wall seconds}, "cpu": {name: CPU seconds of this process}, "parts": {...}}``, the parts being the fake
     executor's writing (in ``schedule``) and the figures (in ``report``)."""
@@ -166,7 +166,9 @@ def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: Optional[
     cpu: dict[str, float] = {}
     parts: dict[str, float] = {}
     cells: list = []
-    executor = lambda: create_executor("study-scale-fake", workers=16, diverge_lr=LRS[lrs - 1])
+
+    def executor() -> Executor:
+        return create_executor("study-scale-fake", workers=16, diverge_lr=LRS[lrs - 1])
 
     def plan() -> None:
         cells[:] = plan_cells(spec)

@@ -6,10 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-from tscnet.study import load_spec, plan_cells
 from tscnet.jobs.executors import Executor
+from tscnet.study import load_spec, plan_cells
 from tscnet.study.cost import CostModel, format_hours
 from tscnet.study.plan import Layout
 from tscnet.study.results import base_config, cell_config
