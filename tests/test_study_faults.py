@@ -56,9 +56,8 @@ def test_two_launches_of_one_study_share_the_cells_and_both_end_right(tmp_path):
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(outs)
     assert len(_collected(results)) == 4
-    # Both picked the first cell at once: one trained it, the other waited for it (or lost the race
-    # for its lock) and collected nothing twice.
-    assert sum(out.count("running elsewhere:") for out in outs) >= 1, "\n=====\n".join(outs)
+    # Both picked the same cells: one trained each, the other waited for it or (when it was done
+    # first) collected it; which happens depends on timing, so only the outcome is checked.
     for folder in _collected(results):  # every cell trained once: each epoch recorded once
         epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert epochs == [1, 2], folder

@@ -437,7 +437,7 @@ class StudyRun:
             left += max(0.0, total - (now - r.began))
         counts = self.counts
         done = counts["skipped"] + counts["collected"] + counts["elsewhere"]
-        diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
+        diverged = f" ({counts['diverged']} diverged or did not learn)" if counts["diverged"] else ""
         elsewhere = f", {len(self.elsewhere)} running elsewhere" if self.elsewhere else ""
         self.out(
             f"progress: {done}/{len(self.cells)} done{diverged}, {len(self.running)} running{elsewhere}, "
@@ -470,7 +470,7 @@ def summary_line(counts: dict[str, Any], cells: int) -> str:
     """``120 cells: 14 already had results, 3 collected (1 diverged), 1 failed, 102 not run``."""
     parts = [f"{counts['skipped']} already had results"]
     if counts["collected"]:
-        diverged = f" ({counts['diverged']} diverged)" if counts["diverged"] else ""
+        diverged = f" ({counts['diverged']} diverged or did not learn)" if counts["diverged"] else ""
         untrained = counts["collected"] - counts["trained"]
         parts.append(
             f"{counts['collected']} collected{diverged}"
