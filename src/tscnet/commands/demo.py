@@ -74,7 +74,7 @@ CONTRASTS: dict[str, Contrast] = {
 NAME = "demo"
 HELP = (
     "train step policies side by side on Fashion-MNIST where the stability study found a contrast "
-    "(2.5-4 minutes on 2 cores)"
+    "(about 2 minutes on 2 idle cores)"
 )
 
 

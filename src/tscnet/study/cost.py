@@ -195,7 +195,7 @@ def format_hours(seconds: float) -> str:
 #: Training images per second per GPU, ASSUMED (nothing here has run on a GPU yet): an A100-class GPU,
 #: bf16 autocast and channels_last (``train.amp`` and ``train.channels_last`` ``auto`` on CUDA), a full
 #: GPU (batch >= 256 per GPU) and data loading that keeps up. resnet50: 2600, timm's ``benchmark.py``
-#: on an A100 with AMP and channels_last (huggingface/pytorch-image-models issue #1491); the other two
+#: on an A100 with AMP and channels_last (https://github.com/huggingface/pytorch-image-models/issues/1491); the other two
 #: scaled by their speed relative to resnet50 in timm's training benchmark (RTX 3090, AMP, NHWC:
 #: resnet50 1218, resnext50_32x4d 1001, seresnet50 972 img/s; results/benchmark-train-amp-nhwc-pt112-
 #: cu113-rtx3090.csv). Optimistic for the ImageNet recipes' global batch 256 on 8 GPUs (32 per GPU)
