@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import sample_images
 from run_utils import assert_same_run
+from slurm_utils import release_requeued, squeue_state
 from tscnet.cli import main as cli
 from tscnet.study import load_spec, plan_cells
 from tscnet.study.cost import EVAL_SPEEDUP, IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, gpu_cost
@@ -117,11 +118,6 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
-def _squeue_state(job: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
 def _wait(predicate, timeout: float, what: str, process: subprocess.Popen):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -167,9 +163,9 @@ def test_the_spec_runs_through_slurm_with_two_processes_and_a_requeue(tmp_path):
         job = _wait(lambda: (re.findall(r"submitted as slurm job (\d+)", text()) or [None])[0], 120, "sbatch", study)
         _wait(lambda: (run / "checkpoint.pt").is_file(), 600, "the job's first checkpoint (after step 1 of 8)", study)
         subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
-        _wait(lambda: _squeue_state(job) == "PENDING", 180, "the requeued job to be pending", study)
+        _wait(lambda: squeue_state(job) == "PENDING", 180, "the requeued job to be pending", study)
         assert not (run / "model_card.json").exists()  # requeued mid-training
-        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)  # Slurm holds it 2 min
+        release_requeued(job)  # Slurm holds it 2 min
         study.wait(timeout=900)
     finally:
         if study.poll() is None:

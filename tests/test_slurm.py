@@ -18,6 +18,7 @@ from tscnet.jobs.run_folder import RunFolder
 from tscnet.train import read_metrics
 
 from run_utils import assert_same_run
+from slurm_utils import job_report, release_requeued, squeue_state
 
 submitit = pytest.importorskip("submitit", reason="the Slurm executor needs submitit: pip install 'tscnet[slurm]'")
 from tscnet.jobs.executors import Task, create_executor  # noqa: E402
@@ -164,11 +165,6 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _squeue_state(job: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
 def _progress(run: Path):
     try:
         saved = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -204,13 +200,13 @@ def test_a_job_requeued_mid_epoch_resumes_exactly(procs, tmp_path):
         log = task.log
         _wait(lambda: "stopped by SIGTERM during epoch" in log.read_text(), 120, "the trainer's checkpoint")
         # Slurm holds a requeued job back two minutes; release it now.
-        _wait(lambda: _squeue_state(handle.job_id) == "PENDING", 120, "the requeued job to be pending")
-        subprocess.run(["scontrol", "update", f"jobid={handle.job_id}", "starttime=now"], check=True)
+        _wait(lambda: squeue_state(handle.job_id) == "PENDING", 120, "the requeued job to be pending")
+        release_requeued(handle.job_id)
         code = _wait(lambda: (lambda c: None if c is None else [c])(executor.poll(handle)), 900, "the job")[0]
     finally:
         subprocess.run(["scancel", handle.job_id], capture_output=True)
     text = log.read_text()
-    assert code == 0, text[-2000:]
+    assert code == 0, text[-2000:] + "\n" + job_report(handle.folder, handle.job_id)
     assert "restart 0" in text and "restart 1" in text and "--resume" in text.split("restart 1")[1].splitlines()[0]
     stopped_at = int(text.split("stopped by SIGTERM during epoch ")[1].split(";")[0])
     assert stopped_at in (1, 2) and text.count("stopped by SIGTERM") == procs  # every trainer, once
@@ -251,16 +247,16 @@ def test_a_job_at_its_time_limit_checkpoints_requeues_itself_and_ends_as_an_unin
     log = task.log
     try:
         _wait(lambda: "stopped by SIGTERM" in log.read_text(), 600, "the time-limit warning to stop the trainer")
-        _wait(lambda: _squeue_state(handle.job_id) == "PENDING", 120, "the job to requeue itself")
+        _wait(lambda: squeue_state(handle.job_id) == "PENDING", 120, "the job to requeue itself")
         assert not RunFolder(run).finished and _progress(run)
         subprocess.run(["scontrol", "update", f"jobid={handle.job_id}", "timelimit=30"], check=True)
-        subprocess.run(["scontrol", "update", f"jobid={handle.job_id}", "starttime=now"], check=True)
+        release_requeued(handle.job_id)
         code = _wait(lambda: (lambda c: None if c is None else [c])(executor.poll(handle)), 1200, "the job")[0]
     finally:
         subprocess.run(["scancel", handle.job_id], capture_output=True)
         _, err = local.communicate(timeout=1200)
     text = log.read_text()
-    assert code == 0, text[-2000:]
+    assert code == 0, text[-2000:] + "\n" + job_report(handle.folder, handle.job_id)
     assert local.returncode == 0, err[-2000:]
     assert "restart 0" in text and "restart 1" in text and "--resume" in text.split("restart 1")[1].splitlines()[0]
     assert text.count("stopped by SIGTERM") == 1 and "restart 2" not in text, text[-3000:]
