@@ -157,7 +157,7 @@ def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: str | Non
     """Time each phase on a fresh results folder under ``root``: ``{"cells", "diverged", "phases": {name:
     wall seconds}, "cpu": {name: CPU seconds of this process}, "parts": {...}}``, the parts being the fake
     executor's writing (in ``schedule``) and the figures (in ``report``)."""
-    from tscnet.study import report as report_module
+    from tscnet.study.report import build as report_module  # where build_report looks up the figure functions
 
     spec = load_spec(study_spec(models, seeds, lrs))
     layout = Layout(root / "results", root / "runs", root)

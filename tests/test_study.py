@@ -490,7 +490,8 @@ def test_sigint_stops_a_background_study_and_the_next_call_resumes(tmp_path):
 
 
 def test_platforms_paragraph_lists_only_the_cells_off_the_main_platform(tmp_path):
-    from tscnet.study.report import Result, _platforms
+    from tscnet.study.report import Result
+    from tscnet.study.report.preamble import platforms_paragraph
 
     def cell(seed: int, cpu: str) -> Result:
         folder = tmp_path / f"seed{seed}"
@@ -499,8 +500,8 @@ def test_platforms_paragraph_lists_only_the_cells_off_the_main_platform(tmp_path
         return Result("cifar_resnet8", "none", "none", seed, {}, folder, {}, [], {}, {}, {})
 
     same = [cell(s, "EPYC") for s in range(3)]
-    assert "All 3 runs: EPYC" in _platforms(same) and "seed0" not in _platforms(same)
-    text = _platforms(same + [cell(3, "Xeon")])
+    assert "All 3 runs: EPYC" in platforms_paragraph(same) and "seed0" not in platforms_paragraph(same)
+    text = platforms_paragraph(same + [cell(3, "Xeon")])
     assert "EPYC" in text and "(3): every cell not listed below" in text
     assert "Xeon" in text and "cifar_resnet8 none seed3" in text and "seed0" not in text
 

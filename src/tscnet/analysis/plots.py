@@ -2,7 +2,9 @@
 
 Every function takes plain data (lists, arrays, the analysis dataclasses) and a path, draws one
 self-explanatory figure and returns the path. Figures are built with ``Figure`` + Agg directly,
-never pyplot, so callers' matplotlib state is untouched.
+never pyplot, so callers' matplotlib state is untouched. :func:`new_figure`, :func:`palette` and
+:func:`save_figure` are the steps every figure shares; the study report's figures
+(:mod:`tscnet.study.report.figures`, :mod:`tscnet.study.transfer`) draw with them too.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .gradflow import GradientFlow
 
 __all__ = [
+    "new_figure",
+    "palette",
+    "save_figure",
     "Series",
     "plot_series",
     "plot_stability_vs_depth",
@@ -30,7 +36,9 @@ PathLike = str | Path
 _MARKERS = "osD^vP*Xh<>"
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float):
+def new_figure(nrows: int, ncols: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+    """A ``width`` × ``height`` inch figure on its own Agg canvas (no pyplot) and its ``nrows`` × ``ncols``
+    axes, always as a 2-D array (``axes[0, 0]`` for one)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,7 +48,8 @@ def _figure(nrows: int, ncols: int, width: float, height: float):
     return fig, axes
 
 
-def _colors(n: int) -> list:
+def palette(n: int) -> list:
+    """``n`` distinct colours, one per curve: tab10 up to 10, tab20 beyond (repeating past 20)."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -57,7 +66,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _save(fig, path: PathLike, dpi: int = 130) -> Path:
+def save_figure(fig: Any, path: PathLike, dpi: int = 130) -> Path:
+    """Write ``fig`` to ``path`` (PNG, 130 dpi unless ``dpi``) and return the path."""
     fig.savefig(path, dpi=dpi)
     return Path(path)
 
@@ -91,9 +101,9 @@ def plot_series(
 ) -> Path:
     """Mean over seeds against epoch (or ``xlabel``: x = ``first``, ``first`` + 1, ...), with a ±1 std
     band where a group has several seeds."""
-    fig, axes = _figure(1, 1, 9, 5.5)
+    fig, axes = new_figure(1, 1, 9, 5.5)
     ax = axes[0, 0]
-    for s, color in zip(series, _colors(len(series))):
+    for s, color in zip(series, palette(len(series))):
         epochs = np.arange(first, first + s.values.shape[1])
         with warnings.catch_warnings():  # an all-NaN column: an epoch without a value (not evaluated)
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -121,7 +131,7 @@ def plot_series(
         ax.legend(fontsize=8, title=note or None, title_fontsize=8)
     else:
         ax.text(0.5, 0.5, "no epoch finished", transform=ax.transAxes, ha="center", va="center")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
@@ -135,7 +145,7 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
     """
     from matplotlib.lines import Line2D
 
-    fig, axes = _figure(1, 1, 11, 6)
+    fig, axes = new_figure(1, 1, 11, 6)
     ax = axes[0, 0]
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     kinds = (
@@ -144,7 +154,7 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
         ("random_mean", ":", True, "measured, random directions (mean)"),
     )
     notes = []
-    for policy, color, marker in zip(policies, _colors(len(policies)), _MARKERS):
+    for policy, color, marker in zip(policies, palette(len(policies)), _MARKERS):
         mine = [r for r in rows if r["policy"] == policy]
         depths = sorted({r["depth"] for r in mine})
         for key, ls, filled, _ in kinds:
@@ -179,7 +189,7 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
     ax.grid(alpha=0.3, which="both")
     colors = [
         Line2D([], [], color=c, marker=m, ls="-", label=p)
-        for p, c, m in zip(policies, _colors(len(policies)), _MARKERS)
+        for p, c, m in zip(policies, palette(len(policies)), _MARKERS)
     ]
     styles = [
         Line2D([], [], color="black", ls=ls, marker="o", mfc="black" if filled else "none", label=text)
@@ -190,7 +200,7 @@ def plot_stability_vs_depth(rows: Sequence[Mapping], path: PathLike) -> Path:
         ax.legend(handles=colors, title="step policy", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     )
     ax.legend(handles=styles, title="quantity", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradient_flow(panels: Sequence[tuple[str, Mapping[str, GradientFlow]]], path: PathLike) -> Path:
@@ -201,7 +211,7 @@ def plot_gradient_flow(panels: Sequence[tuple[str, Mapping[str, GradientFlow]]],
     """
     from matplotlib import colormaps
 
-    fig, axes = _figure(len(panels), 2, 13, 4.2 * len(panels) + 0.9)
+    fig, axes = new_figure(len(panels), 2, 13, 4.2 * len(panels) + 0.9)
     cmap = colormaps["coolwarm"]
     for row, (title, curves) in zip(axes, panels):
         fixed = [k for k in curves if k.startswith("Δt =")]
@@ -230,7 +240,7 @@ def plot_gradient_flow(panels: Sequence[tuple[str, Mapping[str, GradientFlow]]],
         "and weight gradients shrink with Δt",
         fontsize=11,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dt_heatmaps(panels: Sequence[tuple[str, Sequence[np.ndarray]]], path: PathLike) -> Path:
@@ -238,7 +248,7 @@ def plot_dt_heatmaps(panels: Sequence[tuple[str, Sequence[np.ndarray]]], path: P
     vmax = max(float(np.max(np.concatenate([np.ravel(s) for s in steps]))) for _, steps in panels)
     vmin = min(float(np.min(np.concatenate([np.ravel(s) for s in steps]))) for _, steps in panels)
     blocks = max(len(s) for _, s in panels)
-    fig, axes = _figure(len(panels), 1, 11, len(panels) * max(3.2, 1.6 + 0.2 * blocks))
+    fig, axes = new_figure(len(panels), 1, 11, len(panels) * max(3.2, 1.6 + 0.2 * blocks))
     for ax, (title, steps) in zip(axes[:, 0], panels):
         width = max(len(s) for s in steps)
         grid = np.full((len(steps), width), np.nan)
@@ -255,7 +265,7 @@ def plot_dt_heatmaps(panels: Sequence[tuple[str, Sequence[np.ndarray]]], path: P
         ax.set(xlabel="output channel c", ylabel="residual block d", title=f"{title}: Δt_d[c] (white: no such channel)")
         ax.yaxis.set_major_locator(_integer_locator())
         fig.colorbar(image, ax=ax, label="step size Δt")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_block_series(panels: Sequence[tuple[str, np.ndarray]], path: PathLike, ylabel: str, title: str) -> Path:
@@ -266,7 +276,7 @@ def plot_block_series(panels: Sequence[tuple[str, np.ndarray]], path: PathLike, 
 
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _figure(nrows, ncols, 5.2 * ncols + 1, 3.8 * nrows + 0.6)
+    fig, axes = new_figure(nrows, ncols, 5.2 * ncols + 1, 3.8 * nrows + 0.6)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (label, values) in zip(axes.flat, panels):
@@ -283,4 +293,4 @@ def plot_block_series(panels: Sequence[tuple[str, np.ndarray]], path: PathLike, 
         bar.locator = _integer_locator()
         bar.update_ticks()
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -8,7 +8,6 @@ runs' own ``metrics.jsonl``; the Δt heat maps read the last checkpoint of each 
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..errors import UserError
 from ..formats import stamped
 from ..stepping import step_sizes
 from ..stepping.profile import read_profile
-from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
+from ..train.metrics import chance_error, last_test_error
 from ..train.run import Run, load_run, read_diverged
 from .plots import (
     Series,
@@ -37,6 +36,7 @@ from .runs import (
     seed_of,
 )
 from .stability import STABILITY_FILE, format_stability_table
+from .stats import at_chance, format_mean_std, format_number, mean_or_none, mean_std
 
 __all__ = ["Report", "REPORT_FILES", "build_report", "summarize", "format_summary"]
 
@@ -61,18 +61,17 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
     ``at_chance`` lists the seeds that trained with finite losses to an error at chance level."""
     rows = []
     for (model, policy), runs in groups.items():
-        diverged = {seed_of(r): read_diverged(r.path) for r in runs}
-        diverged = {seed: record for seed, record in diverged.items() if record is not None}
+        records = {seed_of(r): read_diverged(r.path) for r in runs}
+        diverged = {seed: record for seed, record in records.items() if record is not None}
         chance = chance_error(runs[0].config["model"]["num_classes"])
         errors = [chance if seed_of(r) in diverged else _last_error(r) for r in runs]
-        stuck = [
-            seed_of(r) for r, e in zip(runs, errors) if seed_of(r) not in diverged and e >= CHANCE_FRACTION * chance
-        ]
+        stuck = [seed_of(r) for r, e in zip(runs, errors) if seed_of(r) not in diverged and at_chance(e, chance)]
         times = [
             float(r.final["evolution_time"])
             for r in runs
             if seed_of(r) not in diverged and r.final.get("evolution_time") is not None
         ]
+        mean, std = mean_std(errors)
         rows.append(
             {
                 "model": model,
@@ -81,10 +80,10 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
                 "seeds": [seed_of(r) for r in runs],
                 "n_seeds": len(runs),
                 "epochs": sorted({len(r.metrics) for r in runs}),
-                "test_error_mean": statistics.fmean(errors),
-                "test_error_std": statistics.stdev(errors) if len(errors) > 1 else None,
+                "test_error_mean": mean,
+                "test_error_std": std,
                 "test_errors": errors,
-                "evolution_time_mean": statistics.fmean(times) if times else None,
+                "evolution_time_mean": mean_or_none(times),
                 "diverged": {
                     str(seed): {"step": rec.get("step"), "loss": rec.get("loss")} for seed, rec in diverged.items()
                 },
@@ -102,8 +101,6 @@ def format_summary(rows: Sequence[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        std = "" if r["test_error_std"] is None else f" ± {r['test_error_std']:.2f}"
-        t = "—" if r["evolution_time_mean"] is None else f"{r['evolution_time_mean']:.2f}"
         gone = "; ".join(f"seed {seed} at step {d['step']}" for seed, d in r.get("diverged", {}).items())
         gone = f" (diverged: {gone}; counted at chance)" if gone else ""
         if r.get("at_chance"):
@@ -111,7 +108,8 @@ def format_summary(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
             f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
-            f"{r['test_error_mean']:.2f}{std}{gone} | {t} |"
+            f"{format_mean_std(r['test_error_mean'], r['test_error_std'])}{gone} | "
+            f"{format_number(r['evolution_time_mean'])} |"
         )
     return "\n".join(lines)
 
@@ -190,32 +188,31 @@ class Report:
     files: dict[str, Path]  # figure name -> PNG
 
 
-def _final_steps(run) -> list:
+def _final_steps(run: Run) -> list[np.ndarray]:
     """The run's final Δt per block: its steps.json, or (older runs) its checkpoint's model."""
     try:
         return [np.asarray(d, dtype=np.float64) for d in read_profile(run.path)["dt"]]
     except ValueError:
-        return [s.numpy() for s in step_sizes(load_run(run.path).model)]
+        model = load_run(run.path).model
+        assert model is not None  # load_run rebuilds the model by default
+        return [s.numpy() for s in step_sizes(model)]
 
 
-def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None = None) -> Report:
-    """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
-
-    ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
-    """
-    # Δt from steps.json: a run needs no checkpoint.pt; a diverged run may have no finished epoch
-    runs = load_runs(run_dirs, with_model=False, diverged_ok=True)
-    data = runs[0].config["data"]["name"]
-    out_dir = Path(out_dir)
+def _load_stability(stability: Path | None, out_dir: Path, data: str) -> tuple[Path | None, dict | None]:
+    """The stability file to include (``stability``, else ``out_dir/stability.json`` if present) and its
+    contents, ``(None, None)`` without one; one of another dataset is refused before anything is written."""
     found = _find_stability(stability, out_dir)
     saved = _read_stability(found) if found is not None else None
-    if saved is not None and saved.get("data") != data:  # refuse before writing anything
+    if saved is not None and saved.get("data") != data:
         raise UserError(
             f"{found} is about {saved.get('data')}, the runs are {data}: pass a stability file of the same dataset"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
-    summary = summarize(groups)
+    return found, saved
+
+
+def _figures(groups: dict, summary: list[dict], data: str, out_dir: Path) -> dict[str, Path]:
+    """Test error and T per epoch; where some group learns its steps, the final Δt heatmaps (first
+    finished seed) and the mean Δt per block over training. Figure name → PNG."""
     files: dict[str, Path] = {}
     note = "solid: Δt from a controller (tsc/mlp); dashed: without"
     files["training_curves"] = plot_series(
@@ -251,8 +248,16 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None
             "mean_c Δt_d",
             "Mean step size of each block over training (mean over seeds)",
         )
+    return files
+
+
+def _sections(
+    n_runs: int, data: str, summary: list[dict], files: dict[str, Path], found: Path | None, saved: dict | None
+) -> list[str]:
+    """``report.md``'s sections: the summary table, then a section per figure in ``files``, the
+    stability study of ``found`` (``saved``: its contents) last."""
     sections = [
-        f"# tscnet report: {len(runs)} runs on {data}\n",
+        f"# tscnet report: {n_runs} runs on {data}\n",
         "Final-epoch test error (never the best epoch), mean ± sample std over seeds, grouped by model and "
         "step policy. T = Σ_d mean_c Δt_d is the evolution time at the final epoch.\n",
         format_summary(summary) + "\n",
@@ -261,44 +266,61 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None
         "## Evolution time\n",
         "![evolution time per epoch](evolution_time.png)\n",
     ]
-    if heat:
+    if "dt_heatmap" in files:
         sections += [
             "## Learned step sizes (final model, first seed of each group)\n",
             "![Δt per block and channel](dt_heatmap.png)\n",
         ]
-    if panels:
+    if "dt_evolution" in files:
         sections += ["## Step sizes over training\n", "![mean Δt per block per epoch](dt_evolution.png)\n"]
     if saved is not None:
-        files["stability"] = plot_stability_vs_depth(saved["runs"], out_dir / "stability.png")
         sections += [
             "## Stability\n",
             f"From `{found}` ({saved.get('images')} test images).\n",
             format_stability_table(saved["runs"]) + "\n",
             "![amplification against depth](stability.png)\n",
         ]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(sections))
-    (out_dir / "summary.json").write_text(
-        json.dumps(
-            stamped(
+    return sections
+
+
+def _summary_json(data: str, summary: list[dict], runs: list[Run]) -> dict:
+    """``summary.json``: the dataset, the summary rows, and each run's folder, model, policy, seed and final values."""
+    return stamped(
+        {
+            "data": data,
+            "groups": summary,
+            "runs": [
                 {
-                    "data": data,
-                    "groups": summary,
-                    "runs": [
-                        {
-                            "run": r.name,
-                            "path": str(r.path),
-                            "model": r.config["model"]["name"],
-                            "policy": str(r.config["model"]["steps"]),
-                            "seed": seed_of(r),
-                            "final": r.final,
-                        }
-                        for r in runs
-                    ],
+                    "run": r.name,
+                    "path": str(r.path),
+                    "model": r.config["model"]["name"],
+                    "policy": str(r.config["model"]["steps"]),
+                    "seed": seed_of(r),
+                    "final": r.final,
                 }
-            ),
-            indent=2,
-        )
-        + "\n"
+                for r in runs
+            ],
+        }
     )
+
+
+def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None = None) -> Report:
+    """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
+
+    ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
+    """
+    # Δt from steps.json: a run needs no checkpoint.pt; a diverged run may have no finished epoch
+    runs = load_runs(run_dirs, with_model=False, diverged_ok=True)
+    data = runs[0].config["data"]["name"]
+    out_dir = Path(out_dir)
+    found, saved = _load_stability(stability, out_dir, data)  # refused before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    summary = summarize(groups)
+    files = _figures(groups, summary, data, out_dir)
+    if saved is not None:
+        files["stability"] = plot_stability_vs_depth(saved["runs"], out_dir / "stability.png")
+    path = out_dir / "report.md"
+    path.write_text("\n".join(_sections(len(runs), data, summary, files, found, saved)))
+    (out_dir / "summary.json").write_text(json.dumps(_summary_json(data, summary, runs), indent=2) + "\n")
     return Report(path, summary, files)

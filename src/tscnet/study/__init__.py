@@ -13,13 +13,15 @@
 ``tscnet study SPEC`` is this, with ``--dry-run`` and ``--report-only``.
 """
 
+# The statistics, shared with ``tscnet report``, live in the analysis layer: re-exported, as before they moved.
+from ..analysis.stats import holm, paired, welch
+
 # The job layer's executors, re-exported: ``from tscnet.study import create_executor`` is the documented API.
 from ..jobs.executors import Executor, Task, create_executor, register_executor
 from .plan import Cell, Layout, default_layout, plan_cells
 from .report import build_report
 from .scheduler import CellResult, run_study
 from .spec import Arm, StudySpec, load_spec
-from .stats import holm, paired, welch
 
 __all__ = [
     "Arm",

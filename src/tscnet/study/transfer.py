@@ -3,7 +3,7 @@
 A study whose models are one architecture at several depths, each swept over the same grid key
 (``optim.lr``), answers the practical question of depth-µP (Yang et al., ICLR 2024; Bordelon et
 al., ICLR 2024): tune on a shallow model, train a deep one. From the per-model sweeps
-(:func:`tscnet.study.report.sweep_analysis`), per arm:
+(:func:`tscnet.study.report.grid.sweep_analysis`), per arm:
 
 * ``lr*(D)``: the best grid value at each depth D (the residual updates of the model, read from
   the runs' Δt profiles), its grid index, and how far it moves: ``max − min`` of the index over the
@@ -21,6 +21,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+from ..analysis.plots import new_figure, palette, save_figure
+from ..analysis.stats import format_number
 
 
 def model_depths(found: list) -> dict[str, int]:
@@ -80,10 +83,6 @@ def transfer_analysis(sweeps: dict[str, dict], depths: dict[str, int]) -> dict |
     return out
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def format_transfer(transfer: dict) -> str:
     """The transfer table: best value per depth, its moves and slope, and the error at the shallow best."""
     key, depths = transfer["key"], transfer["depths"]
@@ -103,23 +102,22 @@ def format_transfer(transfer: dict) -> str:
     ]
     for arm, e in transfer["arms"].items():
         shallow = [
-            f"{_fmt(s['mean'])} (+{_fmt(s['gap'])})" if s["mean"] is not None else "—" for s in e["at_shallow_best"]
+            f"{format_number(s['mean'])} (+{format_number(s['gap'])})" if s["mean"] is not None else "—"
+            for s in e["at_shallow_best"]
         ]
         lines.append(
             f"| `{arm}` | " + " | ".join(str(v) for v in e["best_values"]) + f" | {e['moves']} | "
-            f"{_fmt(e['slope'])} | " + " | ".join(shallow) + " |"
+            f"{format_number(e['slope'])} | " + " | ".join(shallow) + " |"
         )
     return "\n".join(lines)
 
 
 def plot_transfer(transfer: dict, controller_arms: set[str], path: Path) -> Path:
     """Best grid value against depth, one line per arm (log–log), controllers solid, the others dashed."""
-    from ..analysis.plots import _colors, _figure, _save
-
-    fig, axes = _figure(1, 1, 8, 5)
+    fig, axes = new_figure(1, 1, 8, 5)
     ax = axes[0, 0]
     arms = list(transfer["arms"])
-    for i, (arm, color) in enumerate(zip(arms, _colors(len(arms)))):
+    for i, (arm, color) in enumerate(zip(arms, palette(len(arms)))):
         entry = transfer["arms"][arm]
         dodge = 1 + (i - (len(arms) - 1) / 2) * 0.012  # equal best values of several arms stay apart
         ax.plot(
@@ -141,4 +139,4 @@ def plot_transfer(transfer: dict, controller_arms: set[str], path: Path) -> Path
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
