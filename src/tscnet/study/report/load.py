@@ -1,8 +1,8 @@
 """The collected cells of a results folder, read back for the report: one :class:`Result` per cell.
 
 A cell counts once its folder holds ``cell.json`` and the files a finished (or a diverged) run leaves
-(:data:`~tscnet.study.results.RESULT_FILES`, :data:`~tscnet.study.results.DIVERGED_FILES`); a folder
-still being written, or one without a single epoch, is not a result yet.
+(``RESULT_FILES``, ``DIVERGED_FILES`` of :mod:`tscnet.study.results`); a folder still being written,
+or one without a single epoch, is not a result yet.
 """
 
 from __future__ import annotations
