@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,7 +140,7 @@ def _projection(shortcut: nn.Module | None) -> tuple[tuple[Segment, ...], str]:
         and isinstance(layers[0], nn.Conv2d)
         and (len(layers) == 1 or isinstance(layers[1], _BatchNorm))
     ):
-        return (Segment(*layers),), "projection"
+        return (Segment(*layers),), "projection"  # type: ignore[arg-type]  # checked above: a conv, then a BN
     raise InvalidValue(f"no Lipschitz bound for the shortcut {shortcut!r}: expected a conv, optionally with a BN")
 
 
@@ -171,12 +172,14 @@ def _pre_activation(n: int) -> BlockOpsFn:
     """``y + conv_n(relu(bn_n(…conv_1(relu(bn_1(y))))))``, shortcut on ``relu(bn_1(y))``."""
 
     def fn(block: nn.Module) -> BlockOps:
-        pre = () if block.bn1 is None else (Segment(None, block.bn1),)  # a norm-free block has no pre-BN
+        bn1 = cast("_BatchNorm | None", block.bn1)
+        pre = () if bn1 is None else (Segment(None, bn1),)  # a norm-free block has no pre-BN
         branch = [*pre] + [Segment(getattr(block, f"conv{i}"), getattr(block, f"bn{i + 1}")) for i in range(1, n)]
         branch.append(Segment(getattr(block, f"conv{n}")))
-        shortcut, kind = _projection(block.shortcut)
+        projection = cast("nn.Module | None", block.shortcut)
+        shortcut, kind = _projection(projection)
         # The shortcut reads the pre-activation too (He et al., "Identity Mappings").
-        return BlockOps(tuple(branch), shortcut if block.shortcut is None else pre + shortcut, kind)
+        return BlockOps(tuple(branch), shortcut if projection is None else pre + shortcut, kind)
 
     return fn
 
@@ -220,7 +223,7 @@ CONV_NORMS: dict[str, Callable[..., float]] = {
 }
 # Power iteration converges slowly on conv operators (clustered top singular values); 1e-5 is
 # within ~1e-4 of the converged norm at a fraction of the cost of the spectral module's 1e-8.
-POWER_DEFAULTS = {"tol": 1e-5, "n_iter": 1000}
+POWER_DEFAULTS: dict[str, Any] = {"tol": 1e-5, "n_iter": 1000}
 
 
 @torch.no_grad()
@@ -228,7 +231,7 @@ def segment_norm(segment: Segment, input_shape: Sequence[int] | None, method: st
     """``‖segment‖₂``: ``max_c |s_c|`` for a BN alone, else ``‖A_{W'}‖₂`` of the conv with
     ``W'[o] = s_o W[o]`` (the BN folded in) on inputs of shape ``input_shape = (C, H, W)``."""
     if segment.conv is None:
-        return float(bn_scale(segment.norm).abs().max())
+        return float(bn_scale(cast(_BatchNorm, segment.norm)).abs().max())  # a segment has a conv or a norm
     if method not in CONV_NORMS:
         raise InvalidValue(f"unknown norm method {method!r}; valid: {', '.join(CONV_NORMS)}")
     weight = segment.conv.weight if segment.norm is None else fold_bn_into_conv(segment.conv, segment.norm)[0]

@@ -146,13 +146,13 @@ def amplification(
 
     randoms = torch.stack([fd(torch.randn(y0.shape, generator=gen, dtype=dtype).to(device)) for _ in range(directions)])
     y0_fast = y0.to(power_dtype)
-    _, vjp = torch.func.vjp(f_fast, y0_fast)
+    _, vjp = torch.func.vjp(f_fast, y0_fast)  # type: ignore[misc]  # a pair without has_aux (torch types both)
     v = _unit(torch.randn(y0.shape, generator=gen, dtype=power_dtype).to(device))
     for _ in range(power_iters):
-        _, jv = torch.func.jvp(f_fast, (y0_fast,), (v,))
+        _, jv = torch.func.jvp(f_fast, (y0_fast,), (v,))  # type: ignore[misc]  # a pair without has_aux
         # Jᵀ J v = 0 where the map is locally constant (e.g. every last-stage ReLU dead): keep v there,
         # whose measured amplification is then 0, instead of dividing by zero.
         v = _unit(vjp(jv)[0], fallback=v)
     v = v.to(dtype)
-    _, jv = torch.func.jvp(f, (y0,), (v,))
+    _, jv = torch.func.jvp(f, (y0,), (v,))  # type: ignore[misc]  # a pair without has_aux
     return Amplification(randoms.mean(0), randoms.max(0).values, fd(v), _norms(jv.detach()), eps, directions)

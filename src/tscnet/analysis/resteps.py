@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from ..stepping import PolicySpec, get_policy, parse_policy, replace_steps, step_sizes
 from ..stepping.attach import unwrap_model
+from ..stepping.policies import ChannelSteps
 
 __all__ = ["with_steps", "freeze_steps"]
 
@@ -28,10 +30,10 @@ def with_steps(model: nn.Module, steps: Steps) -> nn.Module:
     block (held constant, not trainable). The branches' weights are those of ``model``.
     """
     values = None if isinstance(steps, (str, PolicySpec, dict)) else [torch.as_tensor(v).detach() for v in steps]
-    spec = parse_policy("channel" if values is not None else steps)
+    spec = parse_policy("channel" if values is not None else cast("str | PolicySpec | dict", steps))
     model = replace_steps(copy.deepcopy(unwrap_model(model)), spec)
     if values is not None:
-        policy = get_policy(model)
+        policy = cast(ChannelSteps, get_policy(model))  # the "channel" policy just attached
         with torch.no_grad():
             policy.dt.copy_(torch.cat(values).to(policy.dt))
         policy.dt.requires_grad_(False)

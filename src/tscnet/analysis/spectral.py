@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,7 @@ def conv_operator(
     # including asymmetric "same" padding of even kernels.
     pads = tuple(conv._reversed_padding_repeated_twice)
     hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
-    kwargs = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
+    kwargs: dict[str, Any] = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
     out_hw = [
         (n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip((hp, wp), conv.kernel_size, conv.stride, conv.dilation)
     ]
@@ -203,7 +204,8 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> t
     s = bn_scale(bn)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(s)
     shift = bn.bias if bn.affine else torch.zeros_like(s)
-    return conv.weight * s.view(-1, 1, 1, 1), s * (bias - bn.running_mean) + shift
+    mean = cast(torch.Tensor, bn.running_mean)  # eval mode: the running statistics
+    return conv.weight * s.view(-1, 1, 1, 1), s * (bias - mean) + shift
 
 
 @torch.no_grad()

@@ -12,8 +12,10 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from ..formats import stamped
 from ..train.run import Run
@@ -51,8 +53,9 @@ _COLUMNS = (  # (key, header, format)
 
 def run_stability(run: Run, images: torch.Tensor, directions: int = 8, method: str = "power", **options) -> dict:
     """One row of the study for ``run`` on ``images`` (the run's own test images)."""
-    bound = stability_bound(run.model, tuple(images.shape[1:]), method=method)
-    amp = amplification(run.model, images, directions=directions, **options)
+    model = cast(nn.Module, run.model)  # runs are loaded with their models (load_runs)
+    bound = stability_bound(model, tuple(images.shape[1:]), method=method)
+    amp = amplification(model, images, directions=directions, **options)
     return {
         "run": run.name,
         "path": str(run.path),
@@ -133,8 +136,9 @@ def gradient_panels(runs: Sequence[Run], images: torch.Tensor, labels: torch.Ten
     panels = []
     for (model, policy), group in group_runs(runs).items():
         run = group[0]
-        curves = fixed_step_study(run.model, images, labels)
+        net = cast(nn.Module, run.model)  # runs are loaded with their models (load_runs)
+        curves = fixed_step_study(net, images, labels)
         learned = "vanilla, Δt ≡ 1" if policy == "none" else f"trained policy {policy}"
-        curves[learned] = gradient_flow(run.model, images, labels)
+        curves[learned] = gradient_flow(net, images, labels)
         panels.append((f"{run.name} ({model}, trained weights)", curves))
     return panels

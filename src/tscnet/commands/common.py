@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import UserError
 
@@ -58,7 +58,7 @@ def load_model(source: str, device: str = "cpu", folded_ok: bool = False) -> tup
         if folded_ok and not (path / runfiles.CHECKPOINT_FILE).exists() and (path / runfiles.FOLDED_FILE).exists():
             return runfiles.model_from_folded(path, device=device), runfiles.read_config(path)
         run = runfiles.load_run(path, device=device)
-        return run.model, run.config
+        return cast("nn.Module", run.model), run.config  # load_run's with_model=True: never None
     if not path.is_file():
         raise UserError(f"{source} is neither a run folder nor a checkpoint file")
     return runfiles.model_from_checkpoint(path, device=device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tscnet --help` imports this module without it
     import torch
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     reference = _logits(model, test_loader, args.device)[0] if can_check else logits
     sums = MetricSums(torch.device("cpu"))
     sums.update(logits, target, torch.nn.functional.cross_entropy(logits, target))
-    result = sums.compute("test_")
+    result: dict[str, Any] = sums.compute("test_")  # more keys below, of other types
     result.update(
         test_error=100.0 - result["test_top1"],
         images=int(target.numel()),

@@ -96,7 +96,8 @@ def dry_run(spec, cells, layout, extra: tuple[str, ...], capacity: int, gpus: in
     check_recipe(spec, cells, layout, extra)
     cost = CostModel.from_folders([layout.results, layout.runs, layout.results.parent])
     width = max(len(str(c)) for c in cells)
-    total, counts, sources = 0.0, {}, set()
+    total, sources = 0.0, set()
+    counts: dict[str, int] = {}  # cell state -> number of cells
     gpu_hours: dict[str, float] = {}  # model -> GPU-hours of its cells to run
     job_hours, stated = 0.0, {}  # wall hours of those jobs one after another; model -> images/s per GPU
     configs = planned_configs(spec, cells, extra)  # the recipe read once per model, arm and grid point

@@ -12,6 +12,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, cast
 
 import numpy as np
 
@@ -159,7 +160,7 @@ def read_tar_members(archive: Path, names: set[str]) -> dict[str, bytes]:
                     continue
                 if not member.isfile():
                     raise UnsafeDataError(f"{archive}: member {member.name!r} is not a regular file (link or device)")
-                found[member.name] = tar.extractfile(member).read()
+                found[member.name] = cast(IO[bytes], tar.extractfile(member)).read()  # a regular file: not None
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataFormatError(f"{archive}: cannot read the archive ({e}); re-download it") from e
     missing = sorted(names - found.keys())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -71,7 +72,7 @@ class EpochDataLoader(DataLoader):
     """
 
     def __init__(self, *args, seed: int = 0, **kwargs) -> None:
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        super().__init__(*args, generator=torch.Generator(), **kwargs)  # type: ignore[misc]  # args never hold a generator
         self.seed, self.epoch, self._next_epoch, self._start_batch = seed, 0, 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -120,7 +121,7 @@ def create_folder_loader(
         if train:
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
         else:
-            sampler = range(rank, len(dataset), world_size)
+            sampler = range(rank, len(cast(Sized, dataset)), world_size)  # an ImageFolder or a Subset: sized
     return EpochDataLoader(
         dataset,
         batch_size=batch_size,

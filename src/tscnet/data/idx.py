@@ -10,6 +10,7 @@ import gzip
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -21,7 +22,7 @@ __all__ = ["read_idx", "find_idx_file", "load_idx_split"]
 PathLike = str | Path
 
 # IDX dtype codes -> big-endian numpy dtypes.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -105,7 +106,7 @@ def load_idx_split(
         where = ", ".join(str(f) for f in folders) or "<no folder>"
         missing = _IDX_STEMS[split][paths.index(None)]
         raise DataNotFoundError(f"{name}: {missing}[.gz] not found in {where}{'; ' + hint if hint else ''}")
-    images, labels = (read_idx(p) for p in paths)
+    images, labels = (read_idx(p) for p in cast(list[Path], paths))  # no None: checked above
     expected = (num_samples if num_samples is not None else len(labels), *image_shape)
     if images.dtype != np.uint8 or images.shape != expected:
         raise DataFormatError(

@@ -9,6 +9,7 @@ and normalised as whole-batch tensor ops: no per-sample Python, no worker proces
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidValue
 
-__all__ = ["TensorLoader", "epoch_seed", "epoch_generator", "crop_flip", "subset_indices"]
+__all__ = ["BatchLoader", "TensorLoader", "epoch_seed", "epoch_generator", "crop_flip", "subset_indices"]
 
 Device = str | torch.device
 
@@ -70,9 +71,23 @@ def crop_flip(
     if flip is not None:
         cols = torch.where(flip[:, None], w - 1 - cols, cols)
     if pad:
+        offsets = cast(torch.Tensor, offsets)  # pad > 0 only with offsets (set to 0 above otherwise)
         rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
     flat = torch.arange(c, device=dev).view(1, c, 1, 1) * (hp * wp) + rows.view(b, 1, h, 1) * wp + cols.view(b, 1, 1, w)
     return batch.view(b, -1).gather(1, flat.view(b, -1)).view(b, c, h, w)
+
+
+class BatchLoader(Protocol):
+    """What :func:`~tscnet.data.registry.create_loaders` returns (a :class:`TensorLoader` or a worker
+    ``DataLoader``) and the trainer uses: ``(x, y)`` batches, ``len()`` batches per epoch, seeded epochs."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch`` from batch ``start_batch`` (e.g. when resuming)."""
+        ...
 
 
 class TensorLoader:
@@ -174,7 +189,8 @@ class TensorLoader:
         flips = torch.randint(0, 2, (n,), generator=g).bool() if self.flip else None
         stop = n - n % self.world_size if self.equal_shards else n
         shard = slice(self.rank, stop, self.world_size)
-        return tuple(None if t is None else t[shard].to(self.device) for t in (order, offsets, flips))
+        plan = tuple(None if t is None else t[shard].to(self.device) for t in (order, offsets, flips))
+        return cast(tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None], plan)  # order is never None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, TypedDict, cast
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,7 @@ from .cifar import load_cifar
 from .errors import DataError, DataFormatError, DataNotFoundError, UnknownDatasetError
 from .folder import IMAGENET_MEAN, IMAGENET_STD, build_image_folder, create_folder_loader
 from .idx import load_idx_split
-from .loader import TensorLoader, subset_indices
+from .loader import BatchLoader, TensorLoader, subset_indices
 
 __all__ = [
     "DatasetInfo",
@@ -282,7 +283,7 @@ def _read_splits(
     test = build_dataset(spec.info.name, data_dir, "test", False, image_size)
     train = _subset(train, train_subset, "train_subset")
     test = _subset(test, test_subset, "test_subset")
-    info = replace(spec.info, num_train=len(train), num_test=len(test))
+    info = replace(spec.info, num_train=_len(train), num_test=_len(test))
     if not spec.in_memory:
         info = _folder_info(info, train, test, image_size or info.image_size)
     return train, test, info
@@ -318,7 +319,7 @@ def create_loaders(
     download: bool = False,
     image_size: int | None = None,
     test_subset: int | None = None,
-) -> tuple[object, object, DatasetInfo]:
+) -> tuple[BatchLoader, BatchLoader, DatasetInfo]:
     """``(train_loader, test_loader, info)`` for dataset ``name``.
 
     In-memory sets get :class:`TensorLoader` s on ``device`` (``workers`` unused); ``imagefolder``
@@ -333,19 +334,20 @@ def create_loaders(
     with _rank_zero_first(download and world_size > 1, rank):  # the others read what rank 0 fetched
         train, test, info = _read_splits(spec, data_dir, download and rank == 0, image_size, train_subset, test_subset)
     eval_batch_size = eval_batch_size or batch_size
-    shard = dict(rank=rank, world_size=world_size)
+    shard = _Shard(rank=rank, world_size=world_size)
     if spec.in_memory:
-        common = dict(mean=info.mean, std=info.std, seed=seed, device=device, **shard)
+        common: dict[str, Any] = dict(mean=info.mean, std=info.std, seed=seed, device=device, **shard)
         pad, flip = (spec.pad, spec.flip) if augment else (0, False)
+        arrays = cast(ArrayDataset, train)  # what in-memory specs build (and _subset keeps)
         train_loader = TensorLoader(
-            train.images, train.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common
+            arrays.images, arrays.labels, batch_size, shuffle=True, pad=pad, flip=flip, drop_last=drop_last, **common
         )
         return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
     if not augment:
         _base(train).transform = _base(test).transform
     common = dict(workers=workers, seed=seed, device=device, **shard)
-    train_loader = create_folder_loader(train, batch_size, True, drop_last=drop_last, **common)
-    return train_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
+    folder_loader = create_folder_loader(train, batch_size, True, drop_last=drop_last, **common)
+    return folder_loader, _test_loader(spec, info, test, eval_batch_size, device, seed, shard, workers), info
 
 
 def create_test_loader(
@@ -357,7 +359,7 @@ def create_test_loader(
     test_subset: int | None = None,
     image_size: int | None = None,
     workers: int = 4,
-) -> tuple[object, DatasetInfo]:
+) -> tuple[BatchLoader, DatasetInfo]:
     """``(test_loader, info)`` for dataset ``name``, reading the test split only.
 
     The loader is the one :func:`create_loaders` returns second (no augmentation, no shuffling,
@@ -365,10 +367,17 @@ def create_test_loader(
     """
     spec = get_dataset_spec(name)
     test = _subset(build_dataset(spec.info.name, data_dir, "test", False, image_size), test_subset, "test_subset")
-    info = replace(spec.info, num_train=0, num_test=len(test))
+    info = replace(spec.info, num_train=0, num_test=_len(test))
     if not spec.in_memory:
         info = replace(info, num_classes=len(_base(test).classes), image_size=image_size or info.image_size)
-    return _test_loader(spec, info, test, batch_size, device, 0, dict(rank=0, world_size=1), workers), info
+    return _test_loader(spec, info, test, batch_size, device, 0, _Shard(rank=0, world_size=1), workers), info
+
+
+class _Shard(TypedDict):
+    """This process's part of a DDP job, as a loader's keyword arguments."""
+
+    rank: int
+    world_size: int
 
 
 def _test_loader(
@@ -378,13 +387,14 @@ def _test_loader(
     batch_size: int,
     device: str | torch.device,
     seed: int,
-    shard: dict,
+    shard: _Shard,
     workers: int,
-) -> object:
+) -> BatchLoader:
     if spec.in_memory:
+        arrays = cast(ArrayDataset, test)  # what in-memory specs build (and _subset keeps)
         return TensorLoader(
-            test.images,
-            test.labels,
+            arrays.images,
+            arrays.labels,
             batch_size,
             shuffle=False,
             equal_shards=False,
@@ -397,17 +407,23 @@ def _test_loader(
     return create_folder_loader(test, batch_size, False, workers=workers, seed=seed, device=device, **shard)
 
 
-def _base(dataset: Dataset) -> Dataset:
+def _base(dataset: Dataset) -> Any:
+    """The dataset under a :class:`Subset` (an ``ImageFolder``: ``Any``, torchvision is untyped)."""
     return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
 def _subset(dataset: Dataset, size: int | None, option: str) -> Dataset:
     if size is None:
         return dataset
-    if not 0 < size <= len(dataset):
-        raise DataError(f"{option} must be in [1, {len(dataset)}], got {size}")
-    index = subset_indices(len(dataset), size)
+    if not 0 < size <= _len(dataset):
+        raise DataError(f"{option} must be in [1, {_len(dataset)}], got {size}")
+    index = subset_indices(_len(dataset), size)
     return dataset.subset(index) if isinstance(dataset, ArrayDataset) else Subset(dataset, index.tolist())
+
+
+def _len(dataset: Dataset) -> int:
+    """``len(dataset)``: every split built here has one, though ``Dataset`` does not declare ``__len__``."""
+    return len(cast(Sized, dataset))
 
 
 def _folder_info(info: DatasetInfo, train: Dataset, test: Dataset, image_size: int) -> DatasetInfo:

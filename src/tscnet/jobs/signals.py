@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REPEAT_S = 1.0  #: a second signal sooner than this after the first is the same request
@@ -21,7 +24,7 @@ class CatchSignals:
     where Python cannot set handlers, nothing is installed."""
 
     def __init__(self) -> None:
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}  # signal.signal's
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

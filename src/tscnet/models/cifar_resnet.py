@@ -28,6 +28,7 @@ policies of :mod:`tscnet.stepping` insert Δt without changing any parameter nam
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class BasicBlock(nn.Module):
         self.shortcut = make_shortcut(shortcut, in_chs, planes, stride, norm_layer)
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.conv2.weight if self.bn2 is None else self.bn2.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.conv2.weight if self.bn2 is None else self.bn2.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -86,7 +87,7 @@ class Bottleneck(nn.Module):
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
 
     def zero_init_last(self) -> None:
-        nn.init.zeros_(self.conv3.weight if self.bn3 is None else self.bn3.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.conv3.weight if self.bn3 is None else self.bn3.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -232,7 +233,7 @@ class CifarResNet(nn.Module):
         if self.init == "zero_last":
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):
-                    m.zero_init_last()
+                    cast(Any, m).zero_init_last()
         elif self.init == "fixup":
             fixup_init(self, self.fc)
 
@@ -254,7 +255,7 @@ class CifarResNet(nn.Module):
             if self.stem_bias is not None:
                 x = x + self.stem_bias
             x = F.relu(x)
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))  # type: ignore[operator]  # add_module'd: Tensor | Module to mypy
         if self.preact:
             if self.bn_final is not None:
                 x = self.bn_final(x)

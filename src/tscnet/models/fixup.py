@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import conv1x1, conv3x3, make_shortcut
+from .layers import NormLayer, conv1x1, conv3x3, make_shortcut
 
 
 def _scalar(value: float) -> nn.Parameter:
@@ -35,7 +35,9 @@ class FixupBasicBlock(nn.Module):
     expansion = 1
     convs = 2
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A", norm_layer: None = None) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "A", norm_layer: NormLayer = None
+    ) -> None:
         super().__init__()
         self.bias1a, self.bias1b, self.bias2a = _scalar(0.0), _scalar(0.0), _scalar(0.0)
         self.conv1 = conv3x3(in_chs, planes, stride)
@@ -59,7 +61,9 @@ class FixupBottleneck(nn.Module):
     expansion = 4
     convs = 3
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B", norm_layer: None = None) -> None:
+    def __init__(
+        self, in_chs: int, planes: int, stride: int = 1, shortcut: str = "B", norm_layer: NormLayer = None
+    ) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a = (_scalar(0.0) for _ in range(5))
@@ -80,7 +84,10 @@ class FixupBottleneck(nn.Module):
         return F.relu(out + identity)
 
 
-FIXUP_BLOCKS = {"basic": FixupBasicBlock, "bottleneck": FixupBottleneck}
+FIXUP_BLOCKS: dict[str, type[FixupBasicBlock | FixupBottleneck]] = {
+    "basic": FixupBasicBlock,
+    "bottleneck": FixupBottleneck,
+}
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, norm_layer:
     if kind == "A":
         return ShortcutA(in_chs, out_chs, stride)
     if kind == "B":
-        layers = [conv1x1(in_chs, out_chs, stride)]
+        layers: list[nn.Module] = [conv1x1(in_chs, out_chs, stride)]
         if norm_layer is not None:
             layers.append(norm_layer(out_chs))
         return nn.Sequential(*layers)

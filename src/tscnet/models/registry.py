@@ -61,7 +61,7 @@ def _torchvision(name: str, num_classes: int | None, in_chans: int | None, zero_
                 f"in_chans={in_chans}: torchvision's {name} takes 3 channels, and tscnet swaps "
                 "the stem (conv1) only of its ResNets"
             )
-        model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)  # type: ignore[arg-type]  # the 2-tuples Conv2d stores, typed tuple[int, ...]
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # (pretrained: re-initialised)
     return model
 

@@ -16,6 +16,8 @@ of the module tree that FX and ``copy.deepcopy`` walk. Its parameters sit under 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -51,7 +53,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def _check_sites(policy: StepPolicy) -> None:
     """Raise if a step site of ``policy`` was replaced behind its back (its block would lose Δt)."""
     for index, (branch, site) in enumerate(zip(policy.branches, policy.sites)):
-        if branch.site_module is not site:
+        if branch.site_module is not cast(nn.Module, site):  # every site is a module
             raise RuntimeError(
                 f"the step site of block {index} ({type(branch.block).__name__}.{branch.site_attr}) was replaced "
                 f"by a {type(branch.site_module).__name__}, so its step Δt is gone; "
@@ -147,15 +149,16 @@ def replace_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module
     if old is None:
         return attach_steps(model, steps)
     spec = parse_policy(steps)
-    _bind(build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches), spec)
+    policy = cast(StepPolicy, build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches))
+    _bind(policy, spec)  # not None: "none" was replaced by fixed:1
     return model
 
 
 def _bind(policy: StepPolicy, spec: PolicySpec) -> None:
     """Point every branch's step site at ``policy``; the first site holds it as its child ``step_policy``."""
-    weight = policy.branches[0].last_layer.weight
+    weight = cast(torch.Tensor, policy.branches[0].last_layer.weight)
     policy.to(device=weight.device, dtype=weight.dtype)  # a model cast to half/bf16 gets a policy to match
-    sites = [branch.site_module for branch in policy.branches]
+    sites = [cast(StepSite, branch.site_module) for branch in policy.branches]  # attached: step sites
     for index, site in enumerate(sites):
         site.bind(policy, index)
     policy.__dict__["sites"] = sites
@@ -174,10 +177,10 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     norm_sites = [b for b in policy.branches if isinstance(b.site_module, StepBatchNorm2d)]
     for branch in norm_sites:
-        branch.set_site(branch.site_module.unwrap())
+        branch.set_site(cast(StepBatchNorm2d, branch.site_module).unwrap())
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
     for branch in norm_sites:
-        branch.set_site(StepSyncBatchNorm.wrap(branch.site_module))
+        branch.set_site(StepSyncBatchNorm.wrap(cast(nn.Module, branch.site_module)))  # a SyncBatchNorm now
     _bind(policy, parse_policy(policy.spec))
     return model
 

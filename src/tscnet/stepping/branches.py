@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -60,7 +60,7 @@ class Branch:
 
     @property
     def norm(self) -> nn.BatchNorm2d | None:
-        return None if self.norm_attr is None else self.block.get_submodule(self.norm_attr)
+        return None if self.norm_attr is None else cast(nn.BatchNorm2d, self.block.get_submodule(self.norm_attr))
 
     @property
     def se(self) -> nn.Module | None:
@@ -73,7 +73,7 @@ class Branch:
     @property
     def channels(self) -> int:
         layer = self.last_layer
-        return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        return layer.out_channels if isinstance(layer, nn.Conv2d) else cast(int, layer.out_features)
 
     @property
     def site_module(self) -> nn.Module | None:

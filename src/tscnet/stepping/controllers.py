@@ -41,6 +41,7 @@ details):
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -102,10 +103,10 @@ class WeightController(StepPolicy):
 
     def summaries(self) -> Tensor:
         """``s_d`` of every block, flat: ``‖W_d[c]‖₂`` (and ``|γ_d[c]|`` for ``l2_bn``, per block)."""
-        norms = filter_norms([b.last_layer.weight for b in self.branches])
+        norms = filter_norms(cast(list[Tensor], [b.last_layer.weight for b in self.branches]))
         if self.summary != "l2_bn":
             return norms
-        scales = torch.cat([b.norm.weight for b in self.branches]).abs()
+        scales = torch.cat([cast(nn.BatchNorm2d, b.norm).weight for b in self.branches]).abs()  # l2_bn: BN branches
         return torch.cat([torch.cat(pair) for pair in zip(norms.split(self.sizes), scales.split(self.sizes))])
 
     def to_step(self, z: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from ..registry import Registry, qualname
 from .attach import attach_steps, get_policies, get_policy, unwrap_model
 from .branches import Branch
 from .policies import PolicySpec
+from .sites import StepSite
 
 #: ``fold(gate, dt)``: folds the steps ``dt`` through a gate module, in place.
 GateFolder = Callable[[nn.Module, torch.Tensor], None]
@@ -48,18 +50,19 @@ def _divide_input_columns(layer: nn.Module, dt: torch.Tensor, gate: nn.Module) -
             f"cannot fold Δt = 0 exactly through the gate {qualname(gate)}: it reads channels "
             f"{(dt == 0).nonzero().flatten().tolist()[:8]} before the step, and the folded block zeroes them"
         )
-    shape = (1, -1) + (1,) * (layer.weight.dim() - 2)
-    layer.weight.div_(dt.view(shape))
+    weight = cast(torch.Tensor, layer.weight)
+    shape = (1, -1) + (1,) * (weight.dim() - 2)
+    weight.div_(dt.view(shape))
 
 
 @register_gate("timm.layers.squeeze_excite.SEModule")
 def _fold_timm_se(gate: nn.Module, dt: torch.Tensor) -> None:
-    _divide_input_columns(gate.fc1, dt, gate)
+    _divide_input_columns(cast(nn.Module, gate.fc1), dt, gate)
 
 
 @register_gate("timm.layers.squeeze_excite.EffectiveSEModule")
 def _fold_timm_ese(gate: nn.Module, dt: torch.Tensor) -> None:
-    _divide_input_columns(gate.fc, dt, gate)
+    _divide_input_columns(cast(nn.Module, gate.fc), dt, gate)
 
 
 def fold_targets(branch: Branch) -> list[torch.Tensor]:
@@ -69,7 +72,7 @@ def fold_targets(branch: Branch) -> list[torch.Tensor]:
     if branch.scale is not None:
         return [branch.scale]
     target = branch.norm if branch.norm is not None else branch.last_layer
-    return [t for t in (target.weight, target.bias) if t is not None]
+    return cast(list[torch.Tensor], [t for t in (target.weight, target.bias) if t is not None])
 
 
 def _fold_branch(branch: Branch, dt: torch.Tensor) -> None:
@@ -98,8 +101,8 @@ def fold_steps(model: nn.Module) -> nn.Module:
         for policy in get_policies(folded).values():  # one per part steps were attached to
             steps = policy.compute()
             for branch, dt in zip(policy.branches, steps):
-                branch.set_site(branch.site_module.unwrap())  # the first site takes the policy with it
-                _fold_branch(branch, dt.detach().to(branch.last_layer.weight.dtype))
+                branch.set_site(cast(StepSite, branch.site_module).unwrap())  # the first site takes the policy with it
+                _fold_branch(branch, dt.detach().to(cast(torch.Tensor, branch.last_layer.weight).dtype))
     return folded
 
 
@@ -121,6 +124,6 @@ def unfold_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module:
         return model
     with torch.no_grad():
         for branch, dt in zip(policy.branches, policy.compute()):
-            dt = dt.detach().to(branch.last_layer.weight.dtype)
+            dt = dt.detach().to(cast(torch.Tensor, branch.last_layer.weight).dtype)
             _fold_branch(branch, torch.where(dt == 0, torch.ones_like(dt), dt.reciprocal()))
     return model

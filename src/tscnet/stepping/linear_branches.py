@@ -22,6 +22,8 @@ branch holds attention or a LayerNorm.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from .branches import Branch, register_block
@@ -134,7 +136,7 @@ def _tv_convnext_block(block: nn.Module) -> Branch:
 
 @register_block("torchvision.models.vision_transformer.EncoderBlock", no_bound=_ATTENTION)
 def _tv_vit_block(block: nn.Module) -> list[Branch]:
-    attention = block.self_attention
+    attention = cast(nn.MultiheadAttention, block.self_attention)
     if not attention._qkv_same_embed_dim or attention.in_proj_weight is None:
         return [_refuse(block, "its attention has separate q/k/v projections")]
     # nn.MultiheadAttention applies out_proj's weights itself, never calling it: the step goes in

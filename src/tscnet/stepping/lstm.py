@@ -37,7 +37,7 @@ class BlockLSTM(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        params = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+        params: list[Tensor] = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
         if not torch.compiler.is_compiling():
             out, h, c = torch.lstm(x, state, params, True, 1, 0.0, self.training, False, False)
             return out, (h, c)

@@ -19,6 +19,7 @@ trains like ``tscnet train`` with ``optim.weight_decay_rule: tscnet``. Build it 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from torch import nn
 
@@ -31,7 +32,7 @@ WEIGHT_DECAY_RULES = ("tscnet", "timm")
 
 def _no_decay_names(model: nn.Module) -> set[str]:
     """Names timm's rule exempts: 1-D parameters, ``.bias``, and ``model.no_weight_decay()``."""
-    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    listed = set(cast(Any, model).no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     return {name for name, p in model.named_parameters() if p.ndim <= 1 or name.endswith(".bias") or name in listed}
 
 
@@ -47,7 +48,7 @@ def weight_decay_rule(model: nn.Module, rule: str = "tscnet") -> Callable[[nn.Pa
     policy = get_policy(model)
     own = getattr(policy, "weight_decay", None)
     ids = {id(p) for p in policy.parameters()} if policy is not None and own is not None else set()
-    return lambda p: float(own) if id(p) in ids else None
+    return lambda p: float(own) if id(p) in ids else None  # type: ignore[arg-type]  # ids is empty when own is None
 
 
 def param_groups(model: nn.Module, weight_decay: float, rule: str = "tscnet") -> list[dict]:

@@ -35,7 +35,7 @@ import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ from ..errors import InvalidType, InvalidValue
 from ..registry import Registry
 from .branches import Branch
 from .profile import read_profile
-from .sites import prepare_sites
+from .sites import StepSite, prepare_sites
 
 #: The step policies by name, in registration order (``none``, ``fixed``, ..., ``mlp``, ``tsc``): each
 #: a :class:`StepPolicy` subclass, added with ``@POLICY_CLASSES.register("name")`` (or :func:`register_policy`).
@@ -61,9 +61,13 @@ class StepPolicy(nn.Module):
     ``torch.compile`` sees the same program every step.
     """
 
+    # Plain lists, not submodules: the blocks and sites belong to the model, not to the policy.
+    branches: list[Branch]
+    sites: list[StepSite]  # bound by tscnet.stepping.attach
+    spec: str  # the policy string it was built from (set when bound)
+
     def __init__(self, branches: list[Branch]) -> None:
         super().__init__()
-        # Plain lists, not submodules: the blocks and sites belong to the model, not to the policy.
         self.__dict__["branches"] = branches
         self.__dict__["sites"] = []
         self.sizes = [b.channels for b in branches]
@@ -114,8 +118,9 @@ class StepPolicy(nn.Module):
 
     def _steps(self, x: Any) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):
-            tracer = x.tracer
-            return tracer.create_proxy("call_module", tracer.path_of_module(self), (), {})
+            tracer = cast(torch.fx.Tracer, x.tracer)  # symbolic_trace's tracer class
+            # The proxy stands in for the steps tensor while FX traces.
+            return cast(torch.Tensor, tracer.create_proxy("call_module", tracer.path_of_module(self), (), {}))
         return self()
 
     def extra_repr(self) -> str:
@@ -151,7 +156,7 @@ def init_option(value: Any) -> float | InitStep:
         return InitStep(value)
 
 
-init_option.description = InitStep.description  # type: ignore[attr-defined]
+init_option.description = InitStep.description  # type: ignore[attr-defined]  # read by _convert's error message
 
 
 def count_blocks(branches: list[Branch]) -> int:
@@ -179,6 +184,7 @@ class FixedSteps(StepPolicy):
     constant = True
     positional = "value"
     options = {"value": float}
+    dt: torch.Tensor  # buffer
 
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
@@ -202,6 +208,7 @@ class FreeSteps(StepPolicy):
     """Free learnable steps: one per block (``per_channel=False``) or one per block and channel."""
 
     learned = True
+    block_of_channel: torch.Tensor  # buffer
 
     def __init__(self, branches: list[Branch], init: float | str = 1.0, per_channel: bool = True) -> None:
         super().__init__(branches)
@@ -322,6 +329,7 @@ class ProfileSteps(StepPolicy):
 
     positional = "path"
     options = {"path": str}
+    dt: torch.Tensor  # buffer
 
     def __init__(self, branches: list[Branch], path: str | None = None) -> None:
         if not path:
@@ -404,7 +412,7 @@ def register_policy(
     else:
         base = NoSteps if factory is None else StepPolicy
 
-    def build(cls, branches: list[Branch], **kwargs: Any) -> StepPolicy | None:
+    def build(cls: type[StepPolicy], /, branches: list[Branch], **kwargs: Any) -> StepPolicy | None:
         return None if factory is None else factory(branches, **kwargs)
 
     # A subclass per registration: it declares this name's options; the object built is factory's.
@@ -458,7 +466,7 @@ def policy_class(spec: str | PolicySpec | dict | None) -> type[StepPolicy]:
     return _registered(_name_of(spec))
 
 
-def _convert(name: str, key: str, value: Any, kind: type) -> Any:
+def _convert(name: str, key: str, value: Any, kind: Callable[[Any], Any]) -> Any:
     try:
         return kind(value)
     except (TypeError, ValueError):

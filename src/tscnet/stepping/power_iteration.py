@@ -72,9 +72,13 @@ class BranchSpectralNorms(nn.Module):
     distinct conv shape plus one gradient accumulation per conv, whatever the depth.
     """
 
+    branches: list[Branch]  # the model's blocks, not submodules of this module
+    u: Tensor  # buffers
+    block_of: Tensor
+
     def __init__(self, branches: list[Branch]) -> None:
         super().__init__()
-        self.__dict__["branches"] = branches  # the model's blocks, not submodules of this module
+        self.__dict__["branches"] = branches
         shapes: dict[torch.Size, list[tuple[int, int]]] = {}  # weight shape -> [(block, conv index)]
         for d, branch in enumerate(branches):
             for j, weight in enumerate(branch.weights()):

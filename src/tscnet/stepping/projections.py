@@ -39,6 +39,8 @@ def _flat_positions(sizes: Sequence[int], columns: Tensor, total_width: int) -> 
 class WidthToHidden(nn.Module):
     """``x_d = A_{w(d)} s_d``: block vectors of ``sizes[d]`` values to ``D × hidden``."""
 
+    positions: Tensor  # buffer
+
     def __init__(self, sizes: Sequence[int], hidden: int) -> None:
         super().__init__()
         self.sizes = list(sizes)
@@ -66,6 +68,8 @@ class WidthToHidden(nn.Module):
 
 class HiddenToWidth(nn.Module):
     """``z_d = B_{w(d)} h_d + b_{w(d)}``: ``D × hidden`` to the flat ``Σ_d sizes[d]`` values."""
+
+    positions: Tensor  # buffer
 
     def __init__(self, hidden: int, sizes: Sequence[int]) -> None:
         super().__init__()

@@ -29,7 +29,7 @@ affine as input, like ``nn.BatchNorm2d`` a leaf whose mode is read when the grap
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -60,6 +60,7 @@ class StepSite:
     """
 
     step_index: int
+    _modules: dict[str, nn.Module | None]  # nn.Module's, which every site also is
 
     def bind(self, policy: nn.Module, index: int) -> None:
         self.__dict__["_step_policy"] = policy
@@ -80,6 +81,10 @@ class StepSite:
             "upstream); script tscnet.fold_steps(model), the vanilla model, or use torch.export"
         )
 
+    def unwrap(self) -> nn.Module | None:
+        """The module this site replaced, sharing its parameters (``None``: the slot was empty)."""
+        raise NotImplementedError
+
     @staticmethod
     def step_views(flat: Tensor, sizes: list[int]) -> Sequence[Tensor]:
         """The flat ``Σ_d C_d`` steps split per block, shaped as this kind of site needs them."""
@@ -91,7 +96,7 @@ class StepSite:
         raise NotImplementedError
 
 
-def _retype(module: nn.Module, cls: type) -> nn.Module:
+def _retype(module: nn.Module | StepSite, cls: Any) -> nn.Module:
     """A module of class ``cls`` sharing ``module``'s parameters, buffers, children and settings."""
     new = cls.__new__(cls)
     new.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_step_policy", "step_index")})
@@ -144,8 +149,10 @@ class _StepNorm(StepSite):
             return weight, bias, None
         weight, bias = self.step_args(x)
         if _symbolic(x):
-            tracer = x.tracer
-            return None, None, tracer.create_proxy("call_module", tracer.path_of_module(self), (x, weight, bias), {})
+            proxy = cast(torch.fx.Proxy, x)  # a Proxy while FX traces (_symbolic)
+            tracer = cast(torch.fx.Tracer, proxy.tracer)  # symbolic_trace's tracer class
+            site = cast(nn.Module, self)  # every site is a module
+            return None, None, tracer.create_proxy("call_module", tracer.path_of_module(site), (x, weight, bias), {})
         return weight, bias, None
 
     plain: type  # the BN class the site stands in for
@@ -218,6 +225,12 @@ class StepFrozenBatchNorm2d(nn.Module, _StepNorm):
     affine ``(γ·Δt, β·Δt)``: ``Δt ⊙ (x·s + b − μ·s) = x·(Δt s) + Δt b − μ·(Δt s)``, ``s = γ/√(σ² + ε)``.
 
     γ and β stay frozen; Δt trains. Folding multiplies Δt into the frozen γ and β."""
+
+    # FrozenBatchNorm2d's buffers and setting, which the site takes over (_retype)
+    weight: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    eps: float
 
     @classmethod
     def plain_class(cls) -> type:
@@ -364,8 +377,14 @@ class StepTokenScale(StepScale):
         return flat.split(sizes)
 
 
+class SiteKind(Protocol):
+    """What :data:`SITES` holds: a class whose ``wrap(module)`` gives the step site that replaces ``module``."""
+
+    def wrap(self, module: Any, /) -> nn.Module: ...
+
+
 #: Site kind (a :class:`~tscnet.stepping.branches.Branch`'s ``site``) -> the class of its step sites.
-SITES: dict[str, type] = {
+SITES: dict[str, SiteKind] = {
     "norm": NormSite,
     "conv": StepConv2d,
     "slot": StepScale,
@@ -377,7 +396,7 @@ SITES: dict[str, type] = {
 def prepare_sites(sites: list[StepSite], flat: Tensor, sizes: list[int]) -> list[Any]:
     """Every site's forward input from the flat steps: one batched op per kind of site."""
     out: list[Any] = [None] * len(sites)
-    kinds: dict[type, list[int]] = {}
+    kinds: dict[type[StepSite], list[int]] = {}
     for i, site in enumerate(sites):
         kinds.setdefault(type(site), []).append(i)
     for cls, index in kinds.items():

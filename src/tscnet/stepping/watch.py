@@ -19,9 +19,13 @@ then both do.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .policies import StepPolicy
 
 #: Backward passes after the network's first update in which the steps must have moved too.
 CHECKS = 2
@@ -40,7 +44,9 @@ class _Watch:
         self.network_start = network_weight.detach().clone()
         self.got_gradient = False
         self.stalled = 0  # backward passes that found the network updated and the steps not
-        self.handles = [p.register_post_accumulate_grad_hook(self._after_accumulate(i)) for i, p in enumerate(params)]
+        self.handles: list[RemovableHandle] | None = [
+            p.register_post_accumulate_grad_hook(self._after_accumulate(i)) for i, p in enumerate(params)
+        ]
 
     def _after_accumulate(self, index: int):
         def hook(param: torch.Tensor) -> None:
@@ -76,13 +82,14 @@ class _Watch:
         self.handles = None
 
 
-def watch_training(policy: nn.Module) -> None:
+def watch_training(policy: StepPolicy) -> None:
     """Warn once if ``policy``'s learned parameters get gradients but do not train while the network does."""
     old = policy.__dict__.get("_watch")
     if old is not None:
         old.stop()
     params = [p for p in policy.parameters() if p.requires_grad]
-    watch = _Watch(policy, params, policy.branches[0].last_layer.weight) if params else None
+    network_weight = cast(torch.Tensor, policy.branches[0].last_layer.weight)
+    watch = _Watch(policy, params, network_weight) if params else None
     policy.__dict__["_watch"] = watch
 
 

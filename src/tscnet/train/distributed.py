@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -30,12 +31,11 @@ class Context:
         if self.world_size == 1:
             return
         with torch.no_grad():
-            mine = torch.stack(
-                [
-                    sum(p.double().sum() for p in model.parameters()),
-                    sum(p.double().square().sum() for p in model.parameters()),
-                ]
-            ).to(self.device)
+            sums = [
+                sum(p.double().sum() for p in model.parameters()),
+                sum(p.double().square().sum() for p in model.parameters()),
+            ]
+            mine = torch.stack(cast(list[torch.Tensor], sums)).to(self.device)  # tensors: a model has parameters
         every = [torch.empty_like(mine) for _ in range(self.world_size)]
         dist.all_gather(every, mine)
         if any(not torch.equal(other, every[0]) for other in every[1:]):

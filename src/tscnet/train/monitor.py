@@ -30,7 +30,7 @@ class TensorBoardLog:
 
         self.writer = SummaryWriter(str(Path(run_dir) / LOG_DIR))
 
-    def step(self, step: int, loss: float, top1: float, lr: float) -> None:
+    def step(self, step: int, loss: float, top1: float, lr: float | torch.Tensor) -> None:
         self.writer.add_scalar("train/running_loss", loss, step)
         self.writer.add_scalar("train/running_top1", top1, step)
         self.writer.add_scalar("train/lr", lr, step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,6 +85,8 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
     lr = depth_lr(model, cfg)
     name = cfg.get("name", "sgd")
+    options: dict[str, Any]
+    make: type[torch.optim.Optimizer]
     if name == "sgd":
         options = dict(
             lr=lr, momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]), weight_decay=cfg["weight_decay"]
@@ -94,7 +97,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
         make = torch.optim.AdamW
     decay_of = weight_decay_rule(model, cfg.get("weight_decay_rule", "tscnet"))  # None: the optimizer's
     root = unwrap_model(model)
-    scales = root.param_lr_scale() if hasattr(root, "param_lr_scale") else {}
+    scales = cast(Any, root).param_lr_scale() if hasattr(root, "param_lr_scale") else {}
     scale_of = {id(root.get_parameter(n)): multiplier for n, multiplier in scales.items()}
     groups: dict[tuple[float, float | None], list[nn.Parameter]] = {}
     for p in model.parameters():

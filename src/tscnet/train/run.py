@@ -342,8 +342,8 @@ def model_from_checkpoint(path: Path, config: dict | None = None, device: str = 
     try:
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, AttributeError, RuntimeError) as error:
-        detail = str(error).strip().splitlines()
-        detail = detail[1].strip() if len(detail) > 1 else (detail[0] if detail else type(error).__name__)
+        lines = str(error).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
         raise UserError(
             f"checkpoint {path} does not fit the run's {config['model']['name']} "
             f"(num_classes={config['model']['num_classes']}, in_chans={config['model']['in_chans']}): "
