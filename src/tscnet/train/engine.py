@@ -23,13 +23,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data import create_loaders
+from ..data import DatasetInfo, create_loaders
+from ..data.loader import BatchLoader
 from ..errors import UserError
 from ..formats import stamped
 from ..jobs.run_folder import HOLDS_A_RUN, RunFolder
@@ -65,7 +67,7 @@ EVAL_POLL_EVERY = 5  # evaluation batches between the ranks' agreement on a stop
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
-def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+def _amp_dtype(setting: str | bool, device: torch.device) -> torch.dtype | None:
     """``auto`` is bf16 autocast on CUDA and full fp32 elsewhere."""
     if setting is False:  # YAML 1.1 reads an unquoted ``off`` (``amp: off``, ``--set train.amp=off``) as false
         setting = "off"
@@ -195,7 +197,7 @@ class RecentLosses:
             if not finite:  # the float64 sum overflowed on finite losses: call it the last step
                 return upto, math.inf
             return None
-        return bad, values[(bad - 1) % SYNC_EVERY]
+        return bad, cast(list[float], values)[(bad - 1) % SYNC_EVERY]  # not None: a bad step was read from it
 
 
 @dataclass
@@ -262,37 +264,6 @@ def _rows(state: torch.Tensor, ctx: Context) -> torch.Tensor:
     return torch.stack(rows).cpu()
 
 
-def _checkpoint(
-    model: nn.Module,
-    optimizer,
-    scheduler,
-    scaler,
-    epoch: int,
-    history: list[dict],
-    config: dict,
-    recent: torch.Tensor,
-    progress: EpochProgress | None = None,
-) -> dict:
-    """``epoch`` epochs done; ``progress``: how far the next one got (a mid-epoch checkpoint);
-    ``recent``: every rank's last 20 losses (:class:`RecentLosses`, one row per rank)."""
-    return stamped(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),  # {} unless train.amp is fp16
-            "epoch": epoch,
-            "history": history,
-            "config": config,
-            "model_name": config["model"]["name"],
-            "steps": str(config["model"]["steps"]),
-            "torch_rng": torch.get_rng_state(),
-            "progress": None if progress is None else progress.to_dict(),
-            "recent_losses": recent,
-        }
-    )
-
-
 def _finish(
     out_dir: Path,
     model: nn.Module,
@@ -336,6 +307,29 @@ def _finish(
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
     runfiles.atomic_write_bytes(out_dir / PROFILE_FILE, (json.dumps(profile) + "\n").encode())
     runfiles.atomic_write_bytes(out_dir / runfiles.CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
+
+
+def _loaders(config: dict, ctx: Context) -> tuple[BatchLoader, BatchLoader, DatasetInfo]:
+    """``(train, test, info)`` of the config's ``data:`` section, sharded for this rank (``data.batch_size`` is global)."""
+    dc = config["data"]
+    if dc["batch_size"] % ctx.world_size:
+        raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
+    return create_loaders(
+        dc["name"],
+        dc["data_dir"],
+        batch_size=dc["batch_size"] // ctx.world_size,
+        device=ctx.device,
+        seed=config["train"]["seed"],
+        train_subset=dc["train_subset"],
+        augment=dc["augment"],
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        workers=dc["workers"],
+        eval_batch_size=dc["eval_batch_size"],
+        image_size=dc["image_size"],
+        test_subset=dc["test_subset"],
+        download=dc["download"],
+    )
 
 
 def fit(config: dict, out_dir, resume: bool = False) -> list[dict]:
@@ -385,27 +379,10 @@ class Trainer:
     """
 
     def __init__(self, config: dict, out_dir: Path, resume: bool, ctx: Context) -> None:
-        tc, dc = config["train"], config["data"]
+        tc = config["train"]
         self.config, self.out_dir, self.ctx = config, out_dir, ctx
         torch.manual_seed(tc["seed"])
-        if dc["batch_size"] % ctx.world_size:
-            raise UserError(f"data.batch_size {dc['batch_size']} is not divisible by the {ctx.world_size} processes")
-        self.train_loader, self.test_loader, info = create_loaders(
-            dc["name"],
-            dc["data_dir"],
-            batch_size=dc["batch_size"] // ctx.world_size,
-            device=ctx.device,
-            seed=tc["seed"],
-            train_subset=dc["train_subset"],
-            augment=dc["augment"],
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            workers=dc["workers"],
-            eval_batch_size=dc["eval_batch_size"],
-            image_size=dc["image_size"],
-            test_subset=dc["test_subset"],
-            download=dc["download"],
-        )
+        self.train_loader, self.test_loader, info = _loaders(config, ctx)
         config["model"]["num_classes"] = config["model"]["num_classes"] or info.num_classes
         config["model"]["in_chans"] = config["model"]["in_chans"] or info.in_chans
         model = runfiles.build_model_from_config(config).to(ctx.device)
@@ -445,7 +422,7 @@ class Trainer:
         self.eval_batches = _fewest(len(self.test_loader), ctx)
         self.train_model = ctx.wrap(model)
         if backend is not None:
-            self.train_model = torch.compile(self.train_model, backend=backend)
+            self.train_model = cast(nn.Module, torch.compile(self.train_model, backend=backend))  # an OptimizedModule
         self.monitor = open_monitor(tc["log"], out_dir, ctx.is_main)
         self.stop: StopRequest | None = None
 
@@ -508,6 +485,7 @@ class Trainer:
 
     def _trained(self, epoch: int) -> dict:
         """Epoch ``epoch``'s training metrics: trained now, or (stopped during its evaluation) from the checkpoint."""
+        trained: dict | None
         if self.progress.trained is not None:  # stopped during this epoch's evaluation: trained already
             trained = self.progress.trained
         else:
@@ -550,39 +528,57 @@ class Trainer:
         inject_signal("save", epoch + 1)
         rows = _rows(self.recent.values, ctx)
         if ctx.is_main:
-            state = _checkpoint(
-                model, self.optimizer, self.scheduler, self.scaler, epoch + 1, self.history, self.config, rows
-            )
-            runfiles.atomic_save(state, self.ckpt_path)
+            runfiles.atomic_save(self._checkpoint(epoch + 1, rows), self.ckpt_path)
             _write_metrics(self.out_dir, self.history)
             tqdm.write(_epoch_line(row, self.epochs))
         self.kept = _kept(self.ckpt_path, epoch + 1)
         if self.monitor is not None:
             self.monitor.epoch(row, step_sizes(model))
-        if epoch + 1 < self.epochs and self.stop.requested(ctx.device):  # a signal during the checkpoint
+        if epoch + 1 < self.epochs and self._stop_request.requested(ctx.device):  # a signal during the checkpoint
             raise TrainingStopped(self._stopped(f"after epoch {epoch + 1}"))
 
     def save_midway(self, epoch: int, now: EpochProgress) -> None:
         """A checkpoint inside epoch ``epoch + 1`` (every rank calls it: the loss windows are gathered)."""
         rows = _rows(self.recent.values, self.ctx)
         if self.ctx.is_main:
-            runfiles.atomic_save(
-                _checkpoint(
-                    self.model, self.optimizer, self.scheduler, self.scaler, epoch, self.history, self.config, rows, now
-                ),
-                self.ckpt_path,
-            )
+            runfiles.atomic_save(self._checkpoint(epoch, rows, now), self.ckpt_path)
         self.kept = _kept(self.ckpt_path, epoch, now.batch)
+
+    def _checkpoint(self, epoch: int, recent: torch.Tensor, progress: EpochProgress | None = None) -> dict:
+        """The checkpoint after ``epoch`` epochs; ``progress``: how far the next one got (a mid-epoch
+        checkpoint); ``recent``: every rank's last 20 losses (:class:`RecentLosses`, one row per rank)."""
+        config = self.config
+        return stamped(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),  # {} unless train.amp is fp16
+                "epoch": epoch,
+                "history": self.history,
+                "config": config,
+                "model_name": config["model"]["name"],
+                "steps": str(config["model"]["steps"]),
+                "torch_rng": torch.get_rng_state(),
+                "progress": None if progress is None else progress.to_dict(),
+                "recent_losses": recent,
+            }
+        )
 
     def _eval_stop(self, epoch: int, k: int) -> bool:
         """After ``k`` evaluation batches: stop for a signal? (ranks agree every few batches)"""
         inject_signal("eval", f"{epoch + 1}.{k}")
         if self.ctx.world_size == 1:
-            return self.stop.signum is not None
-        return k % EVAL_POLL_EVERY == 0 and k <= self.eval_batches and self.stop.requested(self.ctx.device)
+            return self._stop_request.signum is not None
+        return k % EVAL_POLL_EVERY == 0 and k <= self.eval_batches and self._stop_request.requested(self.ctx.device)
+
+    @property
+    def _stop_request(self) -> StopRequest:
+        """The signal catcher :meth:`run` installed (``self.stop``; the epoch's methods run inside it)."""
+        return cast(StopRequest, self.stop)
 
     def _stopped(self, where: str) -> str:
-        return _stopped(self.stop, where, self.ckpt_path, self.out_dir)
+        return _stopped(self._stop_request, where, self.ckpt_path, self.out_dir)
 
     # -- one epoch -----------------------------------------------------------------------------
 
@@ -663,32 +659,36 @@ class Trainer:
         # Under torchrun agreeing is a collective, and on a GPU its host sync would stall the
         # queue every step: there, ranks agree at the bar's sync points only.
         if ctx.world_size == 1 or ctx.device.type != "cuda" or i % SYNC_EVERY == SYNC_EVERY - 1:
-            stopping, due = self.stop.poll(ctx.device, self.clock.due(scheduler.last_epoch))
+            stopping, due = self._stop_request.poll(ctx.device, self.clock.due(scheduler.last_epoch))
         else:
             stopping = due = False
         if i + 1 < len(loader) and (stopping or due):
-            if state.checked != step:
-                self._check_finite(state, step)
-            # A checkpoint holds finite weights only: a step can blow them up with a finite loss (the
-            # next loss is then NaN, and the run stops there, keeping the previous checkpoint).
-            if not _finite(self.model, self.optimizer, ctx):
-                if not stopping:
-                    return True
-                state.log.close()
-                raise TrainingDiverged(
-                    f"the weights became non-finite at step {step} ({state.desc}, batch {i + 1}) "
-                    f"with loss {float(loss):.4g}",
-                    {"step": step, "batch": i + 1, "loss": float(loss), "loss_at_step": state.loss_at},
-                )
-            self.save_midway(
-                state.epoch,
-                EpochProgress(
-                    i + 1, _gathered(state.sums, ctx), state.seen, time.perf_counter() - state.begin, state.loss_at
-                ),
-            )
-            if stopping:
-                return False
+            return self._save_midway_step(state, i, step, loss, stopping)
         return True
+
+    def _save_midway_step(self, state: _Epoch, i: int, step: int, loss: torch.Tensor, stopping: bool) -> bool:
+        """The mid-epoch checkpoint after batch ``i`` (global ``step``), for a signal (``stopping``) or
+        ``train.checkpoint_every``; ``False``: the epoch stops here."""
+        if state.checked != step:
+            self._check_finite(state, step)
+        # A checkpoint holds finite weights only: a step can blow them up with a finite loss (the
+        # next loss is then NaN, and the run stops there, keeping the previous checkpoint).
+        if not _finite(self.model, self.optimizer, self.ctx):
+            if not stopping:
+                return True
+            state.log.close()
+            raise TrainingDiverged(
+                f"the weights became non-finite at step {step} ({state.desc}, batch {i + 1}) "
+                f"with loss {float(loss):.4g}",
+                {"step": step, "batch": i + 1, "loss": float(loss), "loss_at_step": state.loss_at},
+            )
+        self.save_midway(
+            state.epoch,
+            EpochProgress(
+                i + 1, _gathered(state.sums, self.ctx), state.seen, time.perf_counter() - state.begin, state.loss_at
+            ),
+        )
+        return not stopping
 
     def _check_finite(self, state: _Epoch, step: int) -> None:
         """Raise if a loss since the last check was not finite (a host sync; every rank calls it)."""
