@@ -255,7 +255,8 @@ class CifarResNet(nn.Module):
             if self.stem_bias is not None:
                 x = x + self.stem_bias
             x = F.relu(x)
-        x = self.layer3(self.layer2(self.layer1(x)))  # type: ignore[operator]  # add_module'd: Tensor | Module to mypy
+        # mypy: the add_module'd stages are Tensor | Module (TorchScript wants the ignore at the line's end)
+        x = self.layer3(self.layer2(self.layer1(x)))  # type: ignore[operator]
         if self.preact:
             if self.bn_final is not None:
                 x = self.bn_final(x)
