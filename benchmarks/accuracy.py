@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tscnet.analysis.report import build_report, format_summary
+from tscnet.analysis.report import build_runs_report, format_summary
 from tscnet.train import load_config
 from tscnet.study.sweep import Job, run_sweep
 
@@ -51,7 +51,7 @@ def main() -> int:
     failed = run_sweep(jobs, args.workers, args.threads)
     done = [j.out for j in jobs if j.finished or j.diverged]
     if done:
-        report = build_report(done, args.out)
+        report = build_runs_report(done, args.out)
         print(format_summary(report.summary))
         print(f"report: {report.path}")
     return 1 if failed else 0

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tscnet.analysis.report import build_report, format_summary
+from tscnet.analysis.report import build_runs_report, format_summary
 from tscnet.analysis.stability import format_stability_table, stability_study
 from tscnet.train import load_config
 from tscnet.study.sweep import Job, run_sweep
@@ -48,7 +48,7 @@ def main() -> int:
     done = [j.out for j in jobs if j.finished]
     study = stability_study(done, args.out, images=args.images)
     print(format_stability_table(study.rows))
-    report = build_report(done, args.out, stability=study.files["json"])
+    report = build_runs_report(done, args.out, stability=study.files["json"])
     print(format_summary(report.summary))
     print(f"report: {report.path}; stability plot: {study.files['png']}")
     return 0

@@ -11,7 +11,7 @@ finished run leaves (``config.yaml``, ``metrics.jsonl`` with its 2 epochs, ``ste
    ``tscnet study --dry-run`` prints it);
 2. ``schedule``: ``run_study`` (``StudyRun``) over the fake executor, 16 tasks at a time: ordering,
    ablations waiting for their source, collecting each run into the results folder, progress;
-3. ``report``: ``build_report`` over the 1,000 collected cells, figures included;
+3. ``report``: ``build_study_report`` over the 1,000 collected cells, figures included;
 4. ``rerun``: ``run_study`` again, every cell already collected (the skip path of a study resumed).
 
     python benchmarks/study_scale.py [--models 4] [--seeds 5] [--lrs 5] [--out benchmarks/results/study_scale.json]
@@ -41,7 +41,7 @@ import yaml
 from tscnet.commands.study import dry_run
 from tscnet.jobs.executors import Executor, Task, create_executor, register_executor
 from tscnet.jobs.run_folder import RunFolder
-from tscnet.study import build_report, load_spec, plan_cells, run_study
+from tscnet.study import build_study_report, load_spec, plan_cells, run_study
 from tscnet.study.plan import Layout
 
 MODELS = ["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110"]
@@ -157,7 +157,7 @@ def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: str | Non
     """Time each phase on a fresh results folder under ``root``: ``{"cells", "diverged", "phases": {name:
     wall seconds}, "cpu": {name: CPU seconds of this process}, "parts": {...}}``, the parts being the fake
     executor's writing (in ``schedule``) and the figures (in ``report``)."""
-    from tscnet.study.report import build as report_module  # where build_report looks up the figure functions
+    from tscnet.study.report import build as report_module  # where build_study_report looks up the figure functions
 
     spec = load_spec(study_spec(models, seeds, lrs))
     layout = Layout(root / "results", root / "runs", root)
@@ -183,7 +183,7 @@ def run_phases(models: int, seeds: int, lrs: int, root: Path, profile: str | Non
 
     def report() -> None:
         with _Timed(report_module, ("group_figures", "plot_sweep", "plot_transfer")) as figures:
-            build_report(spec, layout.results)
+            build_study_report(spec, layout.results)
         parts["report: figures"] = figures.seconds
 
     def rerun() -> None:

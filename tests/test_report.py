@@ -1,4 +1,4 @@
-"""``build_report`` on real tiny runs: figures, summary table (final epoch, mean ± std), refusals."""
+"""``build_runs_report`` on real tiny runs: figures, summary table (final epoch, mean ± std), refusals."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tscnet.analysis.report import build_report
+from tscnet.analysis.report import build_runs_report
 from tscnet.analysis.stability import stability_study
 from tscnet.errors import UserError
 from tscnet.train import fit, load_config
@@ -49,7 +49,7 @@ def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
         with pytest.raises(UserError, match="training diverged"):
             fit(config, out)
         diverged.append(out)
-    report = build_report([*runs, *diverged], tmp_path / "report")
+    report = build_runs_report([*runs, *diverged], tmp_path / "report")
     rows = {row["policy"]: row for row in report.summary}
     tsc = rows["tsc"]
     assert tsc["seeds"] == [0, 1, 2] and tsc["test_errors"][2] == 90.0 and list(tsc["diverged"]) == ["2"]
@@ -68,7 +68,7 @@ def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
     rows = [json.loads(line) for line in (stuck / "metrics.jsonl").read_text().splitlines()]
     rows[-1]["test_error"] = 88.0
     (stuck / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    row = build_report([stuck], tmp_path / "report-stuck").summary[0]
+    row = build_runs_report([stuck], tmp_path / "report-stuck").summary[0]
     assert row["at_chance"] == [0] and row["diverged"] == {} and row["test_errors"] == [88.0]
     assert "(at chance level: seed 0)" in (tmp_path / "report-stuck" / "report.md").read_text()
 
@@ -88,7 +88,7 @@ def test_report_writes_figures_table_and_summary(runs, tmp_path):
                             power_iters=5)
     row = study.rows[0]
     assert row["worst"] <= row["bound"] and row["data"] == "fashion-mnist" and row["depth"] == 8
-    report = build_report(runs, tmp_path)  # finds tmp_path/stability.json by itself
+    report = build_runs_report(runs, tmp_path)  # finds tmp_path/stability.json by itself
     assert set(report.files) == {"training_curves", "evolution_time", "dt_heatmap", "dt_evolution", "stability"}
     text = report.path.read_text()
     for path in report.files.values():
@@ -114,7 +114,7 @@ def test_summary_uses_the_final_epoch_never_the_best(runs, tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     lines[0]["test_error"] = 0.5  # a far better earlier epoch must not be reported
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    report = build_report([run], tmp_path / "out")
+    report = build_runs_report([run], tmp_path / "out")
     assert report.summary[0]["test_error_mean"] == pytest.approx(lines[-1]["test_error"]) != 0.5
     assert "dt_heatmap" not in report.files  # a vanilla run has no learned steps to show
 
@@ -126,16 +126,16 @@ def test_report_refuses_runs_of_different_datasets(runs, tmp_path):
     config["data"]["name"] = "cifar10"
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(UserError, match="different datasets.*fashion-mnist.*cifar10"):
-        build_report([runs[0], other], tmp_path / "out")
+        build_runs_report([runs[0], other], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_report_refuses_a_stability_file_of_another_dataset(runs, tmp_path):
     (tmp_path / "wrong.json").write_text(json.dumps({"data": "cifar10", "images": 3, "runs": []}))
     with pytest.raises(UserError, match="cifar10"):
-        build_report(runs, tmp_path / "out", stability=tmp_path / "wrong.json")
+        build_runs_report(runs, tmp_path / "out", stability=tmp_path / "wrong.json")
     with pytest.raises(UserError, match="does not exist"):
-        build_report(runs, tmp_path / "out", stability=tmp_path / "missing.json")
+        build_runs_report(runs, tmp_path / "out", stability=tmp_path / "missing.json")
     assert not (tmp_path / "out").exists()
 
 
@@ -146,7 +146,7 @@ def test_report_works_without_checkpoints_and_reads_the_saved_profiles(runs, tmp
         shutil.copytree(run, copy)
         (copy / "checkpoint.pt").unlink()  # deleted for disk space
         copies.append(copy)
-    with_ckpt = build_report(runs, tmp_path / "a")
-    without = build_report(copies, tmp_path / "b")
+    with_ckpt = build_runs_report(runs, tmp_path / "a")
+    without = build_runs_report(copies, tmp_path / "b")
     assert [g["test_errors"] for g in with_ckpt.summary] == [g["test_errors"] for g in without.summary]
     assert "dt_heatmap" in without.files

@@ -48,7 +48,7 @@ __all__ = [
     "with_steps",
     "freeze_steps",
     "stability_study",
-    "build_report",
+    "build_runs_report",
 ]
 
 # The figure helpers load lazily: importing the package must not import ode_plot, or
@@ -57,7 +57,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("poster_figure", "poster_runs", "poster_table", "format_table"), ".ode_plot"),
     "stability_study": ".stability",
-    "build_report": ".report",
+    "build_runs_report": ".report",
 }
 
 

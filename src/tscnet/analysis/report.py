@@ -38,7 +38,7 @@ from .runs import (
 from .stability import STABILITY_FILE, format_stability_table
 from .stats import at_chance, format_mean_std, format_number, mean_or_none, mean_std
 
-__all__ = ["Report", "REPORT_FILES", "build_report", "summarize", "format_summary"]
+__all__ = ["RunsReport", "REPORT_FILES", "build_runs_report", "summarize", "format_summary"]
 
 
 def _metric(run: Run, key: str) -> list:
@@ -179,8 +179,8 @@ REPORT_FILES = (
 
 
 @dataclass
-class Report:
-    """What :func:`build_report` wrote: ``report.md`` (``path``), the per-group summary rows
+class RunsReport:
+    """What :func:`build_runs_report` wrote: ``report.md`` (``path``), the per-group summary rows
     (``summary``) and the figures (``files``)."""
 
     path: Path  # report.md
@@ -304,7 +304,7 @@ def _summary_json(data: str, summary: list[dict], runs: list[Run]) -> dict:
     )
 
 
-def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None = None) -> Report:
+def build_runs_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None = None) -> RunsReport:
     """Write ``report.md``, ``summary.json`` and the figures for ``run_dirs`` into ``out_dir``.
 
     ``stability``: a ``stability.json`` to include (default: ``out_dir/stability.json`` if present).
@@ -323,4 +323,4 @@ def build_report(run_dirs: Iterable[Path], out_dir: Path, stability: Path | None
     path = out_dir / "report.md"
     path.write_text("\n".join(_sections(len(runs), data, summary, files, found, saved)))
     (out_dir / "summary.json").write_text(json.dumps(_summary_json(data, summary, runs), indent=2) + "\n")
-    return Report(path, summary, files)
+    return RunsReport(path, summary, files)

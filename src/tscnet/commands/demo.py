@@ -145,7 +145,7 @@ def default_jobs(policies: int, device: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import build_report, format_summary
+    from ..analysis.report import build_runs_report, format_summary
     from ..data import check_data
     from ..errors import UserError
     from ..stepping import parse_policy
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 fit(config, run_dir)
             except TrainingDiverged as error:  # a result of the comparison (counted at chance), not a failure
                 print(f"   {policy}: {error}")
-    report = build_report(runs, out)
+    report = build_runs_report(runs, out)
     print()
     print(format_summary(report.summary))
     print(f"\nreport with training curves and learned steps: {report.path}")

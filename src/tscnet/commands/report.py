@@ -19,11 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import REPORT_FILES, build_report, format_summary
+    from ..analysis.report import REPORT_FILES, build_runs_report, format_summary
     from .common import check_out_folder
 
     check_out_folder(Path(args.out), writes=REPORT_FILES, overwrite=args.overwrite)
-    report = build_report(
+    report = build_runs_report(
         [Path(r) for r in args.runs], Path(args.out), Path(args.stability) if args.stability else None
     )
     print(format_summary(report.summary))

@@ -178,7 +178,7 @@ def execute(
     """The command, with hooks: ``on_result(CellResult)`` after each collected cell, ``on_report(files,
     n_runs)`` after the report is written (``benchmarks/study.py --commit`` commits there)."""
     from ..errors import UserError
-    from ..study import build_report, create_executor, default_layout, load_spec, plan_cells, run_study
+    from ..study import build_study_report, create_executor, default_layout, load_spec, plan_cells, run_study
     from ..study.report import load_results
     from ..study.results import check_cell_data, is_collected
 
@@ -223,7 +223,7 @@ def execute(
     found = load_results(layout.results)
     if found:
         try:
-            report = build_report(spec, layout.results)
+            report = build_study_report(spec, layout.results)
         except OSError as error:  # a full disk, a read-only folder: the collected results are untouched
             raise UserError(
                 f"cannot write the report into {layout.results}: {error.strerror or error}; the "

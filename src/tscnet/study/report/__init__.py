@@ -16,7 +16,7 @@ sweep), :mod:`~tscnet.study.report.figures` draws, :mod:`~tscnet.study.report.pr
 text above the tables and :mod:`~tscnet.study.report.build` puts the report together.
 """
 
-from .build import Report, build_report
+from .build import StudyReport, build_study_report
 from .figures import group_figures, plot_sweep
 from .grid import format_sweep, format_sweep_matrix, sweep_analysis
 from .load import Result, load_results, platform_label
@@ -24,10 +24,10 @@ from .summary import baseline_key, summarize_group
 from .tables import format_ablations, format_holm, format_table
 
 __all__ = [
-    "Report",
+    "StudyReport",
     "Result",
     "baseline_key",
-    "build_report",
+    "build_study_report",
     "format_ablations",
     "format_holm",
     "format_sweep",

@@ -31,8 +31,8 @@ from .tables import format_ablations, format_holm, format_table
 
 
 @dataclass
-class Report:
-    """What :func:`build_report` wrote: ``report.md`` (``path``), the ``summary.json`` document
+class StudyReport:
+    """What :func:`build_study_report` wrote: ``report.md`` (``path``), the ``summary.json`` document
     (``summary``) and every file, figures included (``files``)."""
 
     path: Path
@@ -174,7 +174,7 @@ def _method_json(spec: StudySpec, grid: bool) -> dict[str, Any]:
     }
 
 
-def build_report(spec: StudySpec, results: Path) -> Report:
+def build_study_report(spec: StudySpec, results: Path) -> StudyReport:
     """Write ``report.md``, ``summary.json`` and the figures into ``results`` from its collected cells."""
     results = Path(results)
     found = load_results(results)
@@ -207,6 +207,6 @@ def build_report(spec: StudySpec, results: Path) -> Report:
         document["platforms"] = {str(r): r.platform or "unrecorded" for r in found}
     (results / "summary.json").write_text(json.dumps(stamped(document), indent=2) + "\n")
     record = results / SCRATCH_RECORD  # where the scratch runs are: kept (and committed) with the report
-    return Report(
+    return StudyReport(
         path, document, [path, results / "summary.json", *page.files, *([record] if record.is_file() else [])]
     )
