@@ -284,9 +284,52 @@ def _check_override(where: str, key: str, item: str) -> None:
 
 
 def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) -> StudySpec:
-    """Check a spec mapping and build the :class:`StudySpec`; every problem names its key."""
-    from ..stepping import parse_policy
+    """Check a spec mapping and build the :class:`StudySpec`; every problem names its key.
 
+    The sections are checked in the order a spec is written: its keys, name and recipe, models
+    (seeds, grid, per-model options), policies, baseline and peers, executor, report.
+    """
+    _check_keys(where, raw)
+    name = raw.get("name", path.stem if path else None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _fail(where, "name", f"must be a folder-safe name (letters, digits, . _ + -), got {name!r}")
+    recipe = _recipe(where, raw["recipe"], path)
+    overrides = _str_list(where, "set", raw.get("set", []) or [])
+    for i, item in enumerate(overrides):
+        _check_override(where, f"set[{i}]", item)
+    models = _models(where, raw["models"])
+    seeds = _seeds(where, "seeds", raw.get("seeds", [0, 1, 2]))
+    grid = _grid(where, "grid", raw.get("grid"))
+    per_model = _per_model(where, raw, models)
+    _check_grid_folders(where, models, grid, per_model)
+    arms = _arms(where, raw["policies"])
+    baseline, peers = _baseline_and_peers(where, raw, [a.name for a in arms])
+    executor, slurm = _executor(where, raw)
+    report = _report(where, raw.get("report") or {})
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(where, "description", "must be a string")
+    return StudySpec(
+        name=name,
+        recipe=recipe,
+        models=models,
+        arms=arms,
+        seeds=seeds,
+        set=overrides,
+        grid=grid,
+        per_model=per_model,
+        baseline=baseline,
+        peers=peers,
+        executor=dict(executor),
+        slurm=dict(slurm),
+        report=dict(report),
+        description=description,
+        path=path,
+    )
+
+
+def _check_keys(where: str, raw: Any) -> None:
+    """``raw`` is a mapping of known top-level keys with recipe, models and policies among them."""
     if not isinstance(raw, dict):
         raise UserError(
             f"{where} must be a mapping of keys (name, recipe, models, policies, ...), got {type(raw).__name__}"
@@ -301,10 +344,10 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
     for key in ("recipe", "models", "policies"):
         if key not in raw:
             raise _fail(where, key, "missing (a study spec needs recipe, models and policies)")
-    name = raw.get("name", path.stem if path else None)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _fail(where, "name", f"must be a folder-safe name (letters, digits, . _ + -), got {name!r}")
-    recipe = raw["recipe"]
+
+
+def _recipe(where: str, recipe: Any, path: Path | None) -> str:
+    """The ``recipe:`` as a name or path that resolves (one next to the spec file: its absolute path)."""
     if not isinstance(recipe, str) or not recipe.strip():
         raise _fail(where, "recipe", f"must be a recipe name or path, got {recipe!r}")
     recipe = recipe.strip()
@@ -316,16 +359,21 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
         resolve_config_path(recipe)
     except UserError as error:
         raise _fail(where, "recipe", str(error)) from None
-    overrides = _str_list(where, "set", raw.get("set", []) or [])
-    for i, item in enumerate(overrides):
-        _check_override(where, f"set[{i}]", item)
-    models = _str_list(where, "models", raw["models"], allow_empty=False)
+    return recipe
+
+
+def _models(where: str, value: Any) -> list[str]:
+    """The ``models:`` list: known model names, none repeated."""
+    models = _str_list(where, "models", value, allow_empty=False)
     if len(set(models)) != len(models):
         raise _fail(where, "models", f"repeats a model: {models!r}")
     for i, model in enumerate(models):
         _check_model(where, f"models[{i}]", model)
-    seeds = _seeds(where, "seeds", raw.get("seeds", [0, 1, 2]))
-    grid = _grid(where, "grid", raw.get("grid"))
+    return models
+
+
+def _per_model(where: str, raw: dict, models: list[str]) -> dict[str, dict]:
+    """``per_model:``: each listed model's own ``seeds`` and/or ``grid``."""
     per_model: dict[str, dict] = {}
     if not isinstance(raw.get("per_model") or {}, dict):
         raise _fail(where, "per_model", f"must map models to their seeds and/or grid, got {raw['per_model']!r}")
@@ -340,6 +388,11 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
             per_model[model]["seeds"] = _seeds(where, f"{key}.seeds", entry["seeds"])
         if "grid" in entry:
             per_model[model]["grid"] = _grid(where, f"{key}.grid", entry["grid"])
+    return per_model
+
+
+def _check_grid_folders(where: str, models: list[str], grid: dict[str, list], per_model: dict[str, dict]) -> None:
+    """Every grid point's folder name (of each model's grid) fits in :data:`_MAX_FOLDER` bytes."""
     from .plan import grid_tag  # plan imports this module
 
     for model in models:
@@ -348,9 +401,16 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
         longest = sum(max(len(grid_tag(((k, v),)).encode()) + 1 for v in vs) for k, vs in parts.items()) - 1
         if longest > _MAX_FOLDER:
             raise _fail(where, key, f"a grid point's folder name would be {longest} bytes, more than {_MAX_FOLDER}")
-    if not isinstance(raw["policies"], list) or not raw["policies"]:
-        raise _fail(where, "policies", f"must be a non-empty list of arms, got {raw['policies']!r}")
-    arms = [_arm(where, f"policies[{i}]", value) for i, value in enumerate(raw["policies"])]
+
+
+def _arms(where: str, value: Any) -> list[Arm]:
+    """The ``policies:`` list: arms with distinct names and folder tags, valid policies and overrides,
+    ablations naming an ordinary arm as their source."""
+    from ..stepping import parse_policy
+
+    if not isinstance(value, list) or not value:
+        raise _fail(where, "policies", f"must be a non-empty list of arms, got {value!r}")
+    arms = [_arm(where, f"policies[{i}]", item) for i, item in enumerate(value)]
     labels, tags = [a.name for a in arms], [a.tag for a in arms]
     for i, arm in enumerate(arms):
         key = f"policies[{i}]"
@@ -377,6 +437,11 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
             parse_policy(arm.steps)  # a typo fails before anything runs
         except (ValueError, TypeError) as error:
             raise _fail(where, key, str(error)) from None
+    return arms
+
+
+def _baseline_and_peers(where: str, raw: dict, labels: list[str]) -> tuple[str, list[str]]:
+    """``(baseline, peers)``, arms of the study; the default baseline is ``none`` if an arm, else the first arm."""
     baseline = raw.get("baseline", "none" if "none" in labels else labels[0])
     if baseline not in labels:
         raise _fail(where, "baseline", f"{baseline!r} is not one of the policies ({', '.join(labels)})")
@@ -384,6 +449,21 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
     for i, peer in enumerate(peers):
         if peer not in labels:
             raise _fail(where, f"peers[{i}]", f"{peer!r} is not one of the policies ({', '.join(labels)})")
+    return baseline, peers
+
+
+def _report(where: str, report: Any) -> dict:
+    """The ``report:`` options: a mapping of some of :data:`REPORT_KEYS`."""
+    if not isinstance(report, dict) or any(k not in REPORT_KEYS for k in report):
+        bad = next((k for k in report if k not in REPORT_KEYS), None) if isinstance(report, dict) else None
+        raise _fail(
+            where, f"report.{bad}" if bad else "report", f"must be a mapping with some of {', '.join(REPORT_KEYS)}"
+        )
+    return report
+
+
+def _executor(where: str, raw: dict) -> tuple[dict, dict]:
+    """``(executor, slurm)``: mappings with an executor ``kind`` and positive ``workers`` / ``threads``."""
     executor = raw.get("executor") or {}
     if not isinstance(executor, dict):
         raise _fail(where, "executor", f"must be a mapping such as {{kind: local, workers: 2}}, got {executor!r}")
@@ -398,29 +478,4 @@ def parse_spec(raw: Any, where: str = "study spec", path: Path | None = None) ->
             value = options.get(option, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise _fail(where, f"{section}.{option}", f"must be a positive integer, got {value!r}")
-    report = raw.get("report") or {}
-    if not isinstance(report, dict) or any(k not in REPORT_KEYS for k in report):
-        bad = next((k for k in report if k not in REPORT_KEYS), None) if isinstance(report, dict) else None
-        raise _fail(
-            where, f"report.{bad}" if bad else "report", f"must be a mapping with some of {', '.join(REPORT_KEYS)}"
-        )
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise _fail(where, "description", "must be a string")
-    return StudySpec(
-        name=name,
-        recipe=recipe,
-        models=models,
-        arms=arms,
-        seeds=seeds,
-        set=overrides,
-        grid=grid,
-        per_model=per_model,
-        baseline=baseline,
-        peers=peers,
-        executor=dict(executor),
-        slurm=dict(slurm),
-        report=dict(report),
-        description=description,
-        path=path,
-    )
+    return executor, slurm
