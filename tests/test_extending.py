@@ -20,6 +20,7 @@ from tscnet.stepping import (
     POLICY_CLASSES,
     Branch,
     StepPolicy,
+    is_stock,
     parse_policy,
     policy_class,
     policy_names,
@@ -111,6 +112,12 @@ def test_a_policys_facts_live_on_its_class(spec, learned, controller, constant):
     cls = policy_class(spec)
     assert (cls.learned, cls.controller, cls.constant) == (learned, controller, constant)
     assert issubclass(cls, StepPolicy)
+    stock = spec is None or spec == "none"  # the one policy that leaves the stock model
+    assert cls.attaches is not stock and is_stock(spec) is stock
+
+
+def test_a_policy_registered_elsewhere_is_not_taken_for_the_stock_model():
+    assert not is_stock("my_own_policy:value=2")  # a training script's own policy attaches steps
 
 
 def test_policy_class_refuses_an_unknown_name_as_parse_policy_does():

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import create_test_loader
     from ..errors import UserError
-    from ..stepping import fold_steps
+    from ..stepping import fold_steps, is_stock
     from ..stepping import get_policy as tscnet_policy
     from ..train.metrics import MetricSums
     from .common import check_device, load_model
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--test-subset must be a positive integer, got {args.test_subset}")
     check_device(args.device)
     model, config = load_model(args.source, args.device, folded_ok=True)
-    can_check = tscnet_policy(model) is not None or str(config["model"]["steps"]) == "none"
+    can_check = tscnet_policy(model) is not None or is_stock(config["model"]["steps"])
     dc = config["data"]
     subset = args.test_subset if args.test_subset is not None else dc.get("test_subset")
     test_loader, _ = create_test_loader(

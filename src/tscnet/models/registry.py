@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import InvalidValue
 from ..registry import Registry
-from ..stepping import PolicySpec, attach_steps, parse_policy
+from ..stepping import PolicySpec, attach_steps, is_stock, parse_policy
 from . import mini  # noqa: F401  (registers mini_vit_d*, mini_convnext with timm)
 from .cifar_resnet import CIFAR_MODELS
 
@@ -99,7 +99,7 @@ def _library_zero_init(name: str, policy: str, norm: str | None, init: str | Non
             f"{', '.join(k for k in _LIBRARY_INITS if k)} (fixup is for tscnet's norm-free CIFAR nets)"
         )
     zero = _LIBRARY_INITS[init]
-    return policy == "none" if zero is None else zero
+    return is_stock(policy) if zero is None else zero
 
 
 _LIBRARY_INITS: dict[str | None, bool | None] = {None: None, "he": False, "zero_last": True}

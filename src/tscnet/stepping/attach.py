@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import InvalidType, InvalidValue
 from .branches import Branch, find_branches
-from .policies import PolicySpec, StepPolicy, build_policy, parse_policy
+from .policies import PolicySpec, StepPolicy, build_policy, is_stock, parse_policy
 from .sites import POLICY_ATTR, SITES, StepBatchNorm2d, StepSite, StepSyncBatchNorm
 from .watch import watch_training
 
@@ -121,7 +121,7 @@ def attach_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module:
     if any(isinstance(m, StepSite) for m in unwrap_model(model).modules()):
         raise InvalidValue("model already has steps attached; fold_steps() it or build a fresh model")
     spec = parse_policy(steps)
-    if spec.name == "none":  # nothing to insert, so nothing to check (Fixup nets are vanilla here)
+    if is_stock(spec):  # nothing to insert, so nothing to check (Fixup nets are vanilla here)
         return model
     branches = find_branches(model)
     refused = next((b.refusal for b in branches if b.refusal), None)
@@ -149,7 +149,7 @@ def replace_steps(model: nn.Module, steps: str | PolicySpec | dict) -> nn.Module
     if old is None:
         return attach_steps(model, steps)
     spec = parse_policy(steps)
-    policy = cast(StepPolicy, build_policy(spec if spec.name != "none" else parse_policy("fixed:1"), old.branches))
+    policy = cast(StepPolicy, build_policy(parse_policy("fixed:1") if is_stock(spec) else spec, old.branches))
     _bind(policy, spec)  # not None: "none" was replaced by fixed:1
     return model
 

@@ -83,6 +83,8 @@ class StepPolicy(nn.Module):
     #: Δt is one value for every block and channel, known from the policy string alone: no
     #: parameters, nothing read from a file (``none``, ``fixed``, ``depth``; not ``profile``).
     constant: ClassVar[bool] = False
+    #: It puts step sites into the model; ``False`` only for ``none``, which leaves the stock model.
+    attaches: ClassVar[bool] = True
     #: The options of the policy string: name → the type (or converter) its string value is parsed with.
     options: ClassVar[dict[str, Callable[[Any], Any]]] = {}
     #: The option a bare ``name:V`` sets (``fixed:0.5`` is ``fixed:value=0.5``); ``None``: none does.
@@ -170,6 +172,7 @@ class NoSteps(StepPolicy):
     sites and no policy); the class states the facts of ``none``."""
 
     constant = True
+    attaches = False
 
     @classmethod
     def build(cls, branches: list[Branch], **options: Any) -> None:
@@ -464,6 +467,14 @@ def policy_class(spec: str | PolicySpec | dict | None) -> type[StepPolicy]:
     :attr:`~StepPolicy.weight_decay`). ``spec`` as :func:`parse_policy` takes it; an unknown name is
     the same error."""
     return _registered(_name_of(spec))
+
+
+def is_stock(spec: str | PolicySpec | dict | None) -> bool:
+    """Whether the policy leaves the stock model, nothing attached (its class's
+    :attr:`~StepPolicy.attaches` is false: ``none``). A name not registered in this process (a
+    policy a training script registered itself) is taken to attach steps."""
+    cls = POLICY_CLASSES.get(_name_of(spec))
+    return cls is not None and not cls.attaches
 
 
 def _convert(name: str, key: str, value: Any, kind: Callable[[Any], Any]) -> Any:

@@ -314,11 +314,12 @@ def stepped_from_folded(run_dir: Path, config: dict | None = None, device: str =
     """A finished run's stepped model without its checkpoint: model.safetensors with the final Δt
     of steps.json divided back out (:func:`tscnet.stepping.fold.unfold_steps`), steps frozen as
     ``profile:RUN``; eval mode. It computes what the folded model computes, block by block."""
+    from ..stepping import is_stock
     from ..stepping.fold import unfold_steps
 
     config = config or read_config(run_dir)
     model = model_from_folded(run_dir, config, device)
-    if str(config["model"]["steps"]) == "none":
+    if is_stock(config["model"]["steps"]):
         return model
     try:
         return unfold_steps(model, f"profile:{Path(run_dir).resolve()}").eval()
