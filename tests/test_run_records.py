@@ -179,3 +179,12 @@ def test_a_log_file_gets_plain_lines_and_a_terminal_the_bar(tmp_path):
     assert shown.wait(timeout=300) == 0
     assert b"batch/s" in drawn or b"s/batch" in drawn, drawn[-500:]
     assert "ETA" not in shown.stdout.read().decode()
+
+
+def test_the_run_folders_steps_file_is_the_one_profile_policies_read():
+    """Two layers name steps.json: the run folder (jobs) writes it, ``profile:RUN`` (stepping, below
+    jobs and free of it) reads it; they must name the same file."""
+    from tscnet.jobs.run_folder import RunFolder
+    from tscnet.stepping.profile import PROFILE_FILE
+
+    assert RunFolder.STEPS == PROFILE_FILE

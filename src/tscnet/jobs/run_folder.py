@@ -67,7 +67,7 @@ class RunFolder:
     METRICS = "metrics.jsonl"
     CHECKPOINT = "checkpoint.pt"
     FOLDED = "model.safetensors"
-    STEPS = "steps.json"
+    STEPS = "steps.json"  # also tscnet.stepping.profile.PROFILE_FILE, read by profile:RUN (a lower layer)
     PLATFORM = "platform.json"
     DIVERGED = "diverged.json"
     CARD = "model_card.json"

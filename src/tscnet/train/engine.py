@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..formats import stamped
 from ..jobs.run_folder import HOLDS_A_RUN, RunFolder
 from ..stepping import step_sizes
-from ..stepping.profile import PROFILE_FILE, profile_dict
+from ..stepping.profile import profile_dict
 from . import machine
 from . import run as runfiles
 from .config import dump_config, evaluated_epochs, validate_config
@@ -297,7 +297,7 @@ def _finish(
             "params_train": sum(p.numel() for p in model.parameters()),
             "params_folded": None if folded is None else sum(p.numel() for p in folded.parameters()),
             "folded_weights": None if folded is None else runfiles.FOLDED_FILE,
-            "step_profile": PROFILE_FILE,
+            "step_profile": RunFolder.STEPS,
             "commit": _git_commit(),
             "processes": processes,  # > 1: every epoch ended with the ranks' weights checked equal
             "platform": platforms or [],  # where it ran: platform.json (tscnet.train.machine)
@@ -305,7 +305,7 @@ def _finish(
     )
     # The final Δt of every block and channel, full float precision: `profile:RUN` trains with it frozen.
     profile = profile_dict(step_sizes(model), config["model"]["name"], str(config["model"]["steps"]))
-    runfiles.atomic_write_bytes(out_dir / PROFILE_FILE, (json.dumps(profile) + "\n").encode())
+    runfiles.atomic_write_bytes(RunFolder(out_dir).steps_file, (json.dumps(profile) + "\n").encode())
     runfiles.atomic_write_bytes(out_dir / runfiles.CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
 
 
