@@ -154,16 +154,19 @@ def test_statistics_against_scipy_and_a_textbook_holm():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
-@pytest.mark.slow
-def test_converged_report_regenerates_byte_for_byte(tmp_path):
-    """The committed converged report and summary.json, rebuilt from the committed per-run results."""
-    results = tmp_path / "converged"
-    shutil.copytree(ROOT / "benchmarks/results/converged", results)
+@pytest.mark.slow  # ~10-15 s each: the report's figures are drawn too
+@pytest.mark.parametrize("study", ["converged", "stability_bn"])
+def test_committed_report_regenerates_byte_for_byte(study, tmp_path):
+    """A committed report and summary.json, rebuilt from the committed per-run results: ``converged``
+    (groups, paired and Holm tests, ablations) and ``stability_bn`` (an lr sweep of 8 arms against
+    the best of 5 peers: a report that picked the wrong peer, best value or seed would differ)."""
+    results = tmp_path / study
+    shutil.copytree(ROOT / "benchmarks/results" / study, results)
     for name in ("report.md", "summary.json"):
         (results / name).unlink()
-    assert cli(["study", "converged", "--report-only", "--results", str(results)]) == 0
+    assert cli(["study", study, "--report-only", "--results", str(results)]) == 0
     for name in ("report.md", "summary.json"):
-        assert (results / name).read_bytes() == (ROOT / "benchmarks/results/converged" / name).read_bytes(), name
+        assert (results / name).read_bytes() == (ROOT / "benchmarks/results" / study / name).read_bytes(), name
 
 
 def test_committing_unchanged_results_is_a_quiet_success(tmp_path, capsys):
