@@ -33,6 +33,15 @@ FAMILIES = {
     "timm_convnext": lambda: timm.create_model("convnext_atto", num_classes=10),
     "timm_convnextv2": lambda: timm.create_model("convnextv2_atto", num_classes=10),
     "timm_convnext_conv_mlp": lambda: timm.create_model("convnext_atto", num_classes=10, conv_mlp=True),
+    "timm_vit_relpos": lambda: timm.create_model("vit_relpos_small_patch16_224", img_size=32, patch_size=8, depth=2,
+                                                 embed_dim=32, num_heads=2, num_classes=10, init_values=0.1),
+    "timm_beit": lambda: timm.create_model("beit_base_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32,
+                                           num_heads=2, num_classes=10, init_values=0.1),
+    "timm_eva": lambda: timm.create_model("eva02_tiny_patch14_224", img_size=32, patch_size=8, depth=2, embed_dim=64,
+                                          num_heads=2, num_classes=10, init_values=0.1),  # rope, SwiGLU MLP
+    "timm_swin": lambda: timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4,
+                                           embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=10,
+                                           drop_path_rate=0.0),  # its default 0.1 would make runs differ
     "tv_vit": lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                            hidden_dim=32, mlp_dim=64, num_classes=10),
     "tv_convnext": lambda: torchvision.models.ConvNeXt(
@@ -41,7 +50,8 @@ FAMILIES = {
 }
 # Residual updates D of each: two per transformer block (CaiT: 2 + 2 class-attention blocks), one per ConvNeXt block.
 DEPTHS = {"timm_vit": 6, "timm_vit_layerscale": 6, "timm_cait": 8, "timm_convnext": 12, "timm_convnextv2": 12,
-          "timm_convnext_conv_mlp": 12, "tv_vit": 4, "tv_convnext": 4}
+          "timm_convnext_conv_mlp": 12, "timm_vit_relpos": 4, "timm_beit": 4, "timm_eva": 4, "timm_swin": 8,
+          "tv_vit": 4, "tv_convnext": 4}
 QUICK = {"timm_vit_layerscale", "tv_vit", "tv_convnext", "timm_convnextv2"}
 
 
@@ -64,7 +74,9 @@ def _build(family: str) -> nn.Module:
     _randomize_scales(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "head" in name and not p.any():  # torchvision's ViT zero-initialises its classifier
+            # torchvision's ViT zero-initialises its classifier, BEiT and EVA scale theirs by 0.001:
+            # outputs that small would hide what the steps change
+            if "head" in name and (not p.any() or (p.dim() > 1 and p.abs().max() < 0.01)):
                 p.normal_(0, 0.02)
     return model.eval()
 
@@ -169,6 +181,9 @@ def test_a_transformer_block_counts_two_residual_updates_in_the_depth_rules():
                                block_fn=timm.models.vision_transformer.ResPostBlock), "ResPostBlock"),
     (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
                                block_fn=timm.models.vision_transformer.ParallelScalingBlock), "ParallelScalingBlock"),
+    (lambda: timm.create_model("swinv2_tiny_window8_256", img_size=32, patch_size=4, window_size=4, embed_dim=32,
+                               depths=(2, 2), num_heads=(2, 4)), "SwinTransformerV2Block"),  # res-post-norm
+    (lambda: torchvision.models.swin_t(), "torchvision.models.swin_transformer.SwinTransformerBlock"),
 ])
 def test_blocks_that_cannot_be_stepped_exactly_are_refused_by_name(build, block):
     with pytest.raises(TypeError, match=block):
@@ -193,7 +208,8 @@ def test_controller_op_count_is_independent_of_depth(policy, sums_per_branch, on
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family, policy", [("timm_vit_layerscale", "tsc"), ("tv_vit", "tsc:summary=l2_sn"),
-                                            ("timm_convnext", "channel"), ("tv_convnext", "tsc")])
+                                            ("timm_convnext", "channel"), ("tv_convnext", "tsc"), ("timm_swin", "tsc"),
+                                            ("timm_eva", "channel")])
 def test_stepped_models_compile_without_graph_breaks_or_recompiles(family, policy, images, one_thread):
     model = tscnet.attach_steps(_build(family).train(), policy)
     labels = torch.arange(len(images)) % 10

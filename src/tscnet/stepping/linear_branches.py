@@ -15,8 +15,11 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
 * **the controller** reads the L2 norm of each output row of the last Linear (the analogue of
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
-Blocks with other residual structure (post-norm ``ResPostBlock``, parallel blocks, ...) have no
-adapter and are refused by name. None of these blocks has a stability bound (``no_bound``): each
+The blocks: timm's ViT ``Block`` and ``RelPosBlock``, CaiT's two block kinds, BEiT's ``Block``,
+``EvaBlock``, ``SwinTransformerBlock`` and ``ConvNeXtBlock``; torchvision's ``EncoderBlock`` and
+``CNBlock``. Blocks with other residual structure (post-norm ``ResPostBlock`` and Swin V2, parallel
+blocks, torchvision's Swin, whose attention applies ``proj``'s weights without calling it and
+whose two branches share one stochastic-depth module, ...) have no adapter and are refused by name. None of these blocks has a stability bound (``no_bound``): each
 branch holds attention or a LayerNorm.
 """
 
@@ -99,7 +102,9 @@ def _has(block: nn.Module, *paths: str) -> str | None:
     return None
 
 
-@register_block("timm.models.vision_transformer.Block", no_bound=_ATTENTION)
+@register_block(
+    "timm.models.vision_transformer.Block", "timm.models.vision_transformer_relpos.RelPosBlock", no_bound=_ATTENTION
+)
 def _timm_vit_block(block: nn.Module) -> list[Branch]:
     missing = _has(block, "attn.proj", "mlp.fc2")
     if missing:
@@ -119,6 +124,24 @@ def _timm_cait_block(block: nn.Module) -> list[Branch]:
         _linear_branch(block, "attn.proj", "gamma_1", ("attn",)),
         _linear_branch(block, "mlp.fc2", "gamma_2", ("mlp",)),
     ]
+
+
+@register_block("timm.models.beit.Block", "timm.models.eva.EvaBlock", no_bound=_ATTENTION)
+def _timm_beit_block(block: nn.Module) -> list[Branch]:
+    # BEiT and EVA: x + drop_path(gamma_k * branch_k(norm_k x)), gamma_k a parameter or None
+    # (init_values unset); EVA's MLP (Mlp, GluMlp, SwiGLU) ends in fc2 too.
+    return [
+        _linear_branch(block, last, gamma if getattr(block, gamma, None) is not None else None, (root,))
+        for last, gamma, root in (("attn.proj", "gamma_1", "attn"), ("mlp.fc2", "gamma_2", "mlp"))
+    ]
+
+
+@register_block("timm.models.swin_transformer.SwinTransformerBlock", no_bound=_ATTENTION)
+def _timm_swin_block(block: nn.Module) -> list[Branch]:
+    # x + drop_path(_attn(norm1 x)), _attn = shift, window partition, attn (ending in attn.proj),
+    # window merge, crop, unshift: moves and crops tokens only, so Δt on proj's rows is Δt on the
+    # branch's output. Swin V2's blocks normalise after the branch (res-post-norm): not this class.
+    return [_linear_branch(block, "attn.proj", None, ("attn",)), _linear_branch(block, "mlp.fc2", None, ("mlp",))]
 
 
 @register_block("timm.models.convnext.ConvNeXtBlock", no_bound=_LAYER_NORM)
