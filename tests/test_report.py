@@ -48,6 +48,10 @@ def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
                                     "data.test_subset=128", "data.batch_size=64", "train.progress=false"])
         with pytest.raises(UserError, match="training diverged"):
             fit(config, out)
+        if steps == "tsc":  # a seed of the tsc group's own recipe (lr 1e8 without BN is how it diverged here)
+            recipe = yaml.safe_load((runs[0] / "config.yaml").read_text())
+            recipe["train"]["seed"] = seed
+            (out / "config.yaml").write_text(yaml.safe_dump(recipe))
         diverged.append(out)
     report = build_runs_report([*runs, *diverged], tmp_path / "report")
     rows = {row["policy"]: row for row in report.summary}
@@ -117,6 +121,22 @@ def test_summary_uses_the_final_epoch_never_the_best(runs, tmp_path):
     report = build_runs_report([run], tmp_path / "out")
     assert report.summary[0]["test_error_mean"] == pytest.approx(lines[-1]["test_error"]) != 0.5
     assert "dt_heatmap" not in report.files  # a vanilla run has no learned steps to show
+
+
+def test_runs_of_one_policy_with_different_recipes_are_groups_of_their_own(runs, tmp_path):
+    """Seeds are averaged only over runs that differ in the seed (and in how they ran): a run of the
+    same model and policy at another learning rate is its own group, both labelled with the key."""
+    other = tmp_path / "other-lr"
+    shutil.copytree(runs[0], other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["optim"]["lr"], config["train"]["seed"], config["train"]["device"] = 0.5, 3, "cuda"  # device: how it ran
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    report = build_runs_report([*runs, other], tmp_path / "report")
+    rows = {row["policy"]: row for row in report.summary}
+    assert set(rows) == {"tsc (optim.lr=0.1)", "tsc (optim.lr=0.5)", "none"}
+    assert rows["tsc (optim.lr=0.1)"]["seeds"] == [0, 1] and rows["tsc (optim.lr=0.5)"]["seeds"] == [3]
+    assert rows["tsc (optim.lr=0.5)"]["controller"] and not rows["none"]["controller"]  # the policy's facts
+    assert "| cifar_resnet8 | tsc (optim.lr=0.5) | yes | 1 (3) |" in report.path.read_text()
 
 
 def test_report_refuses_runs_of_different_datasets(runs, tmp_path):

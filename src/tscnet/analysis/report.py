@@ -1,6 +1,7 @@
 """A Markdown report of a set of runs of one dataset: curves, learned steps, summary table.
 
-Runs are grouped by ``(model, step policy)``; runs in a group differ by ``train.seed``. Errors are
+Runs are grouped by ``(model, step policy)``; runs in a group differ by ``train.seed`` (runs whose
+recipes differ in more are groups of their own, labelled with the keys that differ). Errors are
 **final-epoch** test errors, mean ± sample std over seeds (never the best epoch). Figures read the
 runs' own ``metrics.jsonl``; the Δt heat maps read the last checkpoint of each group's first seed.
 """
@@ -33,6 +34,7 @@ from .runs import (
     has_controller,
     learns_steps,
     load_runs,
+    policy_of,
     seed_of,
 )
 from .stability import STABILITY_FILE, format_stability_table
@@ -76,7 +78,7 @@ def summarize(groups: dict[tuple[str, str], list[Run]]) -> list[dict]:
             {
                 "model": model,
                 "policy": policy,
-                "controller": has_controller(policy),
+                "controller": has_controller(policy_of(runs[0])),
                 "seeds": [seed_of(r) for r in runs],
                 "n_seeds": len(runs),
                 "epochs": sorted({len(r.metrics) for r in runs}),
@@ -132,7 +134,7 @@ def _dt_mean_panels(groups: dict) -> list[tuple[str, np.ndarray]]:
     panels = []
     for key, runs in groups.items():
         per_seed = [np.array(_metric(r, "dt_mean"), dtype=float) for r in runs if all(_metric(r, "dt_mean"))]
-        if not learns_steps(key[1]) or not per_seed:
+        if not per_seed or not learns_steps(policy_of(runs[0])):
             continue
         epochs = min(len(a) for a in per_seed)
         panels.append(
@@ -236,7 +238,7 @@ def _figures(groups: dict, summary: list[dict], data: str, out_dir: Path) -> dic
     heat = [
         (f"{group_label(k)} (run {rs[0].name}, final epoch)", _final_steps(rs[0]))
         for k, rs in finished.items()
-        if learns_steps(k[1]) and rs
+        if rs and learns_steps(policy_of(rs[0]))
     ]
     if heat:
         files["dt_heatmap"] = plot_dt_heatmaps(heat, out_dir / "dt_heatmap.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +19,8 @@ __all__ = [
     "group_key",
     "group_label",
     "group_runs",
+    "HOW_IT_RAN",
+    "recipe_differences",
     "has_controller",
     "learns_steps",
     "seed_of",
@@ -65,9 +68,53 @@ def seed_of(run: Run) -> int:
     return int(run.config["train"]["seed"])
 
 
+#: Config keys that say where and how a run ran or what it recorded, not what it trained: runs of
+#: one model and policy that differ only in these and the seed are seeds of one group.
+HOW_IT_RAN = frozenset(
+    {
+        "train.seed",
+        "train.device",
+        "train.amp",
+        "train.channels_last",
+        "train.compile",
+        "train.progress",
+        "train.checkpoint_every",
+        "train.log",
+        "train.eval_epochs",
+        "train.loss_steps",
+        "data.data_dir",
+        "data.download",
+        "data.workers",
+        "data.eval_batch_size",
+    }
+)
+
+
 def group_key(run: Run) -> tuple[str, str]:
-    """``(model name, step policy)``: runs that differ only in the seed."""
+    """``(model name, step policy)``: what a group's runs share (:func:`group_runs` also splits a
+    group whose recipes differ in more than the seed)."""
     return run.config["model"]["name"], policy_of(run)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_differences(runs: Sequence[Run]) -> list[str]:
+    """For runs of one model and policy: each run's values of the recipe keys on which the runs
+    differ (``"model.init=fixup, optim.lr=0.1"``), ``""`` for every run when they differ only in
+    the seed and in how they ran (:data:`HOW_IT_RAN`). A key some runs lack (written by an older
+    tscnet) is not compared."""
+    flats = [_flat(r.config) for r in runs]
+    shared = set.intersection(*(set(f) for f in flats)) - HOW_IT_RAN if flats else set()
+    differ = sorted(k for k in shared if len({repr(f[k]) for f in flats}) > 1)
+    return [", ".join(f"{k}={f[k]}" for k in differ) for f in flats]
 
 
 def group_label(key: tuple[str, str]) -> str:
@@ -96,10 +143,18 @@ def learns_steps(policy: str) -> bool:
 
 
 def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs grouped by :func:`group_key`, groups in first-seen order, seeds sorted."""
-    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    """Runs grouped by :func:`group_key` into ``(model, label)`` groups: the label is the policy, or,
+    where runs of one model and policy differ in more than the seed, the policy and those keys
+    (``"none (model.init=fixup)"``; :func:`recipe_differences`), so that different recipes are never
+    averaged as seeds of one. Groups in first-seen order, seeds sorted. A group's policy is
+    :func:`policy_of` its runs, not its label."""
+    by_policy: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[group_key(run)].append(run)
+        by_policy[group_key(run)].append(run)
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for (model, policy), members in by_policy.items():
+        for run, differences in zip(members, recipe_differences(members)):
+            groups[(model, f"{policy} ({differences})" if differences else policy)].append(run)
     return {k: sorted(v, key=seed_of) for k, v in groups.items()}
 
 

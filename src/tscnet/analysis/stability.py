@@ -139,7 +139,7 @@ def gradient_panels(runs: Sequence[Run], images: torch.Tensor, labels: torch.Ten
         run = group[0]
         net = cast(nn.Module, run.model)  # runs are loaded with their models (load_runs)
         curves = fixed_step_study(net, images, labels)
-        learned = "vanilla, Δt ≡ 1" if is_stock(policy) else f"trained policy {policy}"
+        learned = "vanilla, Δt ≡ 1" if is_stock(policy_of(run)) else f"trained policy {policy}"
         curves[learned] = gradient_flow(net, images, labels)
         panels.append((f"{run.name} ({model}, trained weights)", curves))
     return panels
