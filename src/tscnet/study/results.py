@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..analysis.stats import at_chance
 from ..errors import UserError
 from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
@@ -137,7 +138,7 @@ def run_divergence(run_dir: Path, log: Path | None = None) -> str | None:
             return None
         if metrics and "test_error" in metrics[-1]:
             error, chance = float(metrics[-1]["test_error"]), chance_error_of_config(config)
-            if error >= CHANCE_FRACTION * chance:
+            if at_chance(error, chance):
                 return f"final test error {error:.2f} % {AT_CHANCE} (≥ {CHANCE_FRACTION:g} × {chance:.2f} %)"
     return None
 
