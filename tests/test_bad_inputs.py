@@ -12,7 +12,7 @@ Semantics decided here (see ``tscnet.train.config.RULES``):
 * ``--epochs 0`` (a run that trains nothing) is refused, as are negative epochs, batch sizes,
   subsets, seeds and worker counts; a whole float for an integer key (``train.epochs=2.0``) is
   taken as the integer, any other float (``1.5``) is refused;
-* ``--steps fixed:0`` and negative fixed steps are refused (Δt ≤ 0 would freeze or reverse the
+* ``--steps fixed:0``, negative or infinite fixed steps and learnable steps starting below 0 or at NaN/inf are refused (Δt ≤ 0 would freeze or reverse the
   residual flow; ``none`` is the vanilla ResNet);
 * ``sched.milestones`` are positive numbers: below 1 a fraction of the run, from 1 on an epoch
   (``[2.0]`` is epoch 2 and accepted); ``sched.gamma > 1`` is allowed (it is how the divergence
@@ -141,8 +141,12 @@ CASES = [
     ("train-steps-on-fixup", train("--set", "model.norm=none", "--set", "model.init=fixup", "--steps", "tsc"),
      "cannot attach steps to FixupBasicBlock"),
     ("train-steps-dt-init-bogus", train("--steps", "tsc:dt_init=deep"), "option dt_init='deep' is not a valid number, depth:P or cait"),
-    ("train-steps-fixed-0", train("--steps", "fixed:0"), "fixed step must be positive"),
-    ("train-steps-fixed-negative", train("--steps", "fixed:-1"), "fixed step must be positive"),
+    ("train-steps-fixed-0", train("--steps", "fixed:0"), "fixed step must be a positive finite number, got 0.0"),
+    ("train-steps-fixed-negative", train("--steps", "fixed:-1"), "fixed step must be a positive finite number"),
+    ("train-steps-fixed-inf", train("--steps", "fixed:inf"), "fixed step must be a positive finite number, got inf"),
+    ("train-steps-scalar-nan", train("--steps", "scalar:nan"), "a learnable step must start at a finite number ≥ 0, got init=nan"),
+    ("train-steps-channel-negative", train("--steps", "channel:-1"), "a learnable step must start at a finite number ≥ 0, got init=-1.0"),
+    ("train-steps-layerscale-inf", train("--steps", "layerscale:inf"), "a learnable step must start at a finite number ≥ 0, got init=inf"),
     ("train-steps-hidden-negative", train("--steps", "tsc:hidden=-1"), "hidden must be a positive size"),
     # ---- train: --set of every section ---------------------------------------------------------
     ("set-eval-batch-size-0", train("--set", "data.eval_batch_size=0"), "data.eval_batch_size must be a positive integer, got 0"),

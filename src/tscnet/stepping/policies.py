@@ -191,10 +191,10 @@ class FixedSteps(StepPolicy):
 
     def __init__(self, branches: list[Branch], value: float = 1.0) -> None:
         super().__init__(branches)
-        if not value > 0:  # also refuses NaN
+        if not (value > 0 and math.isfinite(value)):  # also refuses NaN
             raise InvalidValue(
-                f"fixed step must be positive, got {value}: Δt = 0 switches every residual branch "
-                "off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
+                f"fixed step must be a positive finite number, got {value}: Δt = 0 switches every residual "
+                "branch off and Δt < 0 runs the ODE backwards in time (for a learnable step that may "
                 "start at 0, use scalar:0)"
             )
         self.value = float(value)
@@ -217,7 +217,13 @@ class FreeSteps(StepPolicy):
         super().__init__(branches)
         self.per_channel = per_channel
         n = sum(self.sizes) if per_channel else len(self.sizes)
-        self.dt = nn.Parameter(torch.full((n,), InitStep(init).resolve(branches)))
+        start = InitStep(init).resolve(branches)
+        if not (start >= 0 and math.isfinite(start)):  # also refuses NaN
+            raise InvalidValue(
+                f"a learnable step must start at a finite number ≥ 0, got init={init}: Δt < 0 runs the ODE "
+                "backwards in time (0 is allowed: ReZero / SkipInit)"
+            )
+        self.dt = nn.Parameter(torch.full((n,), start))
         block_of_channel = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
         self.register_buffer("block_of_channel", block_of_channel, persistent=False)
 
