@@ -422,10 +422,13 @@ def test_a_depth_step_too_large_for_a_float_is_refused_in_one_line():
                                                    in_chans=1)) is REFUSED
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="not fixed yet: a data_dir longer than a file name "
-                   "may be is an OSError (a bug report) in tscnet.data.registry._require_dir")
-def test_a_data_folder_name_too_long_is_refused_in_one_line():
+def test_a_path_too_long_for_the_file_system_is_refused_in_one_line():
+    """A data folder or an output folder whose name is longer than a file name may be (ENAMETOOLONG)."""
     with tempfile.TemporaryDirectory() as tmp, inside(Path(tmp)):
         Path("spec.yaml").write_bytes(spec_file(set=["data.data_dir=" + "a" * 300]))
         code, err = cli(["study", "spec.yaml", "--dry-run", "--results", "results", "--runs", "runs"])
         assert_one_line_or_none("study", code, err)
+        assert code == 2 and "cannot be a folder here (File name too long)" in err
+        code, err = cli(["train", "--model", "cifar_resnet8", "--epochs", "1", "--out", "b" * 300])
+        assert_one_line_or_none("train", code, err)
+        assert code == 2 and "a path is longer than the file system allows" in err and not Path("b" * 10).exists()

@@ -15,6 +15,7 @@ report it, exit status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -158,6 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tscnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug, here or in a library: the traceback is what a report needs
+        if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:  # a path the user gave, always
+            if debug:
+                traceback.print_exc()
+            print(
+                f"tscnet {args.command}: error: a path is longer than the file system allows: {error.filename}",
+                file=sys.stderr,
+            )
+            return 2
         traceback.print_exc()
         print(bug_message(args.command, error), file=sys.stderr)
         return 1

@@ -107,7 +107,13 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 def _require_dir(root: Path | None, name: str, how: str) -> Path:
     if root is None:
         raise DataNotFoundError(f"no data directory for {name}: {how}")
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except OSError as error:  # a name longer than the file system takes (ENAMETOOLONG), ...: not a folder here
+        raise DataNotFoundError(
+            f"{name} data directory {root} cannot be a folder here ({error.strerror}): {how}"
+        ) from None
+    if not found:
         raise DataNotFoundError(f"{name} data directory {root} does not exist: {how}")
     return root
 
