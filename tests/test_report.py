@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tscnet.analysis.report import build_runs_report
+from tscnet.analysis.report import _series, build_runs_report
+from tscnet.analysis.runs import group_runs, load_runs
 from tscnet.analysis.stability import stability_study
 from tscnet.errors import UserError
 from tscnet.train import fit, load_config
@@ -137,6 +138,10 @@ def test_runs_of_one_policy_with_different_recipes_are_groups_of_their_own(runs,
     assert rows["tsc (optim.lr=0.1)"]["seeds"] == [0, 1] and rows["tsc (optim.lr=0.5)"]["seeds"] == [3]
     assert rows["tsc (optim.lr=0.5)"]["controller"] and not rows["none"]["controller"]  # the policy's facts
     assert "| cifar_resnet8 | tsc (optim.lr=0.5) | yes | 1 (3) |" in report.path.read_text()
+    # the figures draw a controller's curves solid whatever the group's label
+    styles = {s.label: s.dashed for s in _series(group_runs(load_runs([*runs, other], with_model=False)), "test_error")}
+    assert styles == {"cifar_resnet8 / tsc (optim.lr=0.1)": False, "cifar_resnet8 / tsc (optim.lr=0.5)": False,
+                      "cifar_resnet8 / none": True}
 
 
 def test_report_refuses_runs_of_different_datasets(runs, tmp_path):

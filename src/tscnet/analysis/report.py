@@ -122,7 +122,7 @@ def _series(groups: dict, key: str) -> list[Series]:
         Series.from_runs(
             group_label(k),
             [[np.nan if v is None else v for v in _metric(r, key)] for r in runs],
-            dashed=not has_controller(k[1]),
+            dashed=not has_controller(policy_of(runs[0])),
         )
         for k, runs in groups.items()
         if any(r.metrics for r in runs)
