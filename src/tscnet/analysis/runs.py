@@ -11,6 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..stepping import POLICY_CLASSES, StepPolicy
+from ..train.config import PLACEMENT
 from ..train.run import DIVERGED_FILE, Run, load_run
 
 __all__ = [
@@ -69,23 +70,20 @@ def seed_of(run: Run) -> int:
 
 
 #: Config keys that say where and how a run ran or what it recorded, not what it trained: runs of
-#: one model and policy that differ only in these and the seed are seeds of one group.
+#: one model and policy that differ only in these and the seed are seeds of one group. The placement
+#: keys a study also ignores (:data:`tscnet.train.config.PLACEMENT`), plus the precision and
+#: compilation of the step and what the run recorded.
 HOW_IT_RAN = frozenset(
-    {
+    {f"{section}.{key}" for section, key in PLACEMENT}
+    | {
         "train.seed",
-        "train.device",
         "train.amp",
         "train.channels_last",
         "train.compile",
-        "train.progress",
         "train.checkpoint_every",
         "train.log",
         "train.eval_epochs",
         "train.loss_steps",
-        "data.data_dir",
-        "data.download",
-        "data.workers",
-        "data.eval_batch_size",
     }
 )
 

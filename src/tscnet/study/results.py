@@ -27,6 +27,7 @@ from ..analysis.stats import at_chance
 from ..errors import UserError
 from ..formats import check_format, stamped
 from ..jobs.run_folder import RunFolder
+from ..train.config import PLACEMENT
 from ..train.metrics import CHANCE_FRACTION, chance_error, last_test_error
 from ..train.preemption import inject_signal
 from ..train.run import CONFIG_FILE, diverged_message
@@ -38,15 +39,6 @@ CELL_FILE = "cell.json"
 RESULT_FILES = (RunFolder.CONFIG, RunFolder.METRICS, RunFolder.STEPS, RunFolder.CARD)  # a finished run's
 DIVERGED_FILES = (RunFolder.CONFIG, RunFolder.METRICS)  # a diverged run has no final profile or model card
 OPTIONAL_FILES = (RunFolder.PLATFORM, RunFolder.DIVERGED)  # copied when the run wrote them
-# Keys that place a run, not define it: a resumed or skipped cell may differ in these.
-PLACEMENT = {
-    ("data", "data_dir"),
-    ("data", "download"),
-    ("data", "workers"),
-    ("data", "eval_batch_size"),
-    ("train", "device"),
-    ("train", "progress"),
-}
 
 
 def read_cell_info(folder: Path) -> dict | None:
@@ -74,9 +66,15 @@ def diverged_reason(folder: Path) -> str | None:
     return info.get("diverged") if info else None
 
 
+# libyaml's parser where PyYAML was built with it: the same documents (built by the same SafeConstructor)
+# about 7x faster than the pure-Python one, which took 9 of a 1,000-cell report's 11 s besides its figures
+# and most of a rerun's check of the collected cells' recipes.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> dict:
-    """The YAML file at ``path``, parsed (``yaml.safe_load``)."""
-    return yaml.safe_load(Path(path).read_text())
+    """The YAML file at ``path``, parsed as ``yaml.safe_load`` parses it (with libyaml where available)."""
+    return yaml.load(Path(path).read_text(), Loader=_LOADER)
 
 
 def read_metrics_or_empty(folder: Path) -> list[dict]:

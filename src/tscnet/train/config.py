@@ -89,6 +89,20 @@ DEFAULTS: dict[str, Any] = {
 #: for one of them is the same recipe, not a change.
 RESOLVED_AT_RUN_TIME = frozenset({"model.num_classes", "model.in_chans"})
 
+#: Keys that place a run, not define it (where its data is, which device, how many loader workers,
+#: the evaluation batch, the progress bar): a study's cell and the run it collected may differ in
+#: them, and runs that differ only in them (and the seed) are seeds of one group in a report.
+PLACEMENT = frozenset(
+    {
+        ("data", "data_dir"),
+        ("data", "download"),
+        ("data", "workers"),
+        ("data", "eval_batch_size"),
+        ("train", "device"),
+        ("train", "progress"),
+    }
+)
+
 # Flags that also take a name: train.compile is false, true (inductor) or a torch.compile backend
 # such as "aot_eager".
 FLAG_OR_NAME = {"train.compile"}
