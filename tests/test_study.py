@@ -19,7 +19,8 @@ from tscnet.cli import main as cli
 from tscnet.commands.study import parse_grid_filter
 from tscnet.errors import UserError
 from tscnet.study import holm, load_spec, paired, plan_cells, welch
-from tscnet.study.plan import grid_tag
+from tscnet.study.plan import Layout, grid_tag
+from tscnet.study.results import cell_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +108,14 @@ def test_converged_plan_is_seed_major_with_ablation_sources_first():
     committed = {str(p.parent.relative_to(ROOT / "benchmarks/results/converged"))
                  for p in (ROOT / "benchmarks/results/converged").glob("*/*/seed*/cell.json")}
     assert committed == {str(c.rel) for c in cells}
+
+
+def test_a_null_grid_value_sets_the_key_to_null_not_the_recipes_value(tmp_path):
+    """The recipe trains on 6000 images; a grid value ``null`` means every image (the key's null)."""
+    spec = load_spec(_spec(tmp_path, "n", policies=["none"], seeds=[0], grid={"data.train_subset": [512, None]}))
+    layout = Layout(tmp_path / "results", tmp_path / "runs", tmp_path)
+    subsets = [cell_config(spec, cell, layout)["data"]["train_subset"] for cell in plan_cells(spec)]
+    assert subsets == [512, None]
 
 
 def test_grid_layout_per_model_grids_and_mapping_arms(tmp_path):

@@ -259,11 +259,11 @@ def cell_overrides(spec: StudySpec, cell: Cell, extra: tuple[str, ...] = ()) -> 
 
 def base_config(spec: StudySpec, cell: Cell, extra: tuple[str, ...] = ()) -> dict:
     """``cell``'s recipe with an ablation's steps left unresolved (for estimates and early checks)."""
-    from ..train.config import load_config, set_value
+    from ..train.config import load_config, put_value
 
     config = load_config(spec.recipe, cell_overrides(spec, cell, extra), validate=False)
     for key, value in cell.grid_values.items():
-        set_value(config, key, value)
+        put_value(config, key, value)
     config["model"].update(name=cell.model, steps=cell.arm.steps)
     config["train"].update(seed=cell.seed, progress=False)
     return config
@@ -323,13 +323,10 @@ def check_cell_data(
 
 def cell_config(spec: StudySpec, cell: Cell, layout: Layout, extra: tuple[str, ...] = ()) -> dict:
     """The resolved recipe of ``cell`` (what its run trains)."""
-    from ..train.config import load_config, set_value, validate_config
+    from ..train.config import validate_config
 
-    config = load_config(spec.recipe, cell_overrides(spec, cell, extra), validate=False)
-    for key, value in cell.grid_values.items():
-        set_value(config, key, value)
-    config["model"].update(name=cell.model, steps=step_spec(spec, cell, layout))
-    config["train"].update(seed=cell.seed, progress=False)
+    config = base_config(spec, cell, extra)
+    config["model"]["steps"] = step_spec(spec, cell, layout)
     return validate_config(config)
 
 

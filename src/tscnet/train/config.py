@@ -240,8 +240,13 @@ def apply_override(config: dict, item: str) -> None:
 def set_value(config: dict, key: str, value: Any) -> None:
     """Set ``section.key`` to ``value`` if ``value`` is not None (CLI flags that were given)."""
     if value is not None:
-        section, name = key.split(".")
-        _merge(config, {section: {name: value}})
+        put_value(config, key, value)
+
+
+def put_value(config: dict, key: str, value: Any) -> None:
+    """Set ``section.key`` to ``value``, None included (a study's grid value ``null`` means the key's null)."""
+    section, name = key.split(".")
+    _merge(config, {section: {name: value}})
 
 
 # ---------------------------------------------------------------------------------------------
