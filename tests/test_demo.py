@@ -127,3 +127,44 @@ def test_console_entry_point_lists_every_command():
     assert result.returncode == 0
     for command in ("demo", "train", "eval", "fold", "ode", "stability", "report"):
         assert command in result.stdout
+
+
+def test_the_vit_demo_trains_a_deep_vit_with_the_study_recipe(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--contrast", "vit", "--out", str(out), "--epochs", "1", "--train-subset", "128",
+                 "--test-subset", "256", "--no-progress", "--policies", "none", "layerscale:1e-6", "--jobs", "1"]) == 0
+    config = yaml.safe_load((out / "mini_vit_d24-layerscale1e-6" / "config.yaml").read_text())
+    assert (config["model"]["name"], config["optim"]["name"], config["optim"]["lr"]) == ("mini_vit_d24", "adamw", 0.004)
+    assert config["sched"]["warmup_epochs"] == 0 and config["model"]["steps"] == "layerscale:1e-6"
+    assert CONTRASTS["vit"].findings in capsys.readouterr().out
+
+
+def test_the_vit_demo_quotes_the_committed_vit_study():
+    """Every number the ViT demo prints about the full study is the committed report's, to 2 decimals:
+    errors at one lr, each arm's best lr and its error, and the best lr at the shallowest and deepest model."""
+    contrast = CONTRASTS["vit"]
+    summary = json.loads((Path(__file__).parents[1] / "benchmarks/results" / contrast.study / "summary.json").read_text())
+    text = contrast.findings.replace("\n    ", " ")
+    quoted = r"([\w:.=-]+) (\d+\.\d\d)(?: ± (\d+\.\d\d))?"
+
+    def same(point, mean, std):
+        return (mean, std or None) == (f"{point['mean']:.2f}", None if point["std"] is None else f"{point['std']:.2f}")
+
+    checked = 0
+    for model, value, n, rest in re.findall(r"(mini_vit_d\d+) lr ([\d.]+), (\d+) seeds?: (.*)", text):
+        arms = summary["models"][model]["sweep"]["arms"]
+        for policy, mean, std in re.findall(quoted, rest):
+            point = next(p for p in arms[policy]["points"] if p["value"] == float(value))
+            assert point["n"] == int(n) and same(point, mean, std), (model, value, policy)
+            checked += 1
+    for model, rest in re.findall(r"(mini_vit_d\d+), each arm at its own best lr: (.*)", text):
+        arms = summary["models"][model]["sweep"]["arms"]
+        for policy, mean, std, value in re.findall(quoted + r" at (\d+\.\d+)", rest):
+            assert arms[policy]["best_value"] == float(value) and same(arms[policy]["best"], mean, std), policy
+            checked += 1
+    transfer = summary["transfer"]["arms"]
+    for policy, shallow, deep in re.findall(r"([\w:.=-]+) (\d+\.\d+) -> (\d+\.\d+)", text):
+        assert transfer[policy]["best_values"][0] == float(shallow) and transfer[policy]["best_values"][-1] == float(deep)
+        checked += 1
+    assert checked >= 12
+    assert contrast.model in summary["models"] and "optim.lr=0.004" in contrast.overrides

@@ -2,7 +2,8 @@
 
 Each contrast (:data:`CONTRASTS`) is one cell of a committed study, re-run for seed 0 with the
 study's recipe: ``stability`` (the default) is the norm-free ResNet-20 at lr 0.1 without warm-up
-from ``stability_normfree``, ``converged`` the BN ResNet-20 of the converged study. On a CPU the
+from ``stability_normfree``, ``converged`` the BN ResNet-20 of the converged study, ``vit`` the
+24-block ViT at AdamW lr 4e-3 without warm-up from ``vit_depth``. On a CPU the
 policies train at once, one process each with the cores shared out (two one-thread processes beat
 one two-thread process on CIFAR-size models); on a GPU, in turn. A policy that diverges is a result
 (it counts at chance error), not a failure of the demo. Each contrast's
@@ -23,6 +24,7 @@ class Contrast:
     """A demo: the recipe and overrides of a study cell, the policies it compares, what the study found."""
 
     recipe: str
+    model: str
     overrides: tuple[str, ...]
     policies: tuple[str, ...]
     about: str  # one line: what the demo trains
@@ -51,10 +53,21 @@ mean ± std, Welch 95 % CI of the difference):
   At convergence the controller ties vanilla; only too small a total time (depth:1, T = 1) hurts.
 Full results: {RESULTS_URL}#verdict-so-far-the-converged-study"""
 
+VIT_FINDINGS = f"""\
+What the full study found (timm ViTs of width 64 and 6-24 blocks, Fashion-MNIST, 400 AdamW steps
+without warm-up, lr 0.00025-0.008; final test error %, mean ± std over seeds 0-2):
+  mini_vit_d24 lr 0.004, 1 seed: none 53.43, tsc 46.60, layerscale-1e-6 27.25, layerscale 28.58,
+    depth:0.5 31.08, tsc-small 30.59, tsc-norm 33.16.
+  mini_vit_d24, each arm at its own best lr: layerscale-1e-6 27.25 at 0.004, tsc-small 30.41 at 0.002,
+    none 39.60 ± 0.68 at 0.0005, tsc 39.14 ± 1.64 at 0.0005.
+  Best lr from 6 to 24 blocks: none 0.002 -> 0.0005, tsc 0.002 -> 0.0005, layerscale-1e-6 0.004 -> 0.004.
+Full results: {RESULTS_URL}#verdict-the-deep-vit-study"""
+
 CONTRASTS: dict[str, Contrast] = {
     # Evaluated once, at the end: train.eval_epochs changes no trained weight (tests/test_run_records.py).
     "stability": Contrast(
         "fashion_mnist_nowarmup",
+        "cifar_resnet20",
         ("model.norm=none", "optim.lr=0.1", "train.eval_epochs=[-1]"),
         ("none", "tsc", "depth:0.5"),
         "norm-free ResNet-20 at lr 0.1 without warm-up: vanilla, TSC (from dt = 1) and dt = 1/sqrt(D)",
@@ -63,18 +76,28 @@ CONTRASTS: dict[str, Contrast] = {
     ),
     "converged": Contrast(
         "fashion_mnist_demo",
+        "cifar_resnet20",
         (),
         ("none", "tsc", "depth:1"),
         "BN ResNet-20 with warm-up: vanilla, TSC and dt = 1/D",
         CONVERGED_FINDINGS,
         "converged",
     ),
+    "vit": Contrast(
+        "fashion_mnist_vit",
+        "mini_vit_d24",
+        ("optim.lr=0.004", "train.eval_epochs=[-1]"),
+        ("none", "layerscale:1e-6", "tsc"),
+        "24-block ViT at AdamW lr 4e-3 without warm-up: no branch scale, DeiT III's LayerScale 1e-6 and TSC",
+        VIT_FINDINGS,
+        "vit_depth",
+    ),
 }
 
 NAME = "demo"
 HELP = (
-    "train step policies side by side on Fashion-MNIST where the stability study found a contrast "
-    "(about 2 minutes on 2 idle cores)"
+    "train step policies side by side on Fashion-MNIST where a study found a contrast "
+    "(about 2-3 minutes on 2 idle cores)"
 )
 
 
@@ -89,8 +112,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", nargs="+", help="step policies to compare (default: the contrast's)")
     parser.add_argument(
         "--model",
-        default="cifar_resnet20",
-        help="model every policy trains (default: cifar_resnet20; see tscnet list models)",
+        help="model every policy trains (default: the contrast's, cifar_resnet20 or mini_vit_d24; "
+        "see tscnet list models)",
     )
     parser.add_argument("--epochs", type=int, help="epochs per policy (default: the contrast's recipe)")
     parser.add_argument(
@@ -156,12 +179,13 @@ def run(args: argparse.Namespace) -> int:
     from .common import check_out_folder
 
     contrast = CONTRASTS[args.contrast]
+    model = args.model or contrast.model
     configs = []
     for policy in args.policies or contrast.policies:  # every config checked before any training
         parse_policy(policy)
         config = load_config(contrast.recipe, [*contrast.overrides, *args.set], validate=False)
         for key, value in (
-            ("model.name", args.model),
+            ("model.name", model),
             ("model.steps", policy),
             ("train.epochs", args.epochs),
             ("data.train_subset", args.train_subset),
@@ -187,10 +211,10 @@ def run(args: argparse.Namespace) -> int:
     )
     out = check_out_folder(fresh_folder(Path(args.out)))  # a file where a parent folder goes is refused
     print(f"tscnet demo ({args.contrast}): {contrast.about}")
-    runs = [out / f"{args.model}-{str(policy).replace(':', '')}" for policy, _ in configs]
+    runs = [out / f"{model}-{str(policy).replace(':', '')}" for policy, _ in configs]
     for (policy, config), run_dir in zip(configs, runs):
         print(
-            f"== {args.model} with steps={policy}: {config['train']['epochs']} epochs on "
+            f"== {model} with steps={policy}: {config['train']['epochs']} epochs on "
             f"{config['data']['train_subset'] or 'all'} {info.name} images at lr {config['optim']['lr']} "
             f"-> {run_dir}"
         )
