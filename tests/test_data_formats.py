@@ -271,6 +271,25 @@ def test_imagefolder_real_jpgs(tmp_path):
     assert (alone_info.num_classes, alone_info.num_test, alone_info.image_size) == (len(classes), 20, 224)
 
 
+def test_a_folder_loader_without_workers_resumes_mid_epoch_exactly(tmp_path):
+    """With ``data.workers=0`` the crops run in the trainer's process. They draw from the loader's own
+    ``(seed, epoch)`` stream, not the global RNG: the batches after a resume point are the unbroken
+    epoch's whatever the global RNG holds then, and the trainer's RNG (dropout, DropPath) is not moved."""
+    _imagefolder(tmp_path)
+    loaders = lambda: create_loaders("imagefolder", tmp_path, batch_size=4, workers=0, image_size=32)[0]
+    train = loaders()
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    unbroken, next_epoch = list(train), list(train)
+    assert torch.equal(torch.get_rng_state(), state)  # the crops took nothing from the global RNG
+    assert not torch.equal(torch.cat([x for x, _ in unbroken]), torch.cat([x for x, _ in next_epoch]))
+    resumed = loaders()
+    torch.manual_seed(123)  # where a resumed trainer's global RNG is: not where the unbroken one's was
+    resumed.set_epoch(0, start_batch=2)
+    pairs = list(zip(unbroken[2:], resumed, strict=True))
+    assert len(pairs) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+
+
 def test_check_data_reads_both_splits_as_a_run_does(tmp_path):
     """What a study or the demo checks once before starting runs: the run's info, or its one-line error."""
     files = _imagefolder(tmp_path)

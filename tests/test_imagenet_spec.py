@@ -143,9 +143,8 @@ def test_the_spec_runs_through_slurm_with_two_processes_and_a_requeue(tmp_path):
     spec = tmp_path / f"{SPEC}.yaml"
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     # One loader worker per process, as on a cluster (the recipes have 8): its augmentation is seeded
-    # from (seed, epoch), so a resumed epoch crops as the unbroken one did. With data.workers=0 the
-    # crops draw from the trainer's global RNG, which re-reading the batches a resume skips advances:
-    # a run of an image folder resumed mid-epoch is then not bit-exact.
+    # from (seed, epoch), so a resumed epoch crops as the unbroken one did (data.workers=0 too:
+    # tests/test_data_formats.py).
     tiny = [f"data.data_dir={folder}", "data.image_size=32", "data.batch_size=4", "data.eval_batch_size=4",
             "data.workers=1", "train.epochs=2", "train.checkpoint_every=1", "train.device=cpu"]
     results, runs = tmp_path / "results", tmp_path / "runs"

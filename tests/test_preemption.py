@@ -14,6 +14,7 @@ import torch
 from tscnet.cli import main
 from tscnet.train import read_metrics
 
+from conftest import sample_dir
 from run_utils import assert_same_run, tmpfs
 
 pytestmark = pytest.mark.slow  # real signals to training processes: minutes
@@ -95,6 +96,26 @@ def test_a_study_recipe_with_keys_left_to_the_data_resumes(point, where, straigh
     changed.write_text(recipe.read_text().replace("num_classes: null", "num_classes: 7"))
     assert main(["train", "--config", str(changed), "--out", str(out), "--resume"]) == 2
     assert "model.num_classes (saved 10, given 7)" in capsys.readouterr().err
+
+
+def test_an_image_folder_run_without_loader_workers_resumes_exactly(tmp_path, monkeypatch, capsys, one_thread):
+    """``data.workers=0``: the crops run in the trainer, and the batches a resume re-reads to reach its
+    step must not move the trainer's RNG (they did: the resumed weights differed)."""
+    for split in ("train", "val"):  # the 20 real ImageNet sample photos, one class per label
+        for photo in sorted(sample_dir().glob("imagenet_*.jpg")):
+            folder = tmp_path / "data" / split / photo.stem.split("_")[-1]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / photo.name).symlink_to(photo)
+    args = ["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "data"), "--model", "cifar_resnet8",
+            "--steps", "tsc", "--no-progress", "--epochs", "2", "--batch-size", "4", "--set", "data.workers=0",
+            "--set", "data.image_size=32", "--set", "train.device=cpu"]
+    assert main(args + ["--out", str(tmp_path / "straight")]) == 0
+    monkeypatch.setenv("TSCNET_TEST_SIGNAL", "step@2")
+    assert main(args + ["--out", str(tmp_path / "run")]) == 2
+    assert "stopped by SIGTERM during epoch 1" in capsys.readouterr().err
+    monkeypatch.delenv("TSCNET_TEST_SIGNAL")
+    assert main(args + ["--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert_same_run(tmp_path / "straight", tmp_path / "run")
 
 
 def test_external_sigterm_and_sigint_mid_epoch(straight, tmp_path):

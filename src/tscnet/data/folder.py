@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import cast
 
@@ -86,7 +86,22 @@ class EpochDataLoader(DataLoader):
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(self.epoch)
         # Skipped batches are still read (workers' augmentation streams stay as in an unbroken epoch).
-        return itertools.islice(super().__iter__(), start, None)
+        batches = itertools.islice(super().__iter__(), start, None)
+        return batches if self.num_workers > 0 else self._own_rng(batches)
+
+    def _own_rng(self, batches: Iterator) -> Iterator:
+        """Without workers the transforms run in this process: they draw from the loader's own
+        ``(seed, epoch)`` stream, as a worker's would, instead of the global RNG. Otherwise re-reading
+        the batches a resume skips would advance the trainer's RNG and the crops would depend on it."""
+        state = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream=1)).get_state()
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                batch = next(batches, None)
+                state = torch.get_rng_state()
+            if batch is None:
+                return
+            yield batch
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -22,9 +22,11 @@ __all__ = ["BatchLoader", "TensorLoader", "epoch_seed", "epoch_generator", "crop
 Device = str | torch.device
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """One 64-bit seed for ``(seed, epoch)``; SeedSequence mixes the pair so nearby pairs don't collide."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """One 64-bit seed for ``(seed, epoch)``; SeedSequence mixes the pair so nearby pairs don't collide.
+    ``stream`` > 0 gives independent seeds for other uses of the same epoch (0: the shuffle's)."""
+    entropy = [seed, epoch, stream] if stream else [seed, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
