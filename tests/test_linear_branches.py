@@ -42,6 +42,12 @@ FAMILIES = {
     "timm_swin": lambda: timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4,
                                            embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=10,
                                            drop_path_rate=0.0),  # its default 0.1 would make runs differ
+    "timm_pvt_v2": lambda: timm.create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1)),  # spatial-reduction attention
+    "timm_twins": lambda: timm.create_model("twins_svt_small", num_classes=10, embed_dims=(16, 32, 64, 128),
+                                            depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), wss=(2, 2, 2, 2),
+                                            mlp_ratios=(2, 2, 2, 2)),  # locally grouped and sub-sampled attention
+    "timm_convit": lambda: timm.create_model("convit_tiny", num_classes=10, img_size=32, patch_size=8, depth=2,
+                                             local_up_to_layer=1, embed_dim=32, num_heads=2),  # GPSA, then MHSA
     "tv_vit": lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                            hidden_dim=32, mlp_dim=64, num_classes=10),
     "tv_convnext": lambda: torchvision.models.ConvNeXt(
@@ -51,6 +57,7 @@ FAMILIES = {
 # Residual updates D of each: two per transformer block (CaiT: 2 + 2 class-attention blocks), one per ConvNeXt block.
 DEPTHS = {"timm_vit": 6, "timm_vit_layerscale": 6, "timm_cait": 8, "timm_convnext": 12, "timm_convnextv2": 12,
           "timm_convnext_conv_mlp": 12, "timm_vit_relpos": 4, "timm_beit": 4, "timm_eva": 4, "timm_swin": 8,
+          "timm_pvt_v2": 8, "timm_twins": 8, "timm_convit": 4,
           "tv_vit": 4, "tv_convnext": 4}
 QUICK = {"timm_vit_layerscale", "tv_vit", "tv_convnext", "timm_convnextv2"}
 
@@ -209,7 +216,7 @@ def test_controller_op_count_is_independent_of_depth(policy, sums_per_branch, on
 @pytest.mark.slow
 @pytest.mark.parametrize("family, policy", [("timm_vit_layerscale", "tsc"), ("tv_vit", "tsc:summary=l2_sn"),
                                             ("timm_convnext", "channel"), ("tv_convnext", "tsc"), ("timm_swin", "tsc"),
-                                            ("timm_eva", "channel")])
+                                            ("timm_eva", "channel"), ("timm_twins", "tsc")])
 def test_stepped_models_compile_without_graph_breaks_or_recompiles(family, policy, images, one_thread):
     model = tscnet.attach_steps(_build(family).train(), policy)
     labels = torch.arange(len(images)) % 10

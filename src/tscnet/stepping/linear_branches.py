@@ -16,11 +16,12 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
 The blocks: timm's ViT ``Block`` and ``RelPosBlock``, CaiT's two block kinds, BEiT's ``Block``,
-``EvaBlock``, ``SwinTransformerBlock`` and ``ConvNeXtBlock``; torchvision's ``EncoderBlock`` and
-``CNBlock``. Blocks with other residual structure (post-norm ``ResPostBlock`` and Swin V2, parallel
-blocks, torchvision's Swin, whose attention applies ``proj``'s weights without calling it and
-whose two branches share one stochastic-depth module, ...) have no adapter and are refused by name. None of these blocks has a stability bound (``no_bound``): each
-branch holds attention or a LayerNorm.
+``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s and
+``ConvNeXtBlock``; torchvision's ``EncoderBlock`` and ``CNBlock``. Blocks with other residual
+structure (post-norm ``ResPostBlock`` and Swin V2, parallel blocks, torchvision's Swin, whose
+attention applies ``proj``'s weights without calling it and whose two branches share one
+stochastic-depth module, ...) have no adapter and are refused by name. None of these blocks has a
+stability bound (``no_bound``): each branch holds attention or a LayerNorm.
 """
 
 from __future__ import annotations
@@ -136,11 +137,23 @@ def _timm_beit_block(block: nn.Module) -> list[Branch]:
     ]
 
 
-@register_block("timm.models.swin_transformer.SwinTransformerBlock", no_bound=_ATTENTION)
-def _timm_swin_block(block: nn.Module) -> list[Branch]:
-    # x + drop_path(_attn(norm1 x)), _attn = shift, window partition, attn (ending in attn.proj),
-    # window merge, crop, unshift: moves and crops tokens only, so Δt on proj's rows is Δt on the
-    # branch's output. Swin V2's blocks normalise after the branch (res-post-norm): not this class.
+@register_block(
+    "timm.models.swin_transformer.SwinTransformerBlock",
+    "timm.models.pvt_v2.Block",
+    "timm.models.twins.Block",
+    "timm.models.convit.Block",
+    no_bound=_ATTENTION,
+)
+def _timm_pre_norm_block(block: nn.Module) -> list[Branch]:
+    # x + drop_path(attn(norm1 x)) and x + drop_path(mlp(norm2 x)), no branch scale; both branches
+    # end in a Linear followed by dropout only (attn.proj, mlp.fc2). Swin V1's attention branch
+    # shifts, partitions into windows, merges, crops and unshifts around attn: it moves and crops
+    # tokens only, so Δt on proj's rows is Δt on the branch's output (Swin V2 normalises after the
+    # branch: not this class). PVT v2's and Twins' attention sub-sample keys and values; ConViT's
+    # is gated positional (GPSA) or plain (MHSA).
+    missing = _has(block, "attn.proj", "mlp.fc2")
+    if missing:
+        return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
     return [_linear_branch(block, "attn.proj", None, ("attn",)), _linear_branch(block, "mlp.fc2", None, ("mlp",))]
 
 
