@@ -48,6 +48,10 @@ FAMILIES = {
                                             mlp_ratios=(2, 2, 2, 2)),  # locally grouped and sub-sampled attention
     "timm_convit": lambda: timm.create_model("convit_tiny", num_classes=10, img_size=32, patch_size=8, depth=2,
                                              local_up_to_layer=1, embed_dim=32, num_heads=2),  # GPSA, then MHSA
+    "timm_focalnet": lambda: timm.models.focalnet.FocalNet(num_classes=10, embed_dim=16, depths=(1, 1, 1, 1),
+                                                           layerscale_value=0.1),  # NCHW, 1x1-conv branch ends
+    "timm_inception_next": lambda: timm.models.inception_next.MetaNeXt(num_classes=10, depths=(1, 1, 2, 1),
+                                                                       dims=(16, 32, 64, 128)),  # BN, one branch
     "tv_vit": lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                            hidden_dim=32, mlp_dim=64, num_classes=10),
     "tv_convnext": lambda: torchvision.models.ConvNeXt(
@@ -57,7 +61,7 @@ FAMILIES = {
 # Residual updates D of each: two per transformer block (CaiT: 2 + 2 class-attention blocks), one per ConvNeXt block.
 DEPTHS = {"timm_vit": 6, "timm_vit_layerscale": 6, "timm_cait": 8, "timm_convnext": 12, "timm_convnextv2": 12,
           "timm_convnext_conv_mlp": 12, "timm_vit_relpos": 4, "timm_beit": 4, "timm_eva": 4, "timm_swin": 8,
-          "timm_pvt_v2": 8, "timm_twins": 8, "timm_convit": 4,
+          "timm_pvt_v2": 8, "timm_twins": 8, "timm_convit": 4, "timm_focalnet": 8, "timm_inception_next": 5,
           "tv_vit": 4, "tv_convnext": 4}
 QUICK = {"timm_vit_layerscale", "tv_vit", "tv_convnext", "timm_convnextv2"}
 
@@ -191,6 +195,8 @@ def test_a_transformer_block_counts_two_residual_updates_in_the_depth_rules():
     (lambda: timm.create_model("swinv2_tiny_window8_256", img_size=32, patch_size=4, window_size=4, embed_dim=32,
                                depths=(2, 2), num_heads=(2, 4)), "SwinTransformerV2Block"),  # res-post-norm
     (lambda: torchvision.models.swin_t(), "torchvision.models.swin_transformer.SwinTransformerBlock"),
+    (lambda: timm.models.focalnet.FocalNet(embed_dim=16, depths=(1, 1, 1, 1), use_post_norm=True),
+     "FocalNetBlock: it normalises after each branch"),
 ])
 def test_blocks_that_cannot_be_stepped_exactly_are_refused_by_name(build, block):
     with pytest.raises(TypeError, match=block):
@@ -255,7 +261,8 @@ def test_the_depth_mup_learning_rate():
 def test_the_stability_bound_says_why_it_does_not_apply():
     from tscnet.analysis.lipschitz import block_ops
 
-    for family in ("timm_vit", "tv_convnext"):
+    for family, why in (("timm_vit", "no global Lipschitz constant"), ("tv_convnext", "no global Lipschitz constant"),
+                        ("timm_focalnet", "focal modulation multiplies"), ("timm_inception_next", "inception token mixer")):
         block = find_branches(_build(family))[0].block
-        with pytest.raises(ValueError, match="no global Lipschitz constant"):
+        with pytest.raises(ValueError, match=why):
             block_ops(block)

@@ -16,8 +16,9 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
 The blocks: timm's ViT ``Block`` and ``RelPosBlock``, CaiT's two block kinds, BEiT's ``Block``,
-``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s and
-``ConvNeXtBlock``; torchvision's ``EncoderBlock`` and ``CNBlock``. Blocks with other residual
+``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s,
+``FocalNetBlock``, InceptionNeXt's ``MetaNeXtBlock`` and ``ConvNeXtBlock``; torchvision's
+``EncoderBlock`` and ``CNBlock``. Blocks with other residual
 structure (post-norm ``ResPostBlock`` and Swin V2, parallel blocks, torchvision's Swin, whose
 attention applies ``proj``'s weights without calling it and whose two branches share one
 stochastic-depth module, ...) have no adapter and are refused by name. None of these blocks has a
@@ -37,6 +38,11 @@ _ATTENTION = (
     "Kim et al. 2021) and LayerNorm divides by a data-dependent scale"
 )
 _LAYER_NORM = "LayerNorm divides by a data-dependent scale, so the branch has no global Lipschitz constant"
+_MODULATION = (
+    "focal modulation multiplies two functions of the input (q ⊙ h(context)), so the branch has no "
+    "global Lipschitz constant, and LayerNorm divides by a data-dependent scale"
+)
+_INCEPTION = "tscnet's bound covers conv-BN-ReLU branches; this one holds an inception token mixer and a GELU MLP"
 
 
 def _weights_under(block: nn.Module, *roots: str) -> tuple[str, ...]:
@@ -155,6 +161,30 @@ def _timm_pre_norm_block(block: nn.Module) -> list[Branch]:
     if missing:
         return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
     return [_linear_branch(block, "attn.proj", None, ("attn",)), _linear_branch(block, "mlp.fc2", None, ("mlp",))]
+
+
+@register_block("timm.models.focalnet.FocalNetBlock", no_bound=_MODULATION)
+def _timm_focalnet_block(block: nn.Module) -> list[Branch]:
+    # x + drop_path(ls1(modulation(norm1 x))) and x + drop_path(ls2(mlp(norm2 x))) in NCHW: the
+    # modulation ends in proj and the MLP in fc2 (1×1 convs), ls1/ls2 LayerScale2d or Identity.
+    # use_post_norm puts a norm after each branch (norm1_post): Δt would be normalised away.
+    if not isinstance(block.norm1_post, nn.Identity):
+        return [_refuse(block, "it normalises after each branch (use_post_norm), which would undo Δt")]
+    branches = []
+    for ls, last, root in (("ls1", "modulation.proj", "modulation"), ("ls2", "mlp.fc2", "mlp")):
+        scale, refusal = _layer_scale(block, ls)
+        branches.append(_refuse(block, refusal) if refusal else _linear_branch(block, last, scale, (root,)))
+    return branches
+
+
+@register_block("timm.models.inception_next.MetaNeXtBlock", no_bound=_INCEPTION)
+def _timm_metanext_block(block: nn.Module) -> Branch:
+    # InceptionNeXt: x + drop_path(gamma ⊙ mlp(norm(token_mixer x))), mlp a ConvMlp ending in fc2 (1×1 conv).
+    missing = _has(block, "mlp.fc2")
+    if missing:
+        return _refuse(block, f"it has no {missing} (the layer that ends the branch)")
+    scale = "gamma" if getattr(block, "gamma", None) is not None else None
+    return _linear_branch(block, "mlp.fc2", scale, ("token_mixer", "mlp"))
 
 
 @register_block("timm.models.convnext.ConvNeXtBlock", no_bound=_LAYER_NORM)
