@@ -54,8 +54,9 @@ mean ± std, Welch 95 % CI of the difference):
 Full results: {RESULTS_URL}#verdict-so-far-the-converged-study"""
 
 VIT_FINDINGS = f"""\
-What the full study found (timm ViTs of width 64 and 6-24 blocks, Fashion-MNIST, 400 AdamW steps
-without warm-up, lr 0.00025-0.008; final test error %, mean ± std over seeds 0-2):
+What the study has found so far (timm ViTs of width 64 and 6-24 blocks, Fashion-MNIST, 400 AdamW
+steps without warm-up, lr 0.00025-0.008; final test error %, mean ± std over the seeds committed
+so far; seeds 0-2 are planned and the study is still running):
   mini_vit_d24 lr 0.004, 1 seed: none 53.43, tsc 46.60, layerscale-1e-6 27.25, layerscale 28.58,
     depth:0.5 31.08, tsc-small 30.59, tsc-norm 33.16.
   mini_vit_d24, each arm at its own best lr: layerscale-1e-6 27.25 at 0.004, tsc-small 30.41 at 0.002,
