@@ -62,7 +62,7 @@ so far; seeds 0-2 are planned and the study is still running):
   mini_vit_d24, each arm at its own best lr: layerscale-1e-6 27.25 at 0.004, tsc-small 30.41 at 0.002,
     none 39.60 ± 0.68 at 0.0005, tsc 39.14 ± 1.64 at 0.0005.
   Best lr from 6 to 24 blocks: none 0.002 -> 0.0005, tsc 0.002 -> 0.0005, layerscale-1e-6 0.004 -> 0.004.
-Full results: {RESULTS_URL}#verdict-the-deep-vit-study"""
+Results so far: https://github.com/tscnet/tscnet/blob/main/benchmarks/results/vit_depth/report.md"""
 
 CONTRASTS: dict[str, Contrast] = {
     # Evaluated once, at the end: train.eval_epochs changes no trained weight (tests/test_run_records.py).
