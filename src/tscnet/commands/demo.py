@@ -53,7 +53,7 @@ mean ± std, Welch 95 % CI of the difference):
   At convergence the controller ties vanilla; only too small a total time (depth:1, T = 1) hurts.
 Full results: {RESULTS_URL}#verdict-so-far-the-converged-study"""
 
-VIT_FINDINGS = f"""\
+VIT_FINDINGS = """\
 What the study has found so far (timm ViTs of width 64 and 6-24 blocks, Fashion-MNIST, 400 AdamW
 steps without warm-up, lr 0.00025-0.008; final test error %, mean ± std over the seeds committed
 so far; seeds 0-2 are planned and the study is still running):
