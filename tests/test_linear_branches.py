@@ -52,6 +52,9 @@ FAMILIES = {
                                                            layerscale_value=0.1),  # NCHW, 1x1-conv branch ends
     "timm_inception_next": lambda: timm.models.inception_next.MetaNeXt(num_classes=10, depths=(1, 1, 2, 1),
                                                                        dims=(16, 32, 64, 128)),  # BN, one branch
+    "timm_samvit": lambda: timm.models.vision_transformer_sam.VisionTransformerSAM(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,),
+        use_rel_pos=True, num_classes=10, init_values=0.1),  # windowed, then global attention
     "tv_vit": lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                            hidden_dim=32, mlp_dim=64, num_classes=10),
     "tv_convnext": lambda: torchvision.models.ConvNeXt(
@@ -61,7 +64,7 @@ FAMILIES = {
 # Residual updates D of each: two per transformer block (CaiT: 2 + 2 class-attention blocks), one per ConvNeXt block.
 DEPTHS = {"timm_vit": 6, "timm_vit_layerscale": 6, "timm_cait": 8, "timm_convnext": 12, "timm_convnextv2": 12,
           "timm_convnext_conv_mlp": 12, "timm_vit_relpos": 4, "timm_beit": 4, "timm_eva": 4, "timm_swin": 8,
-          "timm_pvt_v2": 8, "timm_twins": 8, "timm_convit": 4, "timm_focalnet": 8, "timm_inception_next": 5,
+          "timm_pvt_v2": 8, "timm_twins": 8, "timm_convit": 4, "timm_focalnet": 8, "timm_inception_next": 5, "timm_samvit": 4,
           "tv_vit": 4, "tv_convnext": 4}
 QUICK = {"timm_vit_layerscale", "tv_vit", "tv_convnext", "timm_convnextv2"}
 

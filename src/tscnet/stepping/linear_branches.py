@@ -15,7 +15,7 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
 * **the controller** reads the L2 norm of each output row of the last Linear (the analogue of
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
-The blocks: timm's ViT ``Block`` and ``RelPosBlock``, CaiT's two block kinds, BEiT's ``Block``,
+The blocks: timm's ViT ``Block``, ``RelPosBlock`` and SAM's ``Block``, CaiT's two block kinds, BEiT's ``Block``,
 ``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s,
 ``FocalNetBlock``, InceptionNeXt's ``MetaNeXtBlock`` and ``ConvNeXtBlock``; torchvision's
 ``EncoderBlock`` and ``CNBlock``. Blocks with other residual
@@ -110,9 +110,15 @@ def _has(block: nn.Module, *paths: str) -> str | None:
 
 
 @register_block(
-    "timm.models.vision_transformer.Block", "timm.models.vision_transformer_relpos.RelPosBlock", no_bound=_ATTENTION
+    "timm.models.vision_transformer.Block",
+    "timm.models.vision_transformer_relpos.RelPosBlock",
+    "timm.models.vision_transformer_sam.Block",
+    no_bound=_ATTENTION,
 )
 def _timm_vit_block(block: nn.Module) -> list[Branch]:
+    # x + drop_path(ls1(attn(norm1 x))) and x + drop_path(ls2(mlp(norm2 x))). SAM's windowed
+    # blocks partition the tokens into windows around attn and merge and crop them after: tokens
+    # move, channels do not, so Δt on attn.proj's rows is still Δt on the branch's output.
     missing = _has(block, "attn.proj", "mlp.fc2")
     if missing:
         return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
