@@ -49,7 +49,7 @@ FAMILIES = {
     "timm_convit": lambda: timm.create_model("convit_tiny", num_classes=10, img_size=32, patch_size=8, depth=2,
                                              local_up_to_layer=1, embed_dim=32, num_heads=2),  # GPSA, then MHSA
     "timm_focalnet": lambda: timm.models.focalnet.FocalNet(num_classes=10, embed_dim=16, depths=(1, 1, 1, 1),
-                                                           layerscale_value=0.1),  # NCHW, 1x1-conv branch ends
+                                                           layerscale_value=0.1, drop_path_rate=0.0),  # NCHW, 1x1 convs
     "timm_inception_next": lambda: timm.models.inception_next.MetaNeXt(num_classes=10, depths=(1, 1, 2, 1),
                                                                        dims=(16, 32, 64, 128)),  # BN, one branch
     "timm_samvit": lambda: timm.models.vision_transformer_sam.VisionTransformerSAM(
@@ -225,7 +225,8 @@ def test_controller_op_count_is_independent_of_depth(policy, sums_per_branch, on
 @pytest.mark.slow
 @pytest.mark.parametrize("family, policy", [("timm_vit_layerscale", "tsc"), ("tv_vit", "tsc:summary=l2_sn"),
                                             ("timm_convnext", "channel"), ("tv_convnext", "tsc"), ("timm_swin", "tsc"),
-                                            ("timm_eva", "channel"), ("timm_twins", "tsc")])
+                                            ("timm_eva", "channel"), ("timm_twins", "tsc"),
+                                            ("timm_focalnet", "tsc"), ("timm_samvit", "layerscale")])
 def test_stepped_models_compile_without_graph_breaks_or_recompiles(family, policy, images, one_thread):
     model = tscnet.attach_steps(_build(family).train(), policy)
     labels = torch.arange(len(images)) % 10
