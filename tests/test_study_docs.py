@@ -50,6 +50,9 @@ def test_results_page_of_the_converged_study_is_the_reports(model):
     ("stability_normfree", "cifar_resnet56", "Norm-free ResNet-56, complete", 10),
     ("stability_bn", "cifar_resnet56", "BN ResNet-56, final-epoch test error %", 8),
     ("stability_bn", "cifar_resnet110", "BN ResNet-110, final-epoch test error %", 8),
+    ("vit_depth", "mini_vit_d6", "ViT of 6 blocks (`mini_vit_d6`, D = 12), final-epoch test error %", 10),
+    ("vit_depth", "mini_vit_d12", "ViT of 12 blocks (`mini_vit_d12`, D = 24), final-epoch test error %", 10),
+    ("vit_depth", "mini_vit_d24", "ViT of 24 blocks (`mini_vit_d24`, D = 48), final-epoch test error %", 10),
 ])
 def test_benchmarks_tables_of_the_stability_study_are_the_reports(study, model, intro, arms):
     """Each policy × lr cell of BENCHMARKS' stability tables is the report's (the labels may differ:
@@ -62,6 +65,16 @@ def test_benchmarks_tables_of_the_stability_study_are_the_reports(study, model, 
     table = text[text.index(intro):].split("\n\n")[1]
     got = [line.split(" | ")[1:] for line in table.splitlines()[2:]]
     assert len(want) == arms and got == want
+
+
+def test_benchmarks_depth_transfer_table_and_run_count_are_the_vit_reports():
+    report = (ROOT / "benchmarks" / "results" / "vit_depth" / "report.md").read_text()
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    want = next(b for b in _section(report, "## Depth transfer").split("\n\n") if b.startswith("| policy |"))
+    got = text[text.index("Depth transfer (the best learning rate of each arm"):].split("\n\n")[1]
+    assert got.strip() == want.strip() and len(got.splitlines()) == 12
+    runs = report.splitlines()[0].removeprefix("# Study vit_depth: ").split()[0]
+    assert f"**{runs} of 540 runs** committed" in _section(text, "## Deep-ViT study")
 
 
 def _quoted(text: str) -> float:
