@@ -15,14 +15,14 @@ CaiT's ``gamma_1``/``gamma_2``, ConvNeXt's ``gamma``, torchvision's ``layer_scal
 * **the controller** reads the L2 norm of each output row of the last Linear (the analogue of
   the conv filter norms), and ``summary=l2_sn`` the spectral norms of the branch's Linears.
 
-The blocks: timm's ViT ``Block``, ``RelPosBlock`` and SAM's ``Block``, CaiT's two block kinds, BEiT's ``Block``,
-``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s,
+The blocks: timm's ViT ``Block``, ``RelPosBlock`` and SAM's ``Block``, CaiT's two block kinds,
+BEiT's ``Block``, ``EvaBlock``, ``SwinTransformerBlock``, the PVT v2, Twins and ConViT ``Block`` s,
 ``FocalNetBlock``, InceptionNeXt's ``MetaNeXtBlock`` and ``ConvNeXtBlock``; torchvision's
-``EncoderBlock`` and ``CNBlock``. Blocks with other residual
-structure (post-norm ``ResPostBlock`` and Swin V2, parallel blocks, torchvision's Swin, whose
-attention applies ``proj``'s weights without calling it and whose two branches share one
-stochastic-depth module, ...) have no adapter and are refused by name. None of these blocks has a
-stability bound (``no_bound``): each branch holds attention or a LayerNorm.
+``EncoderBlock`` and ``CNBlock``. Blocks with other residual structure (post-norm ``ResPostBlock``
+and Swin V2, parallel blocks, torchvision's Swin, whose attention applies ``proj``'s weights
+without calling it and whose two branches share one stochastic-depth module, ...) have no adapter
+and are refused by name. None of these blocks has a stability bound; ``no_bound`` says why for
+each (attention, LayerNorm, focal modulation, an inception token mixer).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _timm_focalnet_block(block: nn.Module) -> list[Branch]:
     # x + drop_path(ls1(modulation(norm1 x))) and x + drop_path(ls2(mlp(norm2 x))) in NCHW: the
     # modulation ends in proj and the MLP in fc2 (1×1 convs), ls1/ls2 LayerScale2d or Identity.
     # use_post_norm puts a norm after each branch (norm1_post): Δt would be normalised away.
-    if not isinstance(block.norm1_post, nn.Identity):
+    if not isinstance(getattr(block, "norm1_post", nn.Identity()), nn.Identity):
         return [_refuse(block, "it normalises after each branch (use_post_norm), which would undo Δt")]
     branches = []
     for ls, last, root in (("ls1", "modulation.proj", "modulation"), ("ls2", "mlp.fc2", "mlp")):
