@@ -131,6 +131,8 @@ def plot_transfer(transfer: dict, controller_arms: set[str], path: Path) -> Path
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(transfer["depths"], [str(d) for d in transfer["depths"]])
+    best = sorted({v for entry in transfer["arms"].values() for v in entry["best_values"]})
+    ax.set_yticks(best, [f"{v:g}" for v in best])  # the grid values some arm chose, not decades
     ax.minorticks_off()
     ax.set(
         xlabel="D (residual updates)",
