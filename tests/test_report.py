@@ -75,7 +75,7 @@ def test_a_diverged_run_counts_at_chance_and_is_named(runs, tmp_path):
     (stuck / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     row = build_runs_report([stuck], tmp_path / "report-stuck").summary[0]
     assert row["at_chance"] == [0] and row["diverged"] == {} and row["test_errors"] == [88.0]
-    assert "(at chance level: seed 0)" in (tmp_path / "report-stuck" / "report.md").read_text()
+    assert "(did not learn, at chance level: seed 0)" in (tmp_path / "report-stuck" / "report.md").read_text()
 
 
 def final_errors(run: Path) -> list[float]:

@@ -106,7 +106,7 @@ def format_summary(rows: Sequence[dict]) -> str:
         gone = "; ".join(f"seed {seed} at step {d['step']}" for seed, d in r.get("diverged", {}).items())
         gone = f" (diverged: {gone}; counted at chance)" if gone else ""
         if r.get("at_chance"):
-            gone += f" (at chance level: seed {', '.join(map(str, r['at_chance']))})"
+            gone += f" (did not learn, at chance level: seed {', '.join(map(str, r['at_chance']))})"
         lines.append(
             f"| {r['model']} | {r['policy']} | {'yes' if r['controller'] else 'no'} | {r['n_seeds']} "
             f"({', '.join(map(str, r['seeds']))}) | {', '.join(map(str, r['epochs']))} | "
