@@ -113,18 +113,25 @@ def _has(block: nn.Module, *paths: str) -> str | None:
     "timm.models.vision_transformer.Block",
     "timm.models.vision_transformer_relpos.RelPosBlock",
     "timm.models.vision_transformer_sam.Block",
+    "timm.models.swin_transformer.SwinTransformerBlock",
+    "timm.models.pvt_v2.Block",
+    "timm.models.twins.Block",
+    "timm.models.convit.Block",
     no_bound=_ATTENTION,
 )
-def _timm_vit_block(block: nn.Module) -> list[Branch]:
-    # x + drop_path(ls1(attn(norm1 x))) and x + drop_path(ls2(mlp(norm2 x))). SAM's windowed
-    # blocks partition the tokens into windows around attn and merge and crop them after: tokens
-    # move, channels do not, so Δt on attn.proj's rows is still Δt on the branch's output.
+def _timm_pre_norm_block(block: nn.Module) -> list[Branch]:
+    # x + drop_path(ls1(attn(norm1 x))) and x + drop_path(ls2(mlp(norm2 x))), ls_k timm's
+    # LayerScale, Identity, or absent (Swin, PVT v2, Twins, ConViT); both branches end in a Linear
+    # followed by dropout only (attn.proj, mlp.fc2). Windowed attention (SAM, Swin V1's shift,
+    # partition, merge, crop and unshift) moves and crops tokens only, so Δt on proj's rows is Δt
+    # on the branch's output; Swin V2 normalises after the branch and is not this class. PVT v2's
+    # and Twins' attention sub-sample keys and values; ConViT's is gated positional or plain.
     missing = _has(block, "attn.proj", "mlp.fc2")
     if missing:
         return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
     branches = []
     for ls, last, root in (("ls1", "attn.proj", "attn"), ("ls2", "mlp.fc2", "mlp")):
-        scale, refusal = _layer_scale(block, ls)
+        scale, refusal = _layer_scale(block, ls) if hasattr(block, ls) else (None, None)
         branches.append(_refuse(block, refusal) if refusal else _linear_branch(block, last, scale, (root,)))
     return branches
 
@@ -147,26 +154,6 @@ def _timm_beit_block(block: nn.Module) -> list[Branch]:
         _linear_branch(block, last, gamma if getattr(block, gamma, None) is not None else None, (root,))
         for last, gamma, root in (("attn.proj", "gamma_1", "attn"), ("mlp.fc2", "gamma_2", "mlp"))
     ]
-
-
-@register_block(
-    "timm.models.swin_transformer.SwinTransformerBlock",
-    "timm.models.pvt_v2.Block",
-    "timm.models.twins.Block",
-    "timm.models.convit.Block",
-    no_bound=_ATTENTION,
-)
-def _timm_pre_norm_block(block: nn.Module) -> list[Branch]:
-    # x + drop_path(attn(norm1 x)) and x + drop_path(mlp(norm2 x)), no branch scale; both branches
-    # end in a Linear followed by dropout only (attn.proj, mlp.fc2). Swin V1's attention branch
-    # shifts, partitions into windows, merges, crops and unshifts around attn: it moves and crops
-    # tokens only, so Δt on proj's rows is Δt on the branch's output (Swin V2 normalises after the
-    # branch: not this class). PVT v2's and Twins' attention sub-sample keys and values; ConViT's
-    # is gated positional (GPSA) or plain (MHSA).
-    missing = _has(block, "attn.proj", "mlp.fc2")
-    if missing:
-        return [_refuse(block, f"it has no {missing} (the Linear that ends the branch)")]
-    return [_linear_branch(block, "attn.proj", None, ("attn",)), _linear_branch(block, "mlp.fc2", None, ("mlp",))]
 
 
 @register_block("timm.models.focalnet.FocalNetBlock", no_bound=_MODULATION)
